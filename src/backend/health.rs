@@ -1,0 +1,145 @@
+//! Health: active HTTP checks on an interval and passive detection from
+//! real traffic. Both only flip the backend's atomic `up` flag, which every
+//! request reads; selection never waits on a check.
+
+use super::Backend;
+use crate::body::UpstreamBody;
+use crate::config::raw::HealthSection;
+use http::{Request, StatusCode};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+/// Start the active checker of one backend. It stops by itself once the
+/// backend is dropped (removed by a reload, or shutdown).
+pub fn spawn_checker(backend: &Arc<Backend>, cfg: Arc<HealthSection>) {
+    if !cfg.enabled {
+        return;
+    }
+    let weak = Arc::downgrade(backend);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(cfg.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(b) = weak.upgrade() else { break };
+            let ok = check_once(&b, &cfg).await;
+            record(&b, &cfg, ok);
+        }
+    });
+}
+
+/// One HTTP check on a fresh connection (never a pooled one: a check must
+/// prove the backend still accepts connections).
+async fn check_once(b: &Backend, cfg: &HealthSection) -> Result<(), String> {
+    let attempt = async {
+        let mut sender = b.pool.connect().await.map_err(|e| e.to_string())?;
+        let req = Request::get(&cfg.path)
+            .header(http::header::HOST, &*b.config.authority)
+            .header(http::header::USER_AGENT, "stickgate-health")
+            .header(http::header::CONNECTION, "close")
+            .body(UpstreamBody::Empty)
+            .map_err(|e| e.to_string())?;
+        let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = res.status();
+        if status_ok(cfg, status) {
+            Ok(())
+        } else {
+            Err(format!("status {}", status.as_u16()))
+        }
+    };
+    match tokio::time::timeout(cfg.timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
+    }
+}
+
+fn status_ok(cfg: &HealthSection, s: StatusCode) -> bool {
+    if cfg.expect_status.is_empty() {
+        s.is_success() || s.is_redirection()
+    } else {
+        cfg.expect_status.contains(&s.as_u16())
+    }
+}
+
+/// Apply one active verdict with rise/fall hysteresis.
+fn record(b: &Backend, cfg: &HealthSection, verdict: Result<(), String>) {
+    match verdict {
+        Ok(()) => {
+            b.fail_streak.store(0, Ordering::Relaxed);
+            let ok = b.ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if !b.is_up() && ok >= cfg.rise && b.set_up(true) {
+                tracing::info!(
+                    backend = b.route(),
+                    "backend is up (health check passed {ok} times)"
+                );
+            }
+        }
+        Err(why) => {
+            b.ok_streak.store(0, Ordering::Relaxed);
+            let fails = b.fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if b.is_up() && fails >= cfg.fall && b.set_up(false) {
+                b.pool.clear();
+                tracing::warn!(backend = b.route(), reason = %why, "backend is down (health check failed {fails} times)");
+            }
+        }
+    }
+}
+
+/// Passive detection: real traffic just failed on this backend in a way
+/// that means it is unreachable (connect error, timeout, reset). Mark it
+/// down at once so no other request waits on it; it comes back through the
+/// active checker, or a backoff probe when active checks are off.
+pub fn mark_down(backend: &Arc<Backend>, cfg: &Arc<HealthSection>, reason: &str) {
+    backend.ok_streak.store(0, Ordering::Relaxed);
+    if backend.set_up(false) {
+        backend.pool.clear();
+        tracing::warn!(
+            backend = backend.route(),
+            reason,
+            "backend marked down by live traffic"
+        );
+    }
+    if !cfg.enabled && !backend.probing.swap(true, Ordering::AcqRel) {
+        spawn_probe(Arc::downgrade(backend), cfg.clone());
+    }
+}
+
+/// Passive 5xx counting: `fall` consecutive 5xx answers mark it down.
+pub fn note_status(backend: &Arc<Backend>, cfg: &Arc<HealthSection>, status: StatusCode) {
+    if !cfg.passive_5xx {
+        return;
+    }
+    if status.is_server_error() {
+        let n = backend.fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= cfg.fall {
+            mark_down(backend, cfg, "consecutive 5xx answers");
+        }
+    } else if backend.fail_streak.load(Ordering::Relaxed) != 0 {
+        backend.fail_streak.store(0, Ordering::Relaxed);
+    }
+}
+
+/// With active checks off, re-admit a failed backend once it accepts TCP
+/// connections again, probing with exponential backoff.
+fn spawn_probe(weak: Weak<Backend>, cfg: Arc<HealthSection>) {
+    tokio::spawn(async move {
+        let mut wait = cfg.probe_backoff;
+        loop {
+            tokio::time::sleep(wait).await;
+            let Some(b) = weak.upgrade() else { return };
+            if b.is_up() {
+                b.probing.store(false, Ordering::Release);
+                return;
+            }
+            if b.pool.connect().await.is_ok() {
+                b.fail_streak.store(0, Ordering::Relaxed);
+                if b.set_up(true) {
+                    tracing::info!(backend = b.route(), "backend is up again (probe connected)");
+                }
+                b.probing.store(false, Ordering::Release);
+                return;
+            }
+            wait = (wait * 2).min(cfg.probe_backoff_max);
+        }
+    });
+}

@@ -1,0 +1,347 @@
+//! Validation of [`RawConfig`] into the runtime [`Config`].
+
+use super::raw::{
+    AdminSection, Algorithm, HealthSection, InitialState, KeepaliveSection, RawConfig,
+    ServerSection, StoreKind, UpstreamSection,
+};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A fully checked configuration. Cheap to share (`Arc`) between workers.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Arc<ServerSection>,
+    pub admin_listen: Option<SocketAddr>,
+    pub session: SessionRules,
+    pub store: StoreKind,
+    pub health: Arc<HealthSection>,
+    pub upstream: Arc<UpstreamSection>,
+    pub algorithm: Algorithm,
+    pub backends: Vec<BackendConfig>,
+}
+
+/// Session naming rules, precomputed for the request path.
+#[derive(Debug, Clone)]
+pub struct SessionRules {
+    pub cookie: Arc<str>,
+    /// `;name=` path parameter, `None` when disabled.
+    pub path_parameter: Option<Arc<str>>,
+    pub separator: Arc<str>,
+    pub idle_timeout: Duration,
+    pub max_sessions: usize,
+    pub rewrite_request: bool,
+}
+
+/// A checked backend definition.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub route: Arc<str>,
+    /// `host:port` as written in the URL, used for connecting and for Host
+    /// when `preserve_host` is off.
+    pub authority: Arc<str>,
+    pub host: Arc<str>,
+    pub port: u16,
+    pub weight: u32,
+    pub domain: Option<Arc<str>>,
+    pub state: InitialState,
+}
+
+/// TCP keepalive settings in socket form; `None` when disabled.
+pub type Keepalive = Option<socket2::TcpKeepalive>;
+
+impl KeepaliveSection {
+    /// The socket option value for these settings.
+    pub fn to_socket(&self) -> Keepalive {
+        if !self.enabled {
+            return None;
+        }
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(self.time)
+            .with_interval(self.interval);
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "macos"))]
+        let ka = ka.with_retries(self.probes);
+        Some(ka)
+    }
+}
+
+type Problem = (String, String);
+
+fn bad(key: impl Into<String>, problem: impl Into<String>) -> Problem {
+    (key.into(), problem.into())
+}
+
+/// Check every value and build the runtime form.
+pub(super) fn validate(raw: RawConfig) -> Result<Config, Problem> {
+    check_server(&raw.server)?;
+    check_admin(&raw.admin)?;
+    check_health(&raw.health)?;
+    check_upstream(&raw.upstream)?;
+    let session = check_session(&raw.session)?;
+    if raw.backends.is_empty() {
+        return Err(bad(
+            "backend",
+            "no [[backend]] defined: add at least one with route and url",
+        ));
+    }
+    let mut routes = HashSet::new();
+    let mut backends = Vec::with_capacity(raw.backends.len());
+    for (i, b) in raw.backends.iter().enumerate() {
+        let key = |k: &str| format!("backend[{i}].{k}");
+        check_token(&b.route).map_err(|p| bad(key("route"), p))?;
+        if b.route.contains(&*session.separator) {
+            return Err(bad(
+                key("route"),
+                format!(
+                    "route {:?} contains the route separator {:?}; pick another route or separator",
+                    b.route, session.separator
+                ),
+            ));
+        }
+        if !routes.insert(b.route.clone()) {
+            return Err(bad(
+                key("route"),
+                format!("route {:?} is used twice; routes must be unique", b.route),
+            ));
+        }
+        if b.weight == 0 || b.weight > 1000 {
+            return Err(bad(
+                key("weight"),
+                "must be 1..=1000 (to take no new sessions use state = \"draining\")",
+            ));
+        }
+        if let Some(d) = &b.domain {
+            check_token(d).map_err(|p| bad(key("domain"), p))?;
+        }
+        let (host, port) = parse_url(&b.url).map_err(|p| bad(key("url"), p))?;
+        backends.push(BackendConfig {
+            route: b.route.as_str().into(),
+            authority: format!("{}:{}", host, port).into(),
+            host: host.into(),
+            port,
+            weight: b.weight,
+            domain: b.domain.as_deref().map(Into::into),
+            state: b.state,
+        });
+    }
+    Ok(Config {
+        server: Arc::new(raw.server),
+        admin_listen: raw.admin.listen,
+        session,
+        store: raw.store.kind,
+        health: Arc::new(raw.health),
+        upstream: Arc::new(raw.upstream),
+        algorithm: raw.balance.algorithm,
+        backends,
+    })
+}
+
+fn check_server(s: &ServerSection) -> Result<(), Problem> {
+    if s.listen.is_empty() {
+        return Err(bad("server.listen", "needs at least one address"));
+    }
+    let mut seen = HashSet::new();
+    for a in &s.listen {
+        if !seen.insert(a) {
+            return Err(bad("server.listen", format!("{a} is listed twice")));
+        }
+    }
+    if s.max_header_size < 8192 {
+        return Err(bad("server.max_header_size", "must be at least 8192 bytes"));
+    }
+    if s.max_headers == 0 {
+        return Err(bad("server.max_headers", "must be at least 1"));
+    }
+    nonzero("server.header_timeout", s.header_timeout)?;
+    check_keepalive("server.tcp_keepalive", &s.tcp_keepalive)
+}
+
+fn check_admin(a: &AdminSection) -> Result<(), Problem> {
+    if let Some(addr) = a.listen {
+        if !addr.ip().is_loopback() {
+            return Err(bad(
+                "admin.listen",
+                format!("{addr} is not a loopback address; the admin API has no authentication yet, keep it on 127.0.0.1 or ::1"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_session(s: &super::raw::SessionSection) -> Result<SessionRules, Problem> {
+    check_token(&s.cookie).map_err(|p| bad("session.cookie", p))?;
+    if s.route_separator.is_empty() || s.route_separator.len() > 4 {
+        return Err(bad("session.route_separator", "must be 1 to 4 characters"));
+    }
+    if s.route_separator
+        .chars()
+        .any(|c| c.is_whitespace() || c == ';' || c == '=')
+    {
+        return Err(bad(
+            "session.route_separator",
+            "must not contain whitespace, ';' or '='",
+        ));
+    }
+    nonzero("session.idle_timeout", s.idle_timeout)?;
+    if s.max_sessions == 0 {
+        return Err(bad("session.max_sessions", "must be at least 1"));
+    }
+    let path_parameter = match &s.path_parameter {
+        None => Some(s.cookie.to_ascii_lowercase().into()),
+        Some(p) if p.is_empty() => None,
+        Some(p) => {
+            check_token(p).map_err(|e| bad("session.path_parameter", e))?;
+            Some(p.as_str().into())
+        }
+    };
+    Ok(SessionRules {
+        cookie: s.cookie.as_str().into(),
+        path_parameter,
+        separator: s.route_separator.as_str().into(),
+        idle_timeout: s.idle_timeout,
+        max_sessions: s.max_sessions,
+        rewrite_request: s.rewrite_request,
+    })
+}
+
+fn check_health(h: &HealthSection) -> Result<(), Problem> {
+    if !h.path.starts_with('/') {
+        return Err(bad("health.path", "must start with '/'"));
+    }
+    nonzero("health.interval", h.interval)?;
+    nonzero("health.timeout", h.timeout)?;
+    if h.rise == 0 || h.fall == 0 {
+        return Err(bad("health.rise", "rise and fall must be at least 1"));
+    }
+    if let Some(s) = h.expect_status.iter().find(|s| !(100..=599).contains(*s)) {
+        return Err(bad(
+            "health.expect_status",
+            format!("{s} is not an HTTP status (100..=599)"),
+        ));
+    }
+    nonzero("health.probe_backoff", h.probe_backoff)?;
+    if h.probe_backoff_max < h.probe_backoff {
+        return Err(bad(
+            "health.probe_backoff_max",
+            "must not be smaller than probe_backoff",
+        ));
+    }
+    Ok(())
+}
+
+fn check_upstream(u: &UpstreamSection) -> Result<(), Problem> {
+    nonzero("upstream.connect_timeout", u.connect_timeout)?;
+    if u.connect_timeout > Duration::from_secs(30) {
+        return Err(bad(
+            "upstream.connect_timeout",
+            "at most 30s; a long connect timeout lets a dead backend stall requests",
+        ));
+    }
+    nonzero("upstream.response_timeout", u.response_timeout)?;
+    nonzero("upstream.queue_timeout", u.queue_timeout)?;
+    if u.retries > 7 {
+        return Err(bad("upstream.retries", "must be 0..=7"));
+    }
+    check_keepalive("upstream.tcp_keepalive", &u.tcp_keepalive)
+}
+
+fn check_keepalive(key: &str, k: &KeepaliveSection) -> Result<(), Problem> {
+    if !k.enabled {
+        return Ok(());
+    }
+    if k.time < Duration::from_secs(1) || k.interval < Duration::from_secs(1) {
+        return Err(bad(
+            format!("{key}.time"),
+            "time and interval must be at least 1s",
+        ));
+    }
+    if k.probes == 0 {
+        return Err(bad(format!("{key}.probes"), "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn nonzero(key: &str, d: Duration) -> Result<(), Problem> {
+    if d.is_zero() {
+        return Err(bad(
+            key,
+            "must be greater than zero (e.g. \"500ms\", \"2s\")",
+        ));
+    }
+    Ok(())
+}
+
+/// Names used in cookies, routes and domains: RFC 7230 token characters.
+fn check_token(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 64 {
+        return Err("must be 1 to 64 characters".into());
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-_.~!#$&'*+^`|".contains(*c)))
+    {
+        return Err(format!(
+            "{s:?} contains {c:?}; use letters, digits, '-', '_' or '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// `http://host:port[/]` -> (host, port). Paths are not supported: a
+/// balancer forwards the client's path unchanged.
+fn parse_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        if url.starts_with("https://") {
+            format!("{url:?}: https backends are not supported yet; use http://")
+        } else {
+            format!("{url:?} must start with http://")
+        }
+    })?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains('/') || authority.contains('?') || authority.contains('@') {
+        return Err(format!(
+            "{url:?}: only scheme, host and port are allowed (no path, query or user)"
+        ));
+    }
+    let uri: http::uri::Authority = authority
+        .parse()
+        .map_err(|_| format!("{url:?} is not a valid http://host:port URL"))?;
+    let host = uri.host().trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok((host.to_string(), uri.port_u16().unwrap_or(80)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_forms() {
+        assert_eq!(
+            parse_url("http://127.0.0.1:8081").unwrap(),
+            ("127.0.0.1".into(), 8081)
+        );
+        assert_eq!(parse_url("http://app/").unwrap(), ("app".into(), 80));
+        assert_eq!(
+            parse_url("http://[::1]:9000").unwrap(),
+            ("::1".into(), 9000)
+        );
+        assert!(parse_url("http://a:1/x").is_err());
+        assert!(parse_url("ftp://a:1").is_err());
+        assert!(parse_url("https://a:1")
+            .unwrap_err()
+            .contains("not supported"));
+        assert!(parse_url("http://").is_err());
+    }
+
+    #[test]
+    fn tokens() {
+        assert!(check_token("tomcat1").is_ok());
+        assert!(check_token("").is_err());
+        assert!(check_token("a b").is_err());
+        assert!(check_token("a;b").is_err());
+    }
+}

@@ -1,0 +1,292 @@
+//! The TOML file as written by the user: plain serde structs with defaults.
+//!
+//! Every struct denies unknown keys so a typo is an error at load time instead
+//! of a silently ignored setting. Nothing here is used on the hot path: the
+//! checked form in [`super::checked`] is.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Root of the configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub session: SessionSection,
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub health: HealthSection,
+    #[serde(default)]
+    pub upstream: UpstreamSection,
+    #[serde(default)]
+    pub balance: BalanceSection,
+    #[serde(default, rename = "backend")]
+    pub backends: Vec<BackendSection>,
+}
+
+/// Client-facing listeners and their protections.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    pub listen: Vec<SocketAddr>,
+    /// From the moment a connection is open or idle until a request's headers
+    /// are complete (slowloris bound; also the idle keep-alive bound).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    pub max_header_size: usize,
+    pub max_headers: usize,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    pub x_forwarded_for: bool,
+    pub x_forwarded_proto: bool,
+    pub x_forwarded_host: bool,
+    pub preserve_host: bool,
+    pub tcp_keepalive: KeepaliveSection,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            header_timeout: Duration::from_secs(10),
+            max_header_size: 32 * 1024,
+            max_headers: 100,
+            shutdown_timeout: Duration::from_secs(30),
+            x_forwarded_for: true,
+            x_forwarded_proto: true,
+            x_forwarded_host: true,
+            preserve_host: true,
+            tcp_keepalive: KeepaliveSection::default(),
+        }
+    }
+}
+
+/// TCP keepalive probes, so idle connections through NAT/firewalls survive
+/// and dead peers are noticed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeepaliveSection {
+    pub enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub time: Duration,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub probes: u32,
+}
+
+impl Default for KeepaliveSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            time: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            probes: 6,
+        }
+    }
+}
+
+/// Admin listener (status API).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+        }
+    }
+}
+
+/// How sessions are named and how long they live.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionSection {
+    pub cookie: String,
+    /// Path parameter name (`;jsessionid=`); defaults to the cookie name in
+    /// lower case; an empty string turns it off.
+    pub path_parameter: Option<String>,
+    pub route_separator: String,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    pub max_sessions: usize,
+    /// On failover, rewrite the route in the request's cookie/path parameter
+    /// before forwarding (for backends that look sessions up by base id).
+    pub rewrite_request: bool,
+}
+
+impl Default for SessionSection {
+    fn default() -> Self {
+        Self {
+            cookie: "JSESSIONID".into(),
+            path_parameter: None,
+            route_separator: ".".into(),
+            idle_timeout: Duration::from_secs(30 * 60),
+            max_sessions: 1_000_000,
+            rewrite_request: false,
+        }
+    }
+}
+
+/// Which session-affinity store backs the balancer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    pub kind: StoreKind,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Memory,
+        }
+    }
+}
+
+/// Store implementations known to this build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    Memory,
+}
+
+/// Active health checks and passive failure detection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    pub enabled: bool,
+    pub path: String,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Accepted statuses; empty means any 2xx or 3xx.
+    pub expect_status: Vec<u16>,
+    pub rise: u32,
+    pub fall: u32,
+    /// Count 5xx answers of real traffic as failures (passive check).
+    pub passive_5xx: bool,
+    /// First wait before probing a passively failed backend when active
+    /// checks are off; doubles up to `probe_backoff_max`.
+    #[serde(with = "humantime_serde")]
+    pub probe_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub probe_backoff_max: Duration,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: "/health".into(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            expect_status: Vec::new(),
+            rise: 2,
+            fall: 3,
+            passive_5xx: false,
+            probe_backoff: Duration::from_secs(1),
+            probe_backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How the balancer talks to backends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSection {
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed for the response headers once the request is sent.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// Idle pooled connections are dropped after this; keep it below the
+    /// backends' keep-alive timeout (Tomcat: 20 s).
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle: usize,
+    /// Concurrent requests per backend; 0 = unlimited.
+    pub max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    /// Further attempts on other backends after the first one failed.
+    pub retries: u32,
+    pub tcp_keepalive: KeepaliveSection,
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(15),
+            pool_max_idle: 64,
+            max_connections: 0,
+            queue_timeout: Duration::from_secs(5),
+            retries: 2,
+            tcp_keepalive: KeepaliveSection::default(),
+        }
+    }
+}
+
+/// How new sessions are spread.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BalanceSection {
+    pub algorithm: Algorithm,
+}
+
+impl Default for BalanceSection {
+    fn default() -> Self {
+        Self {
+            algorithm: Algorithm::WeightedRoundRobin,
+        }
+    }
+}
+
+/// Balancing algorithms for requests without a usable session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Smooth weighted round robin (nginx's), the default.
+    WeightedRoundRobin,
+    /// Fewest current sessions relative to weight.
+    LeastSessions,
+    /// Power of two random choices on in-flight requests relative to weight.
+    LeastInflight,
+}
+
+/// One application node.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSection {
+    pub route: String,
+    pub url: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub state: InitialState,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Administrative state a backend starts in (mod_jk's `activation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitialState {
+    #[default]
+    Active,
+    Draining,
+    Disabled,
+}

@@ -1,0 +1,338 @@
+//! Upstream attempts with bounded retries.
+//!
+//! Retry rules: an attempt that never reached the backend (connect failed or
+//! timed out, slot queue full, connection refused before a byte was sent)
+//! is retried on another backend whatever the method, with its body intact.
+//! Once a request was sent, only idempotent requests without a body are
+//! replayed (GET, HEAD, OPTIONS, PUT, DELETE, TRACE); a POST whose body left
+//! is never replayed.
+
+use super::{error_response, headers, rewrite, ClientInfo, Runtime};
+use crate::backend::pool::ConnectError;
+use crate::backend::{health, Backend};
+use crate::body::{Exchange, ResponseBody, UpstreamBody};
+use crate::config::Config;
+use crate::routing::{session, NoBackend, Reason, SessionId, Tried};
+use http::header::HOST;
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A successful exchange, ready for the response rewrite.
+pub struct Done {
+    pub response: Response<Incoming>,
+    pub exchange: Exchange,
+    pub backend: Arc<Backend>,
+    pub reason: Reason,
+}
+
+/// Why a request got no backend response; each maps to one status.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error(transparent)]
+    NoBackend(#[from] NoBackend),
+    #[error("backend {route}: {source}")]
+    Connect {
+        route: Arc<str>,
+        source: ConnectError,
+    },
+    #[error("backend {route}: no response within {after:?}")]
+    Timeout { route: Arc<str>, after: Duration },
+    #[error("backend {route}: connection failed mid-request: {source}")]
+    Upstream {
+        route: Arc<str>,
+        source: hyper::Error,
+    },
+    #[error("client request body could not be read: {0}")]
+    ClientBody(hyper::Error),
+}
+
+impl Failure {
+    /// The client-facing answer: short, and saying whose fault it is.
+    pub fn response(&self) -> Response<ResponseBody> {
+        match self {
+            Failure::NoBackend(_) => error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "503 no backend available: all backends are down or disabled\n",
+            ),
+            Failure::Connect {
+                source: ConnectError::Queue(_),
+                ..
+            } => error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "503 backend busy: connection limit reached\n",
+            ),
+            Failure::Connect { .. } => error_response(
+                StatusCode::BAD_GATEWAY,
+                "502 bad gateway: backend unreachable\n",
+            ),
+            Failure::Timeout { .. } => error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "504 gateway timeout: backend did not answer in time\n",
+            ),
+            Failure::Upstream { .. } => error_response(
+                StatusCode::BAD_GATEWAY,
+                "502 bad gateway: backend closed the connection\n",
+            ),
+            Failure::ClientBody(_) => error_response(
+                StatusCode::BAD_REQUEST,
+                "400 bad request: request body could not be read\n",
+            ),
+        }
+    }
+}
+
+/// Per-request header work done once, before any attempt.
+pub fn prepare(parts: &mut Parts, cfg: &Config, client: ClientInfo) {
+    if let Some(auth) = parts.uri.authority() {
+        if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
+            parts.headers.insert(HOST, v);
+        }
+    }
+    if parts.uri.scheme().is_some() {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        if let Ok(u) = pq.parse::<Uri>() {
+            parts.uri = u;
+        }
+    }
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let s = &cfg.server;
+    let fwd = headers::Forwarded {
+        for_: s.x_forwarded_for,
+        proto: s.x_forwarded_proto,
+        host: s.x_forwarded_host,
+    };
+    let scheme = if client.https { "https" } else { "http" };
+    headers::add_forwarded(&mut parts.headers, fwd, client.peer.ip(), scheme);
+    parts.version = Version::HTTP_11;
+}
+
+fn replayable(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// What a replay needs: the head of a bodiless idempotent request.
+struct Head {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn request(&self) -> Request<UpstreamBody> {
+        let mut r = Request::new(UpstreamBody::Empty);
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// A failed attempt: the request if it never left, and what to conclude.
+struct Miss {
+    unsent: Option<Request<UpstreamBody>>,
+    failure: Failure,
+    mark_down: bool,
+    /// Failed on a reused keep-alive connection the backend may have closed.
+    stale: bool,
+}
+
+/// Route and send the request, retrying as the module docs describe.
+pub async fn run(
+    rt: &Runtime,
+    parts: Parts,
+    body: Incoming,
+    session: Option<&SessionId<'_>>,
+) -> Result<Done, Failure> {
+    let up = &rt.config.upstream;
+    let head = (body.is_end_stream() && replayable(&parts.method)).then(|| Head {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+    });
+    let mut pending = Some(Request::from_parts(parts, UpstreamBody::Client(body)));
+    let mut tried = Tried::default();
+    let mut stale_retry = true;
+    let mut last: Option<Failure> = None;
+    let mut sent_id: Option<String> = None;
+    for _ in 0..up.retries + 2 {
+        let decision = match rt.table.decide(&*rt.store, session, &tried).await {
+            Ok(d) => d,
+            Err(e) => return Err(last.unwrap_or(e.into())),
+        };
+        let backend = rt.table.backends[decision.index].clone();
+        tried.add(decision.index);
+        let mut req = match (pending.take(), &head) {
+            (Some(r), _) => r,
+            (None, Some(h)) => {
+                sent_id = None;
+                h.request()
+            }
+            (None, None) => break,
+        };
+        fit_request(
+            rt,
+            &mut req,
+            &backend,
+            &decision.reason,
+            session,
+            &mut sent_id,
+        );
+        match attempt(rt, &backend, req).await {
+            Ok((response, exchange)) => {
+                return Ok(Done {
+                    response,
+                    exchange,
+                    backend,
+                    reason: decision.reason,
+                })
+            }
+            Err(miss) => {
+                backend.errors.fetch_add(1, Ordering::Relaxed);
+                if let Failure::ClientBody(_) = miss.failure {
+                    return Err(miss.failure);
+                }
+                if miss.mark_down {
+                    health::mark_down(&backend, &rt.config.health, &miss.failure.to_string());
+                }
+                tracing::debug!(error = %miss.failure, "attempt failed, retrying if allowed");
+                if miss.stale && stale_retry {
+                    stale_retry = false;
+                    tried.remove(decision.index);
+                }
+                pending = miss.unsent;
+                last = Some(miss.failure);
+                if pending.is_none() && head.is_none() {
+                    break;
+                }
+            }
+        }
+    }
+    Err(last.unwrap_or(Failure::NoBackend(NoBackend {
+        total: rt.table.backends.len(),
+    })))
+}
+
+/// Per-attempt changes: Host for the chosen backend when needed, and with
+/// `rewrite_request` the session id renamed to the heir's route.
+fn fit_request(
+    rt: &Runtime,
+    req: &mut Request<UpstreamBody>,
+    backend: &Backend,
+    reason: &Reason,
+    session: Option<&SessionId<'_>>,
+    sent_id: &mut Option<String>,
+) {
+    if !rt.config.server.preserve_host || !req.headers().contains_key(HOST) {
+        if let Ok(v) = HeaderValue::from_str(&backend.config.authority) {
+            req.headers_mut().insert(HOST, v);
+        }
+    }
+    let s = &rt.config.session;
+    let (Some(sess), true, Reason::Failover { .. }) = (session, s.rewrite_request, reason) else {
+        return;
+    };
+    if sess.route.is_none() {
+        return;
+    }
+    let new = rewrite::rewritten_id(sess.base, &s.separator, backend.route());
+    let old = sent_id.as_deref().unwrap_or(sess.value).to_owned();
+    if old == new {
+        return;
+    }
+    rewrite::rewrite_cookie_header(req.headers_mut(), &s.cookie, &old, &new);
+    if let Some(param) = s.path_parameter.as_deref() {
+        rewrite_path_parameter(req, param, &new);
+    }
+    *sent_id = Some(new);
+}
+
+fn rewrite_path_parameter(req: &mut Request<UpstreamBody>, param: &str, new: &str) {
+    let Some(pq) = req.uri().path_and_query().map(|p| p.as_str().to_owned()) else {
+        return;
+    };
+    let Some(v) = session::path_parameter(&pq, param) else {
+        return;
+    };
+    let start = v.as_ptr() as usize - pq.as_ptr() as usize;
+    let rebuilt = format!("{}{}{}", &pq[..start], new, &pq[start + v.len()..]);
+    if let Ok(u) = rebuilt.parse::<Uri>() {
+        *req.uri_mut() = u;
+    }
+}
+
+/// One attempt on one backend.
+async fn attempt(
+    rt: &Runtime,
+    backend: &Arc<Backend>,
+    req: Request<UpstreamBody>,
+) -> Result<(Response<Incoming>, Exchange), Miss> {
+    let route = backend.config.route.clone();
+    let permit = match backend.pool.permit().await {
+        Ok(p) => p,
+        Err(source) => {
+            return Err(Miss {
+                unsent: Some(req),
+                failure: Failure::Connect { route, source },
+                mark_down: false,
+                stale: false,
+            })
+        }
+    };
+    let mut exchange = Exchange::begin(backend.clone(), permit);
+    backend.requests.fetch_add(1, Ordering::Relaxed);
+    let conn = match backend.pool.checkout().await {
+        Ok(c) => c,
+        Err(source) => {
+            return Err(Miss {
+                unsent: Some(req),
+                failure: Failure::Connect { route, source },
+                mark_down: true,
+                stale: false,
+            })
+        }
+    };
+    let mut sender = conn.sender;
+    let after = rt.config.upstream.response_timeout;
+    match tokio::time::timeout(after, sender.try_send_request(req)).await {
+        Ok(Ok(resp)) => {
+            exchange.set_sender(sender);
+            Ok((resp, exchange))
+        }
+        Ok(Err(mut e)) => {
+            let unsent = e.take_message();
+            let err = e.into_error();
+            if err.is_user() {
+                return Err(Miss {
+                    unsent: None,
+                    failure: Failure::ClientBody(err),
+                    mark_down: false,
+                    stale: false,
+                });
+            }
+            Err(Miss {
+                mark_down: !conn.reused,
+                stale: conn.reused,
+                unsent,
+                failure: Failure::Upstream { route, source: err },
+            })
+        }
+        Err(_) => Err(Miss {
+            unsent: None,
+            failure: Failure::Timeout { route, after },
+            mark_down: true,
+            stale: false,
+        }),
+    }
+}

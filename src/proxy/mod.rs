@@ -1,0 +1,208 @@
+//! The request path: client request -> session -> routing decision ->
+//! upstream attempt(s) -> response rewrite. Data flows one way through
+//! [`Proxy::handle`]; each step lives in its own module.
+
+mod forward;
+pub mod headers;
+pub mod rewrite;
+
+use crate::backend::{health, Backend, PoolSettings};
+use crate::body::ResponseBody;
+use crate::config::Config;
+use crate::routing::{Reason, SessionId, Source, Table};
+use crate::store::SessionStore;
+use arc_swap::ArcSwap;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use forward::Failure;
+
+/// Everything a request needs, swapped as a whole on reload so a request
+/// sees one consistent configuration from start to end.
+pub struct Runtime {
+    pub config: Config,
+    pub table: Table,
+    pub store: Arc<dyn SessionStore>,
+}
+
+impl Runtime {
+    /// Build backends (with pools and health checkers) for `config`.
+    pub fn start(config: Config, store: Arc<dyn SessionStore>) -> Arc<Self> {
+        let up = &config.upstream;
+        let pool = PoolSettings {
+            connect_timeout: up.connect_timeout,
+            idle_timeout: up.pool_idle_timeout,
+            max_idle: up.pool_max_idle,
+            keepalive: up.tcp_keepalive.to_socket(),
+            max_connections: up.max_connections,
+            queue_timeout: up.queue_timeout,
+        };
+        let backends: Vec<Arc<Backend>> = config
+            .backends
+            .iter()
+            .map(|b| Arc::new(Backend::new(b.clone(), pool.clone())))
+            .collect();
+        for b in &backends {
+            health::spawn_checker(b, config.health.clone());
+        }
+        let table = Table::new(backends, config.algorithm);
+        Arc::new(Runtime {
+            config,
+            table,
+            store,
+        })
+    }
+}
+
+/// The proxy service shared by every listener and connection.
+pub struct Proxy {
+    current: ArcSwap<Runtime>,
+}
+
+/// Facts about the client connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    pub peer: SocketAddr,
+    pub https: bool,
+}
+
+impl Proxy {
+    /// A proxy serving `runtime`.
+    pub fn new(runtime: Arc<Runtime>) -> Arc<Self> {
+        Arc::new(Proxy {
+            current: ArcSwap::new(runtime),
+        })
+    }
+
+    /// The runtime in force (status API, reload).
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.current.load_full()
+    }
+
+    /// Handle one client request; never fails (errors become responses).
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: ClientInfo,
+    ) -> Response<ResponseBody> {
+        let rt = self.current.load_full();
+        let (mut parts, body) = req.into_parts();
+        if parts.method == http::Method::CONNECT {
+            return error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is not supported by this reverse proxy\n",
+            );
+        }
+        let s = &rt.config.session;
+        let owned = {
+            let path = parts.uri.path();
+            crate::routing::session::find(
+                &parts.headers,
+                path,
+                &s.cookie,
+                s.path_parameter.as_deref(),
+                &s.separator,
+                |r| rt.table.index_of(r).is_some(),
+            )
+            .map(OwnedSession::from)
+        };
+        let session = owned.as_ref().map(|o| o.borrow(&s.separator));
+        forward::prepare(&mut parts, &rt.config, client);
+        match forward::run(&rt, parts, body, session.as_ref()).await {
+            Ok(done) => finish(&rt, done, session.as_ref(), client),
+            Err(f) => {
+                if let Some(s) = &session {
+                    tracing::warn!(session = %redact(s.base), error = %f, "request failed");
+                } else {
+                    tracing::warn!(error = %f, "request failed");
+                }
+                f.response()
+            }
+        }
+    }
+}
+
+/// Turn the upstream response into the client response.
+fn finish(
+    rt: &Runtime,
+    done: forward::Done,
+    session: Option<&SessionId<'_>>,
+    client: ClientInfo,
+) -> Response<ResponseBody> {
+    let forward::Done {
+        response,
+        exchange,
+        backend,
+        reason,
+    } = done;
+    let (mut parts, body) = response.into_parts();
+    health::note_status(&backend, &rt.config.health, parts.status);
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let from = match &reason {
+        Reason::Failover { from } => Some(&**from),
+        _ => None,
+    };
+    if from.is_some() {
+        backend
+            .failovers_in
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let x = rewrite::Exchange {
+        table: &rt.table,
+        store: &*rt.store,
+        cookie: &rt.config.session.cookie,
+        separator: &rt.config.session.separator,
+        served: &backend,
+        failed_over_from: from,
+        session,
+        https: client.https,
+    };
+    rewrite::apply(&x, &mut parts.headers, !parts.status.is_server_error());
+    Response::from_parts(parts, ResponseBody::Upstream { body, exchange })
+}
+
+/// A balancer-made response with a short text body.
+pub fn error_response(status: StatusCode, msg: &'static str) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::full(msg));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Session ids are credentials: logs only ever show a short hash.
+pub fn redact(id: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(id.as_bytes());
+    format!("sid#{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3])
+}
+
+/// The session id copied out of the request head, which moves upstream.
+struct OwnedSession {
+    value: Box<str>,
+    source: Source,
+}
+
+impl From<SessionId<'_>> for OwnedSession {
+    fn from(s: SessionId<'_>) -> Self {
+        OwnedSession {
+            value: s.value.into(),
+            source: s.source,
+        }
+    }
+}
+
+impl OwnedSession {
+    fn borrow<'a>(&'a self, sep: &str) -> SessionId<'a> {
+        SessionId::parse(&self.value, sep, self.source).unwrap_or(SessionId {
+            value: &self.value,
+            base: &self.value,
+            route: None,
+            source: self.source,
+        })
+    }
+}

@@ -1,0 +1,194 @@
+//! Response side of stickiness: learn session -> route from the backend's
+//! `Set-Cookie`, and after a failover make sure the client ends up with
+//! `base<sep>new-route`, from the backend's own cookie or, if it sent none,
+//! from ours with the attributes the backend last used.
+
+use crate::backend::{Backend, CookieTemplate};
+use crate::routing::{SessionId, Source, Table};
+use crate::store::SessionStore;
+use cookie::{Cookie, SameSite};
+use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
+use std::sync::Arc;
+
+/// What the proxy knows about the request's session after routing.
+pub struct Exchange<'a> {
+    pub table: &'a Table,
+    pub store: &'a dyn SessionStore,
+    pub cookie: &'a str,
+    pub separator: &'a str,
+    pub served: &'a Backend,
+    /// Route the session had before a failover, if it failed over.
+    pub failed_over_from: Option<&'a str>,
+    pub session: Option<&'a SessionId<'a>>,
+    pub https: bool,
+}
+
+/// Learn from the backend's Set-Cookie headers and add the balancer's own
+/// cookie when a failed-over session would otherwise keep its old route.
+pub fn apply(x: &Exchange<'_>, headers: &mut HeaderMap, status_ok: bool) {
+    let mut saw_cookie = false;
+    for v in headers.get_all(SET_COOKIE).iter() {
+        let Some(c) = v.to_str().ok().and_then(|s| Cookie::parse(s).ok()) else {
+            continue;
+        };
+        if c.name() != x.cookie {
+            continue;
+        }
+        saw_cookie = true;
+        x.served.note_cookie_template(template_of(&c));
+        learn(x, &c);
+    }
+    let Some(s) = x.session else { return };
+    if saw_cookie || !status_ok {
+        return;
+    }
+    let served = x.served.route();
+    match s.route {
+        Some(r) if r != served => {
+            if let Some(v) = our_cookie(x, s.base, served) {
+                headers.append(SET_COOKIE, v);
+            }
+        }
+        None if x.store.lookup(s.base).as_deref() != Some(served) => {
+            x.store.bind(s.base, &x.served.config.route);
+        }
+        _ => {}
+    }
+}
+
+fn learn(x: &Exchange<'_>, c: &Cookie<'_>) {
+    let Some(new) = SessionId::parse(c.value(), x.separator, Source::Cookie) else {
+        return;
+    };
+    if is_removal(c) {
+        x.store.forget(new.base);
+        return;
+    }
+    let route = new
+        .route
+        .and_then(|r| x.table.index_of(r))
+        .map(|i| x.table.backends[i].config.route.clone())
+        .unwrap_or_else(|| x.served.config.route.clone());
+    x.store.bind(new.base, &route);
+    if let Some(old) = x.session {
+        if old.base != new.base {
+            x.store.forget(old.base);
+        }
+    }
+}
+
+fn is_removal(c: &Cookie<'_>) -> bool {
+    if c.max_age().is_some_and(|d| d.whole_seconds() <= 0) {
+        return true;
+    }
+    c.expires_datetime()
+        .is_some_and(|t| t < cookie::time::OffsetDateTime::now_utc())
+}
+
+fn template_of(c: &Cookie<'_>) -> CookieTemplate {
+    CookieTemplate {
+        path: c.path().map(str::to_owned),
+        domain: c.domain().map(str::to_owned),
+        secure: c.secure().unwrap_or(false),
+        http_only: c.http_only().unwrap_or(false),
+        same_site: c.same_site().map(|s| s.to_string()),
+    }
+}
+
+/// `NAME=base<sep>route` with the served (else the old) backend's cookie
+/// attributes, or `Path=/; HttpOnly` (+ `Secure` over https).
+fn our_cookie(x: &Exchange<'_>, base: &str, route: &str) -> Option<HeaderValue> {
+    let old = x
+        .failed_over_from
+        .and_then(|r| x.table.index_of(r))
+        .map(|i| &x.table.backends[i]);
+    let t: Option<Arc<CookieTemplate>> = x
+        .served
+        .cookie_template
+        .load_full()
+        .or_else(|| old.and_then(|b| b.cookie_template.load_full()));
+    let value = format!("{base}{}{route}", x.separator);
+    let mut c = Cookie::new(x.cookie, value);
+    match t.as_deref() {
+        Some(t) => {
+            c.set_path(t.path.clone().unwrap_or_else(|| "/".into()));
+            if let Some(d) = &t.domain {
+                c.set_domain(d.clone());
+            }
+            c.set_secure(t.secure.then_some(true));
+            c.set_http_only(t.http_only.then_some(true));
+            c.set_same_site(t.same_site.as_deref().and_then(same_site));
+        }
+        None => {
+            c.set_path("/");
+            c.set_http_only(true);
+            c.set_secure(x.https.then_some(true));
+        }
+    }
+    HeaderValue::from_str(&c.to_string()).ok()
+}
+
+fn same_site(s: &str) -> Option<SameSite> {
+    match s {
+        "Strict" => Some(SameSite::Strict),
+        "Lax" => Some(SameSite::Lax),
+        "None" => Some(SameSite::None),
+        _ => None,
+    }
+}
+
+/// With `rewrite_request`: the value to send upstream in place of the
+/// client's `old` id after a failover to `route`.
+pub fn rewritten_id(base: &str, sep: &str, route: &str) -> String {
+    format!("{base}{sep}{route}")
+}
+
+/// Replace every occurrence of cookie `name=old` in Cookie headers.
+pub fn rewrite_cookie_header(h: &mut HeaderMap, name: &str, old: &str, new: &str) {
+    let rewritten: Vec<HeaderValue> = h
+        .get_all(http::header::COOKIE)
+        .iter()
+        .map(|v| {
+            let Ok(s) = v.to_str() else { return v.clone() };
+            let parts: Vec<String> = s
+                .split(';')
+                .map(|p| match p.split_once('=') {
+                    Some((k, val)) if k.trim() == name && val.trim().trim_matches('"') == old => {
+                        format!("{}={new}", k.trim())
+                    }
+                    _ => p.trim().to_owned(),
+                })
+                .collect();
+            HeaderValue::from_str(&parts.join("; ")).unwrap_or_else(|_| v.clone())
+        })
+        .collect();
+    h.remove(http::header::COOKIE);
+    for v in rewritten {
+        h.append(http::header::COOKIE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_header_rewrite_touches_only_the_session() {
+        let mut h = HeaderMap::new();
+        h.append(
+            http::header::COOKIE,
+            "a=1; JSESSIONID=X.t1; b=2".parse().unwrap(),
+        );
+        rewrite_cookie_header(&mut h, "JSESSIONID", "X.t1", "X.t2");
+        assert_eq!(h[http::header::COOKIE], "a=1; JSESSIONID=X.t2; b=2");
+    }
+
+    #[test]
+    fn removal_cookies_are_recognised() {
+        assert!(is_removal(&Cookie::parse("J=x; Max-Age=0").unwrap()));
+        assert!(is_removal(
+            &Cookie::parse("J=x; Expires=Thu, 01 Jan 1970 00:00:00 GMT").unwrap()
+        ));
+        assert!(!is_removal(&Cookie::parse("J=x; Path=/").unwrap()));
+    }
+}

@@ -1,0 +1,160 @@
+//! Where the route is chosen: session id -> stored or suffix route ->
+//! healthy backend, or balancing for new sessions, or a cluster-agreed heir
+//! for orphaned sessions. Everything that decides "which backend" is here.
+
+pub mod balance;
+pub mod session;
+
+use crate::backend::Backend;
+use crate::config::Algorithm;
+use crate::store::SessionStore;
+use balance::Selector;
+pub use balance::Tried;
+pub use session::{SessionId, Source};
+use std::sync::Arc;
+
+/// The backends in force and the selector that spreads new sessions.
+pub struct Table {
+    pub backends: Vec<Arc<Backend>>,
+    selector: Selector,
+}
+
+/// Why a backend was chosen; drives logging and the response rewrite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The session's own node (by stored binding or cookie suffix).
+    Sticky,
+    /// No usable session: balanced.
+    New,
+    /// The session's node cannot serve it; `from` is the route it had.
+    Failover { from: Arc<str> },
+}
+
+/// A routing decision for one attempt.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub index: usize,
+    pub reason: Reason,
+}
+
+/// No backend can take the request.
+#[derive(Debug, thiserror::Error)]
+#[error("no backend available: all {total} backends are down, disabled or already tried")]
+pub struct NoBackend {
+    pub total: usize,
+}
+
+impl Table {
+    /// A table over `backends` using `algorithm` for new sessions.
+    pub fn new(backends: Vec<Arc<Backend>>, algorithm: Algorithm) -> Self {
+        Table {
+            backends,
+            selector: Selector::new(algorithm),
+        }
+    }
+
+    /// Index of the backend named `route`.
+    pub fn index_of(&self, route: &str) -> Option<usize> {
+        self.backends.iter().position(|b| b.route() == route)
+    }
+
+    /// Choose the backend for an attempt of a request carrying `session`,
+    /// skipping backends already `tried`.
+    pub async fn decide(
+        &self,
+        store: &dyn SessionStore,
+        session: Option<&SessionId<'_>>,
+        tried: &Tried,
+    ) -> Result<Decision, NoBackend> {
+        let Some(s) = session else {
+            return self.new_session(store, tried);
+        };
+        let bound = store.lookup(s.base);
+        let wanted: Option<&str> = bound.as_deref().or(s.route);
+        let Some(wanted) = wanted else {
+            return self.new_session(store, tried);
+        };
+        let home = self.index_of(wanted);
+        if let Some(i) = home {
+            if !tried.has(i) && self.backends[i].serves_sessions() {
+                if bound.is_none() {
+                    store.bind(s.base, &self.backends[i].config.route);
+                }
+                return Ok(Decision {
+                    index: i,
+                    reason: Reason::Sticky,
+                });
+            }
+        }
+        self.failover(store, s.base, wanted, home, tried).await
+    }
+
+    fn new_session(&self, store: &dyn SessionStore, tried: &Tried) -> Result<Decision, NoBackend> {
+        let sessions = |b: &Backend| store_sessions(store, b.route());
+        let pick = self
+            .selector
+            .pick(&self.backends, |b| b.takes_new(), tried, sessions)
+            .or_else(|| {
+                self.selector
+                    .pick(&self.backends, |b| b.serves_sessions(), tried, sessions)
+            });
+        pick.map(|index| Decision {
+            index,
+            reason: Reason::New,
+        })
+        .ok_or(NoBackend {
+            total: self.backends.len(),
+        })
+    }
+
+    /// Pick the heir (same domain first, active before draining) and have
+    /// the store agree on it for the whole cluster.
+    async fn failover(
+        &self,
+        store: &dyn SessionStore,
+        base: &str,
+        from: &str,
+        home: Option<usize>,
+        tried: &Tried,
+    ) -> Result<Decision, NoBackend> {
+        let domain = home.and_then(|i| self.backends[i].config.domain.clone());
+        let usable = |i: usize, active_only: bool| {
+            let b = &self.backends[i];
+            !tried.has(i)
+                && if active_only {
+                    b.takes_new()
+                } else {
+                    b.serves_sessions()
+                }
+        };
+        let same_domain = |i: usize| domain.is_some() && self.backends[i].config.domain == domain;
+        let heir = balance::heir(&self.backends, base, |i| same_domain(i) && usable(i, true))
+            .or_else(|| balance::heir(&self.backends, base, |i| usable(i, true)))
+            .or_else(|| balance::heir(&self.backends, base, |i| usable(i, false)))
+            .ok_or(NoBackend {
+                total: self.backends.len(),
+            })?;
+        let proposed = self.backends[heir].config.route.clone();
+        let agreed = store.claim(base, Some(from), proposed).await;
+        let index = match self.index_of(&agreed) {
+            Some(i) if usable(i, false) => i,
+            _ => {
+                store.bind(base, &self.backends[heir].config.route);
+                heir
+            }
+        };
+        Ok(Decision {
+            index,
+            reason: Reason::Failover { from: from.into() },
+        })
+    }
+}
+
+fn store_sessions(store: &dyn SessionStore, route: &str) -> u64 {
+    store
+        .counts()
+        .into_iter()
+        .find(|(r, _)| &**r == route)
+        .map(|(_, c)| c.current)
+        .unwrap_or(0)
+}

@@ -1,0 +1,334 @@
+//! The embedded store: a sharded hash map with idle expiry and a size cap.
+//!
+//! Sharded so concurrent requests rarely meet on a lock, keyed by base
+//! session id with a per-process random hash seed (ids are attacker-chosen),
+//! and swept by a background task so idle sessions never leak.
+
+use super::{SessionCounts, SessionStore, StoreFuture, StoreStatus};
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 64;
+
+/// A route and its session counters; entries point at it, so counting is
+/// an atomic add with no map lookup.
+struct RouteSlot {
+    name: Arc<str>,
+    current: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl RouteSlot {
+    fn inc(&self) {
+        let n = self.current.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(n, Ordering::Relaxed);
+    }
+    fn dec(&self) {
+        self.current.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct Entry {
+    route: Arc<RouteSlot>,
+    /// Seconds since the store's epoch.
+    last_seen: u32,
+}
+
+type Shard = Mutex<HashMap<Box<str>, Entry>>;
+
+/// In-process session store (the default `kind = "memory"`).
+pub struct MemoryStore {
+    shards: Box<[Shard]>,
+    seed: RandomState,
+    routes: ArcSwap<HashMap<Arc<str>, Arc<RouteSlot>>>,
+    routes_write: Mutex<()>,
+    epoch: Instant,
+    idle_secs: u32,
+    capacity: u64,
+    len: AtomicU64,
+    rejected: AtomicU64,
+    expired: AtomicU64,
+    full_logged: AtomicBool,
+}
+
+impl MemoryStore {
+    /// A store whose sessions expire after `idle` without a request, holding
+    /// at most `capacity` sessions.
+    pub fn new(idle: Duration, capacity: usize) -> Arc<Self> {
+        Arc::new(MemoryStore {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            seed: RandomState::new(),
+            routes: ArcSwap::from_pointee(HashMap::new()),
+            routes_write: Mutex::new(()),
+            epoch: Instant::now(),
+            idle_secs: idle.as_secs().clamp(1, u32::MAX as u64) as u32,
+            capacity: capacity as u64,
+            len: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            full_logged: AtomicBool::new(false),
+        })
+    }
+
+    /// Run the expiry sweep in the background until the store is dropped.
+    pub fn start_sweeper(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let every = Duration::from_secs((self.idle_secs / 4).clamp(1, 10) as u64);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(store) = weak.upgrade() else { break };
+                store.sweep();
+            }
+        });
+    }
+
+    /// Remove every session idle for longer than the idle timeout.
+    pub fn sweep(&self) -> u64 {
+        let now = self.now();
+        let mut removed = 0u64;
+        for shard in self.shards.iter() {
+            let Ok(mut map) = shard.lock() else { continue };
+            map.retain(|_, e| {
+                let keep = !self.is_expired(e, now);
+                if !keep {
+                    e.route.dec();
+                    removed += 1;
+                }
+                keep
+            });
+        }
+        if removed > 0 {
+            self.len.fetch_sub(removed, Ordering::Relaxed);
+            self.expired.fetch_add(removed, Ordering::Relaxed);
+            tracing::debug!(removed, "expired idle sessions");
+        }
+        removed
+    }
+
+    fn now(&self) -> u32 {
+        self.epoch.elapsed().as_secs() as u32
+    }
+
+    fn is_expired(&self, e: &Entry, now: u32) -> bool {
+        now.saturating_sub(e.last_seen) >= self.idle_secs
+    }
+
+    fn shard(&self, id: &str) -> &Shard {
+        &self.shards[self.seed.hash_one(id) as usize % SHARDS]
+    }
+
+    fn slot(&self, route: &Arc<str>) -> Arc<RouteSlot> {
+        if let Some(s) = self.routes.load().get(route) {
+            return s.clone();
+        }
+        let _guard = self.routes_write.lock();
+        let cur = self.routes.load_full();
+        if let Some(s) = cur.get(route) {
+            return s.clone();
+        }
+        let slot = Arc::new(RouteSlot {
+            name: route.clone(),
+            current: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+        });
+        let mut next = (*cur).clone();
+        next.insert(route.clone(), slot.clone());
+        self.routes.store(Arc::new(next));
+        slot
+    }
+
+    /// Insert or rebind under the shard lock; false when the store is full.
+    fn put(&self, map: &mut HashMap<Box<str>, Entry>, id: &str, slot: Arc<RouteSlot>) -> bool {
+        let now = self.now();
+        if let Some(e) = map.get_mut(id) {
+            if !Arc::ptr_eq(&e.route, &slot) {
+                e.route.dec();
+                slot.inc();
+                e.route = slot;
+            }
+            e.last_seen = now;
+            return true;
+        }
+        if self.len.load(Ordering::Relaxed) >= self.capacity {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            if !self.full_logged.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    capacity = self.capacity,
+                    "session store is full: new sessions are not tracked (suffix routing still works); raise session.max_sessions or lower session.idle_timeout"
+                );
+            }
+            return false;
+        }
+        slot.inc();
+        self.len.fetch_add(1, Ordering::Relaxed);
+        map.insert(
+            id.into(),
+            Entry {
+                route: slot,
+                last_seen: now,
+            },
+        );
+        true
+    }
+}
+
+impl SessionStore for MemoryStore {
+    fn lookup(&self, id: &str) -> Option<Arc<str>> {
+        let now = self.now();
+        let mut map = self.shard(id).lock().ok()?;
+        let e = map.get_mut(id)?;
+        if self.is_expired(e, now) {
+            e.route.dec();
+            map.remove(id);
+            self.len.fetch_sub(1, Ordering::Relaxed);
+            self.expired.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        e.last_seen = now;
+        Some(e.route.name.clone())
+    }
+
+    fn bind(&self, id: &str, route: &Arc<str>) {
+        let slot = self.slot(route);
+        if let Ok(mut map) = self.shard(id).lock() {
+            self.put(&mut map, id, slot);
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        let Ok(mut map) = self.shard(id).lock() else {
+            return;
+        };
+        if let Some(e) = map.remove(id) {
+            e.route.dec();
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn claim<'a>(
+        &'a self,
+        id: &'a str,
+        from: Option<&'a str>,
+        proposed: Arc<str>,
+    ) -> StoreFuture<'a, Arc<str>> {
+        let slot = self.slot(&proposed);
+        let answer = match self.shard(id).lock() {
+            Ok(mut map) => {
+                let now = self.now();
+                match map.get(id) {
+                    Some(e)
+                        if Some(&*e.route.name) != from
+                            && !self.is_expired(e, now)
+                            && *e.route.name != *proposed =>
+                    {
+                        e.route.name.clone()
+                    }
+                    _ => {
+                        self.put(&mut map, id, slot);
+                        proposed
+                    }
+                }
+            }
+            Err(_) => proposed,
+        };
+        Box::pin(std::future::ready(answer))
+    }
+
+    fn counts(&self) -> Vec<(Arc<str>, SessionCounts)> {
+        self.routes
+            .load()
+            .values()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    SessionCounts {
+                        current: s.current.load(Ordering::Relaxed),
+                        peak: s.peak.load(Ordering::Relaxed),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn status(&self) -> StoreStatus {
+        StoreStatus {
+            kind: "memory",
+            sessions: self.len.load(Ordering::Relaxed),
+            capacity: self.capacity,
+            rejected_full: self.rejected.load(Ordering::Relaxed),
+            expired: self.expired.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(s: &MemoryStore, r: &str) -> u64 {
+        s.counts()
+            .into_iter()
+            .find(|(n, _)| &**n == r)
+            .map(|(_, c)| c.current)
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn bind_lookup_rebind_forget() {
+        let s = MemoryStore::new(Duration::from_secs(60), 10);
+        let a: Arc<str> = "a".into();
+        let b: Arc<str> = "b".into();
+        s.bind("X", &a);
+        assert_eq!(s.lookup("X").as_deref(), Some("a"));
+        s.bind("X", &b);
+        assert_eq!((count(&s, "a"), count(&s, "b")), (0, 1));
+        s.forget("X");
+        assert_eq!(s.lookup("X"), None);
+        assert_eq!(count(&s, "b"), 0);
+        assert_eq!(s.status().sessions, 0);
+    }
+
+    #[test]
+    fn cap_is_enforced_and_counted() {
+        let s = MemoryStore::new(Duration::from_secs(60), 2);
+        let a: Arc<str> = "a".into();
+        for id in ["1", "2", "3"] {
+            s.bind(id, &a);
+        }
+        assert_eq!(s.status().sessions, 2);
+        assert_eq!(s.status().rejected_full, 1);
+        assert_eq!(s.lookup("3"), None);
+    }
+
+    #[test]
+    fn claim_agrees_once() {
+        let s = MemoryStore::new(Duration::from_secs(60), 10);
+        let dead: Arc<str> = "dead".into();
+        s.bind("X", &dead);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let first = rt.block_on(s.claim("X", Some("dead"), "n1".into()));
+        let second = rt.block_on(s.claim("X", Some("dead"), "n2".into()));
+        assert_eq!((&*first, &*second), ("n1", "n1"));
+        assert_eq!(count(&s, "dead"), 0);
+        assert_eq!(count(&s, "n1"), 1);
+    }
+
+    #[test]
+    fn peak_survives_decrease() {
+        let s = MemoryStore::new(Duration::from_secs(60), 10);
+        let a: Arc<str> = "a".into();
+        s.bind("1", &a);
+        s.bind("2", &a);
+        s.forget("1");
+        let c = s.counts();
+        assert_eq!((c[0].1.current, c[0].1.peak), (1, 2));
+    }
+}
