@@ -1,0 +1,371 @@
+//! Shared drill helpers: real demo backends and real `stickgate` processes
+//! on free loopback ports, and a small HTTP client.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    /// SIGKILL now and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Send a signal by name ("TERM", "INT", "STOP", "CONT").
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status();
+    }
+
+    /// The OS pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Path of the `stickgate` binary under test.
+pub fn stickgate_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_stickgate"))
+}
+
+/// Path of the demo backend example, building it if `cargo test` has not.
+pub fn backend_bin() -> PathBuf {
+    let bin = stickgate_bin();
+    let dir = bin.parent().unwrap();
+    let ex = dir.join("examples").join("backend");
+    if !ex.exists() {
+        let profile_release = dir.ends_with("release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--example", "backend"]);
+        if profile_release {
+            cmd.arg("--release");
+        }
+        assert!(
+            cmd.status().unwrap().success(),
+            "building examples/backend failed"
+        );
+    }
+    ex
+}
+
+/// A running demo backend.
+pub struct Backend {
+    pub route: String,
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Backend {
+    /// Start a demo node on a free port; waits until it listens.
+    pub fn start(route: &str, extra: &[&str]) -> Backend {
+        Self::start_on(route, free_port(), extra)
+    }
+
+    /// Start a demo node on a given port (restarts keep their port).
+    pub fn start_on(route: &str, port: u16, extra: &[&str]) -> Backend {
+        let mut child = Command::new(backend_bin())
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--route", route])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start demo backend");
+        let stderr = child.stderr.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stderr).read_line(&mut line).unwrap();
+        assert!(line.contains("listening"), "backend {route} failed: {line}");
+        Backend {
+            route: route.into(),
+            port,
+            proc: Proc { child },
+        }
+    }
+
+    /// `[[backend]]` TOML for this node.
+    pub fn toml(&self) -> String {
+        format!(
+            "[[backend]]\nroute = \"{}\"\nurl = \"http://127.0.0.1:{}\"\n",
+            self.route, self.port
+        )
+    }
+}
+
+/// A running balancer.
+pub struct Gate {
+    pub port: u16,
+    pub admin_port: u16,
+    pub proc: Proc,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+}
+
+/// Fast health settings for drills, used unless a test gives its own.
+pub const FAST_HEALTH: &str =
+    "[health]\ninterval = \"200ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 1\n";
+
+impl Gate {
+    /// Start stickgate with `[server]`/`[admin]` filled in and `body` (any
+    /// other sections, backends included) appended.
+    pub fn start(body: &str) -> Gate {
+        Self::start_with(body, "")
+    }
+
+    /// Like `start`, with extra `[server]` keys.
+    pub fn start_with(body: &str, server_extra: &str) -> Gate {
+        let port = free_port();
+        let admin_port = free_port();
+        let toml = format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n{server_extra}\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{body}"
+        );
+        let dir = tempdir();
+        let cfg = dir.join("stickgate.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let log = dir.join("stickgate.log");
+        let child = Command::new(stickgate_bin())
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("STICKGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start stickgate");
+        let gate = Gate {
+            port,
+            admin_port,
+            proc: Proc { child },
+            dir,
+            log,
+        };
+        wait_for(Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .unwrap_or_else(|_| panic!("stickgate did not listen: {}", gate.logs()));
+        gate
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// What stickgate logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET /api/status` as JSON.
+    pub async fn status(&self) -> serde_json::Value {
+        let r = get(
+            &format!("http://127.0.0.1:{}/api/status", self.admin_port),
+            None,
+        )
+        .await;
+        serde_json::from_slice(&r.body).expect("status JSON")
+    }
+
+    /// Health of one backend per the status API ("up"/"down").
+    pub async fn health(&self, route: &str) -> String {
+        let s = self.status().await;
+        s["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["route"] == route)
+            .map(|b| b["health"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// Wait until the status API shows `route` with health `want`.
+    pub async fn wait_health(&self, route: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.health(route).await == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{route} never became {want}: {}", self.logs());
+    }
+}
+
+/// A fresh directory under the system temp dir.
+pub fn tempdir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "stickgate-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}
+
+/// Poll `f` every 20 ms until true or `timeout`.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> Result<(), ()> {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(())
+}
+
+/// A collected response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON ({}): {:?}", self.status, self.body))
+    }
+
+    /// Value of the session cookie (`JSESSIONID` by default) set by this
+    /// response, if any.
+    pub fn set_cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.split(';').next())
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.to_string())
+    }
+
+    /// All Set-Cookie header values.
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// A keep-alive HTTP client (one per test is enough).
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build_http()
+}
+
+/// One request with an optional `Cookie` header, on a fresh client.
+pub async fn get(url: &str, cookie: Option<&str>) -> Resp {
+    request(&client(), "GET", url, cookie, Bytes::new()).await
+}
+
+/// One request on `c`; panics on transport errors (tests assert statuses).
+pub async fn request(
+    c: &Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    url: &str,
+    cookie: Option<&str>,
+    body: Bytes,
+) -> Resp {
+    try_request(c, method, url, cookie, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// Like `request` but returns transport errors.
+pub async fn try_request(
+    c: &Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    url: &str,
+    cookie: Option<&str>,
+    body: Bytes,
+) -> Result<Resp, String> {
+    let mut b = http::Request::builder().method(method).uri(url);
+    if let Some(ck) = cookie {
+        b = b.header(http::header::COOKIE, ck);
+    }
+    let req = b.body(Full::new(body)).map_err(|e| e.to_string())?;
+    let res = tokio::time::timeout(Duration::from_secs(30), c.request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Send raw bytes on a new connection and read until the server closes or
+/// `timeout`; for malformed-request drills.
+pub fn raw(port: u16, bytes: &[u8], timeout: Duration) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Resident set size of a process in KiB (Linux).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
