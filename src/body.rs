@@ -8,16 +8,47 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 
 /// Request body sent upstream: the client's stream, or nothing (a bodiless
 /// request rebuilt for a retry).
 pub enum UpstreamBody {
     Client(Incoming),
+    /// The client's stream, noting progress so the response timeout counts
+    /// from the last byte sent rather than from the start of a long upload.
+    Tracked(Incoming, Arc<Progress>),
     Empty,
+}
+
+/// When the request body last moved, shared with the attempt's timer.
+#[derive(Debug)]
+pub struct Progress {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    /// Progress starting now.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Progress {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the body last made progress (or when tracking began).
+    pub fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
 }
 
 impl Body for UpstreamBody {
@@ -30,20 +61,27 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             UpstreamBody::Client(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::Tracked(b, p) => {
+                let r = Pin::new(b).poll_frame(cx);
+                if r.is_ready() {
+                    p.touch();
+                }
+                r
+            }
             UpstreamBody::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Client(b) => b.is_end_stream(),
+            UpstreamBody::Client(b) | UpstreamBody::Tracked(b, _) => b.is_end_stream(),
             UpstreamBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Client(b) => b.size_hint(),
+            UpstreamBody::Client(b) | UpstreamBody::Tracked(b, _) => b.size_hint(),
             UpstreamBody::Empty => SizeHint::with_exact(0),
         }
     }

@@ -125,7 +125,21 @@ fn handle_conn(
     let conn = graceful.watch(conn);
     tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            log_conn_error(peer, &*e);
         }
     });
+}
+
+/// Malformed or oversized requests were already answered (400/431) by
+/// hyper; log them once at info so operators see probes and broken clients.
+fn log_conn_error(peer: SocketAddr, e: &(dyn std::error::Error + 'static)) {
+    match e.downcast_ref::<hyper::Error>() {
+        Some(h) if h.is_parse() || h.is_parse_status() => {
+            tracing::info!(%peer, error = %h, "rejected malformed request");
+        }
+        Some(h) if h.is_timeout() => {
+            tracing::debug!(%peer, "client too slow sending headers or idle; connection closed");
+        }
+        _ => tracing::debug!(%peer, error = %e, "client connection ended with an error"),
+    }
 }

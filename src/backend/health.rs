@@ -143,3 +143,93 @@ fn spawn_probe(weak: Weak<Backend>, cfg: Arc<HealthSection>) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::PoolSettings;
+    use crate::config::{BackendConfig, InitialState};
+    use std::time::Duration;
+
+    fn backend() -> Arc<Backend> {
+        let cfg = BackendConfig {
+            route: "t1".into(),
+            authority: "127.0.0.1:1".into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            weight: 1,
+            domain: None,
+            state: InitialState::Active,
+        };
+        let pool = PoolSettings {
+            connect_timeout: Duration::from_millis(100),
+            idle_timeout: Duration::from_secs(1),
+            max_idle: 1,
+            keepalive: None,
+            max_connections: 0,
+            queue_timeout: Duration::from_secs(1),
+        };
+        Arc::new(Backend::new(cfg, pool))
+    }
+
+    fn health(rise: u32, fall: u32) -> HealthSection {
+        HealthSection {
+            rise,
+            fall,
+            ..HealthSection::default()
+        }
+    }
+
+    #[test]
+    fn fall_then_rise_hysteresis() {
+        let b = backend();
+        let h = health(2, 3);
+        record(&b, &h, Err("x".into()));
+        record(&b, &h, Err("x".into()));
+        assert!(b.is_up(), "two failures are below fall=3");
+        record(&b, &h, Err("x".into()));
+        assert!(!b.is_up());
+        record(&b, &h, Ok(()));
+        assert!(!b.is_up(), "one success is below rise=2");
+        record(&b, &h, Ok(()));
+        assert!(b.is_up());
+    }
+
+    #[test]
+    fn passive_failure_restarts_the_rise_count() {
+        let b = backend();
+        let h = Arc::new(health(2, 1));
+        record(&b, &h, Ok(()));
+        record(&b, &h, Ok(()));
+        record(&b, &h, Ok(()));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { mark_down(&b, &h, "test") });
+        assert!(!b.is_up());
+        record(&b, &h, Ok(()));
+        assert!(!b.is_up(), "earlier successes must not re-admit at once");
+        record(&b, &h, Ok(()));
+        assert!(b.is_up());
+    }
+
+    #[test]
+    fn passive_5xx_counts_only_when_enabled() {
+        let b = backend();
+        let off = Arc::new(health(2, 2));
+        note_status(&b, &off, StatusCode::BAD_GATEWAY);
+        note_status(&b, &off, StatusCode::BAD_GATEWAY);
+        assert!(b.is_up());
+        let on = Arc::new(HealthSection {
+            passive_5xx: true,
+            ..health(2, 2)
+        });
+        note_status(&b, &on, StatusCode::INTERNAL_SERVER_ERROR);
+        note_status(&b, &on, StatusCode::OK);
+        note_status(&b, &on, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(b.is_up(), "a success in between resets the count");
+        note_status(&b, &on, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!b.is_up());
+    }
+}

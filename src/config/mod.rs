@@ -67,3 +67,65 @@ pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
         problem,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BACKENDS: &str = "[[backend]]\nroute = \"t1\"\nurl = \"http://127.0.0.1:8081\"\n[[backend]]\nroute = \"t2\"\nurl = \"http://127.0.0.1:8082\"\nweight = 3\ndomain = \"A\"\n";
+
+    fn parse(extra: &str) -> Result<Config, ConfigError> {
+        from_str(&format!("{extra}\n{BACKENDS}"), Path::new("t.toml"))
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = parse("").unwrap();
+        assert_eq!(&*c.session.cookie, "JSESSIONID");
+        assert_eq!(c.session.path_parameter.as_deref(), Some("jsessionid"));
+        assert!(c.upstream.connect_timeout <= std::time::Duration::from_secs(1));
+        assert!(c.server.tcp_keepalive.time <= std::time::Duration::from_secs(300));
+        assert_eq!(c.backends[1].weight, 3);
+        assert_eq!(c.backends[1].domain.as_deref(), Some("A"));
+    }
+
+    #[test]
+    fn durations_parse() {
+        let c = parse("[session]\nidle_timeout = \"90s\"\n[upstream]\nconnect_timeout = \"250ms\"")
+            .unwrap();
+        assert_eq!(c.session.idle_timeout.as_secs(), 90);
+        assert_eq!(c.upstream.connect_timeout.as_millis(), 250);
+    }
+
+    #[test]
+    fn errors_are_one_line_naming_file_and_key() {
+        let cases = [
+            ("[server]\nlisten = [\"127.0.0.1:80\"]\nbogus = 1", "bogus"),
+            ("[health]\ninterval = \"soon\"", "t.toml:2"),
+            (
+                "[session]\nroute_separator = \"\"",
+                "session.route_separator",
+            ),
+            ("[upstream]\nretries = 9", "upstream.retries"),
+            ("[store]\nkind = \"etcd\"", "etcd"),
+            ("[admin]\nlisten = \"0.0.0.0:9901\"", "admin.listen"),
+        ];
+        for (text, needle) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.starts_with("t.toml"), "{e}");
+            assert!(e.contains(needle), "{e} should mention {needle}");
+            assert!(!e.contains('\n'), "{e:?} must be one line");
+        }
+    }
+
+    #[test]
+    fn backend_problems_are_named() {
+        let dup = "[[backend]]\nroute = \"t1\"\nurl = \"http://a:1\"\n";
+        let e = from_str(&format!("{BACKENDS}{dup}"), Path::new("t.toml")).unwrap_err();
+        assert!(e.to_string().contains("backend[2].route"), "{e}");
+        let e = from_str("", Path::new("t.toml")).unwrap_err();
+        assert!(e.to_string().contains("no [[backend]]"), "{e}");
+        let bad = "[[backend]]\nroute = \"a.b\"\nurl = \"http://a:1\"\n";
+        assert!(from_str(bad, Path::new("t.toml")).is_err());
+    }
+}

@@ -10,7 +10,7 @@
 use super::{error_response, headers, rewrite, ClientInfo, Runtime};
 use crate::backend::pool::ConnectError;
 use crate::backend::{health, Backend};
-use crate::body::{Exchange, ResponseBody, UpstreamBody};
+use crate::body::{Exchange, Progress, ResponseBody, UpstreamBody};
 use crate::config::Config;
 use crate::routing::{session, NoBackend, Reason, SessionId, Tried};
 use http::header::HOST;
@@ -161,7 +161,12 @@ pub async fn run(
         uri: parts.uri.clone(),
         headers: parts.headers.clone(),
     });
-    let mut pending = Some(Request::from_parts(parts, UpstreamBody::Client(body)));
+    let progress = (!body.is_end_stream()).then(Progress::new);
+    let body = match &progress {
+        Some(p) => UpstreamBody::Tracked(body, p.clone()),
+        None => UpstreamBody::Client(body),
+    };
+    let mut pending = Some(Request::from_parts(parts, body));
     let mut tried = Tried::default();
     let mut stale_retry = true;
     let mut last: Option<Failure> = None;
@@ -189,7 +194,7 @@ pub async fn run(
             session,
             &mut sent_id,
         );
-        match attempt(rt, &backend, req).await {
+        match attempt(rt, &backend, req, progress.as_deref()).await {
             Ok((response, exchange)) => {
                 return Ok(Done {
                     response,
@@ -272,11 +277,36 @@ fn rewrite_path_parameter(req: &mut Request<UpstreamBody>, param: &str, new: &st
     }
 }
 
+/// Await the response head; the timeout runs from the later of "now" and
+/// the request body's last progress, so uploads are not cut short while
+/// they move, and a silent backend costs exactly `after` once they stop.
+async fn response_within<F: std::future::Future>(
+    after: Duration,
+    progress: Option<&Progress>,
+    fut: F,
+) -> Result<F::Output, ()> {
+    tokio::pin!(fut);
+    let mut deadline = tokio::time::Instant::now() + after;
+    loop {
+        match tokio::time::timeout_at(deadline, &mut fut).await {
+            Ok(out) => return Ok(out),
+            Err(_) => {
+                let moved = progress.map(|p| tokio::time::Instant::from_std(p.last()) + after);
+                match moved {
+                    Some(d) if d > deadline => deadline = d,
+                    _ => return Err(()),
+                }
+            }
+        }
+    }
+}
+
 /// One attempt on one backend.
 async fn attempt(
     rt: &Runtime,
     backend: &Arc<Backend>,
     req: Request<UpstreamBody>,
+    progress: Option<&Progress>,
 ) -> Result<(Response<Incoming>, Exchange), Miss> {
     let route = backend.config.route.clone();
     let permit = match backend.pool.permit().await {
@@ -305,7 +335,7 @@ async fn attempt(
     };
     let mut sender = conn.sender;
     let after = rt.config.upstream.response_timeout;
-    match tokio::time::timeout(after, sender.try_send_request(req)).await {
+    match response_within(after, progress, sender.try_send_request(req)).await {
         Ok(Ok(resp)) => {
             exchange.set_sender(sender);
             Ok((resp, exchange))
