@@ -49,6 +49,7 @@ async fn main() -> ExitCode {
         cookie: args.cookie,
         no_suffix: args.no_suffix,
         redis_url: args.redis,
+        shared: None,
     };
     if let Err(err) = cfg.validate() {
         return fail(&err.to_string());

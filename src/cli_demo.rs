@@ -1,31 +1,68 @@
 //! `stickgate demo`: the balancer and two demo nodes on an embedded
 //! default, so a newcomer sees stickiness and failover in a minute.
+//!
+//! The nodes run in this process and share their session data, like a
+//! replicated Tomcat cluster, so a failed-over session keeps its base id and
+//! its hit count. Typing `kill tomcat1` / `start tomcat1` stops and restarts
+//! a node for real: its listener closes and connections are refused.
 
 use anyhow::Context;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
-use tokio::process::{Child, Command};
+use stickgate::demo::node::{serve, NodeConfig, SharedSessions};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::task::JoinHandle;
 
-/// Start two nodes as child processes (so they can be killed by hand) and
-/// the balancer in front of them.
+const ROUTES: [&str; 2] = ["tomcat1", "tomcat2"];
+
+struct Nodes {
+    ports: HashMap<&'static str, u16>,
+    running: HashMap<&'static str, JoinHandle<()>>,
+    shared: SharedSessions,
+}
+
+impl Nodes {
+    fn start(&mut self, route: &'static str) -> anyhow::Result<()> {
+        if self.running.get(route).is_some_and(|h| !h.is_finished()) {
+            println!("{route} is already running");
+            return Ok(());
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.ports[route]));
+        let listener = stickgate::server::bind(addr)?;
+        let mut cfg = NodeConfig::new(route);
+        cfg.shared = Some(self.shared.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = serve(listener, cfg).await {
+                eprintln!("demo node {route}: {e}");
+            }
+        });
+        self.running.insert(route, task);
+        Ok(())
+    }
+
+    fn kill(&mut self, route: &str) {
+        match self.running.remove(route) {
+            Some(h) => {
+                h.abort();
+                println!("{route} killed: its port now refuses connections");
+            }
+            None => println!("{route} is not running"),
+        }
+    }
+}
+
+/// Run the demo until Ctrl-C.
 pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find my own executable")?;
-    let ports = [free_port()?, free_port()?];
-    let mut children: Vec<(String, Child)> = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let route = format!("tomcat{}", i + 1);
-        let child = Command::new(&exe)
-            .args([
-                "demo-node",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--route",
-                &route,
-            ])
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start demo node {route}"))?;
-        children.push((route, child));
+    let mut nodes = Nodes {
+        ports: ROUTES
+            .iter()
+            .map(|r| Ok((*r, free_port()?)))
+            .collect::<anyhow::Result<_>>()?,
+        running: HashMap::new(),
+        shared: SharedSessions::new(),
+    };
+    for r in ROUTES {
+        nodes.start(r)?;
     }
     let toml = format!(
         r#"
@@ -45,30 +82,58 @@ url = "http://127.0.0.1:{p1}"
 route = "tomcat2"
 url = "http://127.0.0.1:{p2}"
 "#,
-        p1 = ports[0],
-        p2 = ports[1]
+        p1 = nodes.ports["tomcat1"],
+        p2 = nodes.ports["tomcat2"]
     );
     let cfg = stickgate::config::from_str(&toml, std::path::Path::new("<demo>"))?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    println!("stickgate demo: balancer on http://{listen}/ in front of two demo nodes");
-    for (route, child) in &children {
-        println!("  {route}: pid {}", child.id().unwrap_or(0));
-    }
     println!(
-        "\nTry it:\n  curl -c /tmp/jar -b /tmp/jar http://{listen}/    # repeat: same node, hits grow\n  kill {}                                          # kill the node that holds the session\n  curl -c /tmp/jar -b /tmp/jar http://{listen}/    # served by the other node, cookie rewritten\n  curl http://127.0.0.1:9901/api/status            # backends, health, sessions\nCtrl-C stops everything.",
-        children[0].1.id().unwrap_or(0)
+        "stickgate demo: balancer on http://{listen}/ in front of demo nodes tomcat1 and tomcat2
+(sessions are replicated between the nodes, like a Tomcat cluster)
+
+In another terminal:
+  curl -c /tmp/jar -b /tmp/jar http://{listen}/     # repeat: same node, hits grow
+Then type here:
+  kill tomcat1    (or whichever node the answers name)
+and repeat the curl: the other node answers, same session, hits continue,
+and the cookie's route suffix is rewritten. `start tomcat1` brings it back;
+the session stays where it is now (no flap-back).
+  curl http://127.0.0.1:9901/api/status              # backends, health, sessions
+Ctrl-C stops everything."
     );
-    stickgate::run(cfg, crate::shutdown_signal()).await?;
-    Ok(())
+    let mut balancer = tokio::spawn(stickgate::run(cfg, crate::shutdown_signal()));
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            done = &mut balancer => {
+                done??;
+                return Ok(());
+            }
+            line = lines.next_line(), if stdin_open => match line {
+                Ok(Some(l)) => command(&mut nodes, l.trim()),
+                _ => stdin_open = false,
+            },
+        }
+    }
 }
 
-/// Serve one demo node in the foreground.
-pub async fn node(listen: SocketAddr, route: String) -> anyhow::Result<()> {
-    let l = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("demo node cannot listen on {listen}"))?;
-    stickgate::demo::node::serve(l, stickgate::demo::node::NodeConfig::new(route)).await?;
-    Ok(())
+fn command(nodes: &mut Nodes, line: &str) {
+    let mut words = line.split_whitespace();
+    let (verb, node) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let Some(route) = ROUTES.iter().copied().find(|r| *r == node) else {
+        if !line.is_empty() {
+            println!("commands: kill tomcat1 | start tomcat1 | kill tomcat2 | start tomcat2");
+        }
+        return;
+    };
+    match verb {
+        "kill" | "stop" => nodes.kill(route),
+        "start" => match nodes.start(route) {
+            Ok(()) => println!("{route} started"),
+            Err(e) => println!("cannot start {route}: {e:#}"),
+        },
+        _ => println!("commands: kill {route} | start {route}"),
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -55,14 +55,6 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
     },
-    /// One demo node (used by `demo`; also handy by hand).
-    #[command(hide = true)]
-    DemoNode {
-        #[arg(long)]
-        listen: std::net::SocketAddr,
-        #[arg(long)]
-        route: String,
-    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -87,9 +79,6 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(cli_ctl::run(&admin, action)))
         }
         Command::Demo { listen } => runtime().and_then(|rt| rt.block_on(cli_demo::run(listen))),
-        Command::DemoNode { listen, route } => {
-            runtime().and_then(|rt| rt.block_on(cli_demo::node(listen, route)))
-        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

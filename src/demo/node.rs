@@ -85,6 +85,27 @@ pub struct NodeConfig {
     /// Keep session data in Redis at this URL, which makes several nodes
     /// behave like a session-replicating cluster.
     pub redis_url: Option<String>,
+    /// Share session data in memory with other nodes of the same process
+    /// (a replicated cluster without Redis, for `stickgate demo`).
+    pub shared: Option<SharedSessions>,
+}
+
+/// Session data shared in-process by several demo nodes, the way Tomcat's
+/// DeltaManager replicates sessions to every member.
+#[derive(Clone, Default)]
+pub struct SharedSessions(Arc<MemoryStore>);
+
+impl SharedSessions {
+    /// An empty shared session space.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for SharedSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedSessions")
+    }
 }
 
 impl NodeConfig {
@@ -96,6 +117,7 @@ impl NodeConfig {
             cookie: "JSESSIONID".to_owned(),
             no_suffix: false,
             redis_url: None,
+            shared: None,
         }
     }
 
@@ -208,7 +230,7 @@ impl Node {
             .map_err(|_| NodeError::InvalidRoute(cfg.route.clone()))?;
         let store = match &cfg.redis_url {
             Some(url) => Store::Redis(connect_redis(url).await?),
-            None => Store::Memory(MemoryStore::default()),
+            None => Store::Memory(cfg.shared.clone().map(|s| s.0).unwrap_or_default()),
         };
         Ok(Self {
             path_param: cfg.cookie.to_ascii_lowercase(),
@@ -582,7 +604,7 @@ fn store_failure(err: &redis::RedisError) -> Response<RespBody> {
 /// Where sessions live: per node in memory (sticky-only cluster) or shared
 /// in Redis (replicated cluster).
 enum Store {
-    Memory(MemoryStore),
+    Memory(Arc<MemoryStore>),
     Redis(ConnectionManager),
 }
 

@@ -90,7 +90,7 @@ impl Table {
     }
 
     fn new_session(&self, store: &dyn SessionStore, tried: &Tried) -> Result<Decision, NoBackend> {
-        let sessions = |b: &Backend| store_sessions(store, b.route());
+        let sessions = |b: &Backend| store.sessions(b.route());
         let pick = self
             .selector
             .pick(&self.backends, |b| b.takes_new(), tried, sessions)
@@ -148,13 +148,4 @@ impl Table {
             reason: Reason::Failover { from: from.into() },
         })
     }
-}
-
-fn store_sessions(store: &dyn SessionStore, route: &str) -> u64 {
-    store
-        .counts()
-        .into_iter()
-        .find(|(r, _)| &**r == route)
-        .map(|(_, c)| c.current)
-        .unwrap_or(0)
 }

@@ -240,6 +240,14 @@ impl SessionStore for MemoryStore {
         Box::pin(std::future::ready(answer))
     }
 
+    fn sessions(&self, route: &str) -> u64 {
+        self.routes
+            .load()
+            .get(route)
+            .map(|s| s.current.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
     fn counts(&self) -> Vec<(Arc<str>, SessionCounts)> {
         self.routes
             .load()

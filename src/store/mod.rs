@@ -59,6 +59,9 @@ pub trait SessionStore: Send + Sync + 'static {
         proposed: Arc<str>,
     ) -> StoreFuture<'a, Arc<str>>;
 
+    /// Current sessions of one route (least-sessions balancing; cheap).
+    fn sessions(&self, route: &str) -> u64;
+
     /// Current and peak sessions of each route seen.
     fn counts(&self) -> Vec<(Arc<str>, SessionCounts)>;
 
