@@ -51,20 +51,43 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Parse and validate configuration text; `path` is only used in messages.
 pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
-            .unwrap_or(1);
+        let at = e.span().map(|s| s.start.min(text.len())).unwrap_or(0);
+        let message = e.message().replace('\n', " ");
         ConfigError::Parse {
             file: path.to_path_buf(),
-            line,
-            message: e.message().replace('\n', " "),
+            line: text[..at].matches('\n').count() + 1,
+            message: match key_at(text, at) {
+                Some(key) if !message.contains(&key) => format!("{key}: {message}"),
+                _ => message,
+            },
         }
     })?;
     checked::validate(raw).map_err(|(key, problem)| ConfigError::Invalid {
         file: path.to_path_buf(),
         key,
         problem,
+    })
+}
+
+/// The dotted key (`health.interval`) of the `key = value` line holding
+/// byte `at`, so a type error names its key, not only its line.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    let section = text[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(['[', ']']).trim());
+    Some(match section {
+        Some(s) => format!("{s}.{key}"),
+        None => key.to_owned(),
     })
 }
 
@@ -101,7 +124,8 @@ mod tests {
     fn errors_are_one_line_naming_file_and_key() {
         let cases = [
             ("[server]\nlisten = [\"127.0.0.1:80\"]\nbogus = 1", "bogus"),
-            ("[health]\ninterval = \"soon\"", "t.toml:2"),
+            ("[health]\ninterval = \"soon\"", "t.toml:2: health.interval"),
+            ("[server]\nbogus = 1", "t.toml:2"),
             (
                 "[session]\nroute_separator = \"\"",
                 "session.route_separator",

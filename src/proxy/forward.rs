@@ -186,14 +186,7 @@ pub async fn run(
             }
             (None, None) => break,
         };
-        fit_request(
-            rt,
-            &mut req,
-            &backend,
-            &decision.reason,
-            session,
-            &mut sent_id,
-        );
+        fit_request(rt, &mut req, &backend, session, &mut sent_id);
         match attempt(rt, &backend, req, progress.as_deref()).await {
             Ok((response, exchange)) => {
                 return Ok(Done {
@@ -230,12 +223,13 @@ pub async fn run(
 }
 
 /// Per-attempt changes: Host for the chosen backend when needed, and with
-/// `rewrite_request` the session id renamed to the heir's route.
+/// `rewrite_request` the session id renamed to the serving backend's route
+/// whenever the client still names another one (the failover request and
+/// every request sent before the client saw the new cookie).
 fn fit_request(
     rt: &Runtime,
     req: &mut Request<UpstreamBody>,
     backend: &Backend,
-    reason: &Reason,
     session: Option<&SessionId<'_>>,
     sent_id: &mut Option<String>,
 ) {
@@ -245,10 +239,10 @@ fn fit_request(
         }
     }
     let s = &rt.config.session;
-    let (Some(sess), true, Reason::Failover { .. }) = (session, s.rewrite_request, reason) else {
+    let Some(sess) = session.filter(|_| s.rewrite_request) else {
         return;
     };
-    if sess.route.is_none() {
+    if sess.route.is_none_or(|r| r == backend.route()) {
         return;
     }
     let new = rewrite::rewritten_id(sess.base, &s.separator, backend.route());

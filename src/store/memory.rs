@@ -34,8 +34,8 @@ impl RouteSlot {
 
 struct Entry {
     route: Arc<RouteSlot>,
-    /// Seconds since the store's epoch.
-    last_seen: u32,
+    /// Milliseconds since the store's epoch.
+    last_seen: u64,
 }
 
 type Shard = Mutex<HashMap<Box<str>, Entry>>;
@@ -47,7 +47,7 @@ pub struct MemoryStore {
     routes: ArcSwap<HashMap<Arc<str>, Arc<RouteSlot>>>,
     routes_write: Mutex<()>,
     epoch: Instant,
-    idle_secs: u32,
+    idle_ms: u64,
     capacity: u64,
     len: AtomicU64,
     rejected: AtomicU64,
@@ -65,7 +65,7 @@ impl MemoryStore {
             routes: ArcSwap::from_pointee(HashMap::new()),
             routes_write: Mutex::new(()),
             epoch: Instant::now(),
-            idle_secs: idle.as_secs().clamp(1, u32::MAX as u64) as u32,
+            idle_ms: (idle.as_millis() as u64).max(1),
             capacity: capacity as u64,
             len: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -77,7 +77,7 @@ impl MemoryStore {
     /// Run the expiry sweep in the background until the store is dropped.
     pub fn start_sweeper(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
-        let every = Duration::from_secs((self.idle_secs / 4).clamp(1, 10) as u64);
+        let every = Duration::from_millis((self.idle_ms / 4).clamp(250, 10_000));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
@@ -111,12 +111,12 @@ impl MemoryStore {
         removed
     }
 
-    fn now(&self) -> u32 {
-        self.epoch.elapsed().as_secs() as u32
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
-    fn is_expired(&self, e: &Entry, now: u32) -> bool {
-        now.saturating_sub(e.last_seen) >= self.idle_secs
+    fn is_expired(&self, e: &Entry, now: u64) -> bool {
+        now.saturating_sub(e.last_seen) >= self.idle_ms
     }
 
     fn shard(&self, id: &str) -> &Shard {

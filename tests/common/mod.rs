@@ -369,3 +369,236 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+// ---------------------------------------------------------------------------
+// Helpers added for the sticky / failover / bad-input / lifecycle drills.
+// ---------------------------------------------------------------------------
+
+/// A private `redis-server` on a free loopback port, killed when dropped.
+pub struct Redis {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Redis {
+    /// Start `redis-server --port P --save "" --appendonly no` and wait
+    /// until it accepts TCP connections.
+    pub fn start() -> Redis {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}); the replicated-failover drills need it: \
+                     run scripts/test.sh or `apt-get install redis-server`"
+                )
+            });
+        let mut redis = Redis {
+            port,
+            proc: Proc { child },
+        };
+        let up = wait_for(Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if up.is_err() {
+            let status = redis.proc.child.try_wait().ok().flatten();
+            panic!("redis-server did not accept connections on port {port} (exit: {status:?})");
+        }
+        redis
+    }
+
+    /// `redis://127.0.0.1:P`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+/// `[[backend]]` TOML for a route with no process behind it (a port nothing
+/// listens on), plus any extra keys (`weight = 2`, `domain = "A"`, ...).
+pub fn dead_backend_toml(route: &str, extra: &str) -> String {
+    format!(
+        "[[backend]]\nroute = \"{route}\"\nurl = \"http://127.0.0.1:{}\"\n{extra}\n",
+        free_port()
+    )
+}
+
+impl Backend {
+    /// `[[backend]]` TOML with extra keys (`weight = 3`, `state = "draining"`).
+    pub fn toml_with(&self, extra: &str) -> String {
+        format!("{}{extra}\n", self.toml())
+    }
+}
+
+impl Gate {
+    /// The status entry of one backend.
+    pub async fn backend_status(&self, route: &str) -> serde_json::Value {
+        let s = self.status().await;
+        s["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["route"] == route)
+            .cloned()
+            .unwrap_or_else(|| panic!("no backend {route} in status: {s}"))
+    }
+
+    /// Current session count of each route, in config order.
+    pub async fn session_counts(&self) -> Vec<(String, u64)> {
+        let s = self.status().await;
+        s["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["route"].as_str().unwrap().to_owned(),
+                    b["sessions"]["current"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Whether the stickgate process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.proc.child.try_wait(), Ok(None))
+    }
+}
+
+/// One request with arbitrary extra headers (repeated names become
+/// repeated header lines, e.g. several `Cookie` headers).
+pub async fn request_with(
+    c: &Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Resp {
+    let mut b = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(body)).unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(30), c.request(req))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {url}: timed out"))
+        .unwrap_or_else(|e| panic!("{method} {url}: {e:?}"));
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A response parsed out of `raw()` output.
+#[derive(Debug)]
+pub struct RawResp {
+    pub status: u16,
+    /// Header names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawResp {
+    /// First value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON ({}): {:?}", self.status, self.body))
+    }
+
+    /// Value of the session cookie set by this response, if any.
+    pub fn set_cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == "set-cookie")
+            .filter_map(|(_, v)| v.split(';').next())
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+/// Parse every complete HTTP/1.1 response in `text` (as returned by
+/// `raw()`), honouring Content-Length and chunked framing.
+pub fn parse_responses(text: &str) -> Vec<RawResp> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some((head, after)) = rest.split_once("\r\n\r\n") {
+        let mut lines = head.split("\r\n");
+        let Some(status) = lines
+            .next()
+            .filter(|l| l.starts_with("HTTP/1."))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u16>().ok())
+        else {
+            break;
+        };
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let (body, next) = if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            let mut body = String::new();
+            let mut r = after;
+            loop {
+                let Some((size, tail)) = r.split_once("\r\n") else {
+                    r = "";
+                    break;
+                };
+                let n =
+                    usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap_or(0);
+                if n == 0 {
+                    r = tail.split_once("\r\n").map_or("", |(_, t)| t);
+                    break;
+                }
+                let take = n.min(tail.len());
+                body.push_str(&tail[..take]);
+                r = tail[take..].strip_prefix("\r\n").unwrap_or(&tail[take..]);
+            }
+            (body, r)
+        } else if let Some(n) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            let take = n.min(after.len());
+            (after[..take].to_owned(), &after[take..])
+        } else {
+            (after.to_owned(), "")
+        };
+        out.push(RawResp {
+            status,
+            headers,
+            body,
+        });
+        rest = next;
+    }
+    out
+}
+
+/// The first response in `raw()` output; panics with the text if none.
+pub fn parse_response(text: &str) -> RawResp {
+    parse_responses(text)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no HTTP response in {text:?}"))
+}
