@@ -19,24 +19,37 @@ pub mod store;
 use config::{Config, StoreKind};
 use std::future::Future;
 use std::sync::Arc;
-use store::{MemoryStore, SessionStore};
+use store::{MemoryStore, SessionStore, StoreError};
 
 /// Why the balancer could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Bind(#[from] server::BindError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-/// Build the session store the config asks for.
-pub fn build_store(config: &Config) -> Arc<dyn SessionStore> {
-    match config.store {
+/// Build and start the session store the config asks for.
+pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, StoreError> {
+    let idle = config.session.idle_timeout;
+    let cap = config.session.max_sessions;
+    Ok(match config.store.kind {
         StoreKind::Memory => {
-            let s = MemoryStore::new(config.session.idle_timeout, config.session.max_sessions);
+            let s = MemoryStore::new(idle, cap);
             s.start_sweeper();
             s
         }
-    }
+        StoreKind::Redis => {
+            let routes = config.backends.iter().map(|b| b.route.clone()).collect();
+            store::redis::RedisStore::start(&config.store, idle, cap, routes).await?
+        }
+        StoreKind::Multicast => {
+            return Err(StoreError::Multicast(
+                "not available in this build yet".into(),
+            ))
+        }
+    })
 }
 
 /// Run the balancer until `shutdown` resolves, then drain gracefully.
@@ -46,7 +59,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Some(a) => Some(server::bind(a)?),
         None => None,
     };
-    let store = build_store(&config);
+    let store = build_store(&config).await?;
     let server_cfg = config.server.clone();
     let runtime = proxy::Runtime::start(config, store);
     let proxy = proxy::Proxy::new(runtime);

@@ -2,7 +2,7 @@
 
 use super::raw::{
     AdminSection, Algorithm, HealthSection, InitialState, KeepaliveSection, RawConfig,
-    ServerSection, StoreKind, UpstreamSection,
+    ServerSection, StoreKind, StoreSection, UpstreamSection,
 };
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -15,7 +15,7 @@ pub struct Config {
     pub server: Arc<ServerSection>,
     pub admin_listen: Option<SocketAddr>,
     pub session: SessionRules,
-    pub store: StoreKind,
+    pub store: Arc<StoreSection>,
     pub health: Arc<HealthSection>,
     pub upstream: Arc<UpstreamSection>,
     pub algorithm: Algorithm,
@@ -78,6 +78,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Problem> {
     check_admin(&raw.admin)?;
     check_health(&raw.health)?;
     check_upstream(&raw.upstream)?;
+    check_store(&raw.store)?;
     let session = check_session(&raw.session)?;
     if raw.backends.is_empty() {
         return Err(bad(
@@ -129,7 +130,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Problem> {
         server: Arc::new(raw.server),
         admin_listen: raw.admin.listen,
         session,
-        store: raw.store.kind,
+        store: Arc::new(raw.store),
         health: Arc::new(raw.health),
         upstream: Arc::new(raw.upstream),
         algorithm: raw.balance.algorithm,
@@ -244,6 +245,100 @@ fn check_upstream(u: &UpstreamSection) -> Result<(), Problem> {
         return Err(bad("upstream.retries", "must be 0..=7"));
     }
     check_keepalive("upstream.tcp_keepalive", &u.tcp_keepalive)
+}
+
+fn check_store(s: &StoreSection) -> Result<(), Problem> {
+    nonzero("store.timeout", s.timeout)?;
+    if s.write_queue == 0 {
+        return Err(bad("store.write_queue", "must be at least 1"));
+    }
+    match s.kind {
+        StoreKind::Memory => Ok(()),
+        StoreKind::Redis => {
+            let set = [
+                s.redis_url.is_some(),
+                !s.redis_cluster.is_empty(),
+                s.redis_sentinel.is_some(),
+            ];
+            match set.iter().filter(|x| **x).count() {
+                1 => {}
+                0 => {
+                    return Err(bad(
+                        "store.redis_url",
+                        "kind = \"redis\" needs redis_url, redis_cluster or redis_sentinel",
+                    ))
+                }
+                _ => {
+                    return Err(bad(
+                        "store.redis_url",
+                        "set only one of redis_url, redis_cluster, redis_sentinel",
+                    ))
+                }
+            }
+            let urls = s
+                .redis_url
+                .iter()
+                .chain(&s.redis_cluster)
+                .chain(s.redis_sentinel.iter().flat_map(|x| &x.nodes));
+            for u in urls {
+                if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                    return Err(bad(
+                        "store.redis_url",
+                        format!("{:?} must start with redis:// or rediss://", redact_url(u)),
+                    ));
+                }
+                if redis::Client::open(u.as_str()).is_err() {
+                    return Err(bad(
+                        "store.redis_url",
+                        format!("{:?} is not a valid Redis URL", redact_url(u)),
+                    ));
+                }
+            }
+            if let Some(sen) = &s.redis_sentinel {
+                if sen.master.is_empty() || sen.nodes.is_empty() {
+                    return Err(bad(
+                        "store.redis_sentinel",
+                        "needs master and at least one node",
+                    ));
+                }
+            }
+            Ok(())
+        }
+        StoreKind::Multicast => {
+            if !s.multicast_group.ip().is_multicast() {
+                return Err(bad(
+                    "store.multicast_group",
+                    format!(
+                        "{} is not a multicast address (224.0.0.0/4)",
+                        s.multicast_group.ip()
+                    ),
+                ));
+            }
+            nonzero("store.heartbeat_interval", s.heartbeat_interval)?;
+            if s.drop_time <= s.heartbeat_interval {
+                return Err(bad(
+                    "store.drop_time",
+                    "must be longer than heartbeat_interval (Tomcat: 3s vs 500ms)",
+                ));
+            }
+            let Some(path) = &s.key_file else {
+                return Err(bad("store.key_file", "kind = \"multicast\" needs key_file: a file with a shared secret of at least 16 bytes, mode 0600"));
+            };
+            crate::store::read_key_file(path)
+                .map(|_| ())
+                .map_err(|e| bad("store.key_file", e))
+        }
+    }
+}
+
+/// `redis://user:secret@host` -> `redis://***@host`, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 fn check_keepalive(key: &str, k: &KeepaliveSection) -> Result<(), Problem> {

@@ -8,7 +8,7 @@ pub mod raw;
 
 mod checked;
 
-pub use checked::{BackendConfig, Config, Keepalive, SessionRules};
+pub use checked::{redact_url, BackendConfig, Config, Keepalive, SessionRules};
 pub use raw::{Algorithm, InitialState, StoreKind};
 
 use std::path::{Path, PathBuf};

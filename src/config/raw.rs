@@ -5,7 +5,8 @@
 //! checked form in [`super::checked`] is.
 
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Root of the configuration file.
@@ -136,19 +137,76 @@ impl Default for SessionSection {
     }
 }
 
-/// Which session-affinity store backs the balancer.
+/// Which session-affinity store backs the balancer, and how it reaches
+/// the balancers it shares sessions with.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
     pub kind: StoreKind,
+    /// Standalone Redis: `redis://[user:password@]host:port[/db]`, or
+    /// `rediss://` for TLS.
+    pub redis_url: Option<String>,
+    /// Redis Cluster seed nodes.
+    pub redis_cluster: Vec<String>,
+    /// Redis Sentinel: master name and sentinel addresses.
+    pub redis_sentinel: Option<SentinelSection>,
+    pub key_prefix: String,
+    /// Store a SHA-256 of each session id instead of the id (ids are
+    /// credentials; a Redis dump must not hand them out).
+    pub hash_keys: bool,
+    /// Longest wait for the remote store on the request path (a cache miss
+    /// or a failover claim); past it the balancer decides locally.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Pending writes kept while the remote store is slow; beyond this they
+    /// are dropped and counted (the local cache still has them).
+    pub write_queue: usize,
+    /// Multicast: group address for heartbeats and record replication.
+    pub multicast_group: SocketAddr,
+    /// Multicast: local interface address to send and join on.
+    pub multicast_interface: IpAddr,
+    /// Multicast: this balancer's UDP+TCP endpoint (unicast peers, full sync).
+    pub replication_listen: SocketAddr,
+    /// Multicast: static peers' `replication_listen` addresses, for networks
+    /// that block multicast.
+    pub peers: Vec<SocketAddr>,
+    /// Multicast: file holding the shared secret; must not be world-readable.
+    pub key_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A peer silent for this long is dropped from membership.
+    #[serde(with = "humantime_serde")]
+    pub drop_time: Duration,
 }
 
 impl Default for StoreSection {
     fn default() -> Self {
         Self {
             kind: StoreKind::Memory,
+            redis_url: None,
+            redis_cluster: Vec::new(),
+            redis_sentinel: None,
+            key_prefix: "stickgate:".into(),
+            hash_keys: true,
+            timeout: Duration::from_millis(100),
+            write_queue: 65_536,
+            multicast_group: SocketAddr::from(([228, 0, 0, 5], 45565)),
+            multicast_interface: IpAddr::from([127, 0, 0, 1]),
+            replication_listen: SocketAddr::from(([127, 0, 0, 1], 45566)),
+            peers: Vec::new(),
+            key_file: None,
+            heartbeat_interval: Duration::from_millis(500),
+            drop_time: Duration::from_secs(3),
         }
     }
+}
+
+/// Redis Sentinel settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelSection {
+    pub master: String,
+    pub nodes: Vec<String>,
 }
 
 /// Store implementations known to this build.
@@ -156,6 +214,8 @@ impl Default for StoreSection {
 #[serde(rename_all = "snake_case")]
 pub enum StoreKind {
     Memory,
+    Redis,
+    Multicast,
 }
 
 /// Active health checks and passive failure detection.

@@ -5,7 +5,7 @@
 
 use crate::backend::{Backend, CookieTemplate};
 use crate::routing::{SessionId, Source, Table};
-use crate::store::SessionStore;
+use crate::store::{Cached, SessionStore};
 use cookie::{Cookie, SameSite};
 use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
 use std::sync::Arc;
@@ -49,7 +49,7 @@ pub fn apply(x: &Exchange<'_>, headers: &mut HeaderMap, status_ok: bool) {
                 headers.append(SET_COOKIE, v);
             }
         }
-        None if x.store.lookup(s.base).as_deref() != Some(served) => {
+        None if x.store.lookup(s.base) != Cached::Found(x.served.config.route.clone()) => {
             x.store.bind(s.base, &x.served.config.route);
         }
         _ => {}

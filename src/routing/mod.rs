@@ -7,7 +7,7 @@ pub mod session;
 
 use crate::backend::Backend;
 use crate::config::Algorithm;
-use crate::store::SessionStore;
+use crate::store::{Cached, SessionStore};
 use balance::Selector;
 pub use balance::Tried;
 pub use session::{SessionId, Source};
@@ -69,7 +69,11 @@ impl Table {
         let Some(s) = session else {
             return self.new_session(store, tried);
         };
-        let bound = store.lookup(s.base);
+        let bound = match store.lookup(s.base) {
+            Cached::Found(r) => Some(r),
+            Cached::Absent => None,
+            Cached::Unknown => store.fetch(s.base).await,
+        };
         let wanted: Option<&str> = bound.as_deref().or(s.route);
         let Some(wanted) = wanted else {
             return self.new_session(store, tried);

@@ -4,7 +4,7 @@
 //! session id with a per-process random hash seed (ids are attacker-chosen),
 //! and swept by a background task so idle sessions never leak.
 
-use super::{SessionCounts, SessionStore, StoreFuture, StoreStatus};
+use super::{Cached, PeakWindow, SessionCounts, SessionStore, StoreFuture, StoreStatus};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -20,12 +20,14 @@ struct RouteSlot {
     name: Arc<str>,
     current: AtomicU64,
     peak: AtomicU64,
+    window: PeakWindow,
 }
 
 impl RouteSlot {
     fn inc(&self) {
         let n = self.current.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak.fetch_max(n, Ordering::Relaxed);
+        self.window.record(n);
     }
     fn dec(&self) {
         self.current.fetch_sub(1, Ordering::Relaxed);
@@ -36,6 +38,9 @@ struct Entry {
     route: Arc<RouteSlot>,
     /// Milliseconds since the store's epoch.
     last_seen: u64,
+    /// When a replicating store last told the others about this session
+    /// (ms since the epoch), so refreshes go out now and then, not per hit.
+    synced: u64,
 }
 
 type Shard = Mutex<HashMap<Box<str>, Entry>>;
@@ -136,6 +141,7 @@ impl MemoryStore {
             name: route.clone(),
             current: AtomicU64::new(0),
             peak: AtomicU64::new(0),
+            window: PeakWindow::default(),
         });
         let mut next = (*cur).clone();
         next.insert(route.clone(), slot.clone());
@@ -172,14 +178,45 @@ impl MemoryStore {
             Entry {
                 route: slot,
                 last_seen: now,
+                synced: now,
             },
         );
         true
     }
 }
 
-impl SessionStore for MemoryStore {
-    fn lookup(&self, id: &str) -> Option<Arc<str>> {
+impl MemoryStore {
+    /// The bound route, refreshing last-seen.
+    pub fn get(&self, id: &str) -> Option<Arc<str>> {
+        self.get_idle(id).map(|(r, _)| r)
+    }
+
+    /// The bound route and how long (ms) the session had been idle before
+    /// this call.
+    pub fn get_idle(&self, id: &str) -> Option<(Arc<str>, u64)> {
+        self.with_live(id, |e, now| {
+            let idle = now.saturating_sub(e.last_seen);
+            e.last_seen = now;
+            (e.route.name.clone(), idle)
+        })
+    }
+
+    /// The bound route (refreshing last-seen) and whether the session is
+    /// due for a refresh to the shared store: true at most once per
+    /// `every_ms` per session, however often it is requested.
+    pub fn get_sync(&self, id: &str, every_ms: u64) -> Option<(Arc<str>, bool)> {
+        self.with_live(id, |e, now| {
+            e.last_seen = now;
+            let due = now.saturating_sub(e.synced) >= every_ms;
+            if due {
+                e.synced = now;
+            }
+            (e.route.name.clone(), due)
+        })
+    }
+
+    /// Run `f` on a live entry; an expired one is removed and counted.
+    fn with_live<R>(&self, id: &str, f: impl FnOnce(&mut Entry, u64) -> R) -> Option<R> {
         let now = self.now();
         let mut map = self.shard(id).lock().ok()?;
         let e = map.get_mut(id)?;
@@ -190,8 +227,47 @@ impl SessionStore for MemoryStore {
             self.expired.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        e.last_seen = now;
-        Some(e.route.name.clone())
+        Some(f(e, now))
+    }
+
+    /// Visit every live session with its route and idle time (ms): full
+    /// state for resynchronising a shared store or a joining peer.
+    pub fn for_each(&self, mut f: impl FnMut(&str, &Arc<str>, u64)) {
+        let now = self.now();
+        for shard in self.shards.iter() {
+            let Ok(map) = shard.lock() else { continue };
+            for (id, e) in map.iter() {
+                if !self.is_expired(e, now) {
+                    f(id, &e.route.name, now.saturating_sub(e.last_seen));
+                }
+            }
+        }
+    }
+
+    /// Bind with a given idle age (replicated records keep their age, so a
+    /// copy never outlives the original).
+    pub fn bind_aged(&self, id: &str, route: &Arc<str>, idle_ms: u64) {
+        let slot = self.slot(route);
+        if let Ok(mut map) = self.shard(id).lock() {
+            self.put(&mut map, id, slot);
+            if let Some(e) = map.get_mut(id) {
+                e.last_seen = self.now().saturating_sub(idle_ms);
+            }
+        }
+    }
+
+    /// The idle timeout in force.
+    pub fn idle_ms(&self) -> u64 {
+        self.idle_ms
+    }
+}
+
+impl SessionStore for MemoryStore {
+    fn lookup(&self, id: &str) -> Cached {
+        match self.get(id) {
+            Some(r) => Cached::Found(r),
+            None => Cached::Absent,
+        }
     }
 
     fn bind(&self, id: &str, route: &Arc<str>) {
@@ -253,13 +329,14 @@ impl SessionStore for MemoryStore {
             .load()
             .values()
             .map(|s| {
-                (
-                    s.name.clone(),
+                (s.name.clone(), {
+                    let current = s.current.load(Ordering::Relaxed);
                     SessionCounts {
-                        current: s.current.load(Ordering::Relaxed),
+                        current,
+                        peak_5min: s.window.peak(current),
                         peak: s.peak.load(Ordering::Relaxed),
-                    },
-                )
+                    }
+                })
             })
             .collect()
     }
@@ -271,6 +348,8 @@ impl SessionStore for MemoryStore {
             capacity: self.capacity,
             rejected_full: self.rejected.load(Ordering::Relaxed),
             expired: self.expired.load(Ordering::Relaxed),
+            healthy: true,
+            ..StoreStatus::default()
         }
     }
 }
@@ -293,11 +372,11 @@ mod tests {
         let a: Arc<str> = "a".into();
         let b: Arc<str> = "b".into();
         s.bind("X", &a);
-        assert_eq!(s.lookup("X").as_deref(), Some("a"));
+        assert_eq!(s.get("X").as_deref(), Some("a"));
         s.bind("X", &b);
         assert_eq!((count(&s, "a"), count(&s, "b")), (0, 1));
         s.forget("X");
-        assert_eq!(s.lookup("X"), None);
+        assert_eq!(s.get("X"), None);
         assert_eq!(count(&s, "b"), 0);
         assert_eq!(s.status().sessions, 0);
     }
@@ -311,7 +390,7 @@ mod tests {
         }
         assert_eq!(s.status().sessions, 2);
         assert_eq!(s.status().rejected_full, 1);
-        assert_eq!(s.lookup("3"), None);
+        assert_eq!(s.get("3"), None);
     }
 
     #[test]

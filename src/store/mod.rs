@@ -1,23 +1,33 @@
 //! Session-affinity store: which route each session lives on.
 //!
 //! The proxy only sees the [`SessionStore`] trait, so memory, Redis or
-//! multicast stores plug in without touching it. Lookups are synchronous and
-//! local on purpose: a store that replicates elsewhere keeps a local cache,
-//! and the hot path never waits on the network. Only a failover claim, which
-//! must be agreed cluster-wide, may wait.
+//! multicast stores plug in without touching it. [`SessionStore::lookup`]
+//! is synchronous and local on purpose: a store that replicates keeps a
+//! local cache, and the hot path never waits on the network. Only a cache
+//! miss for an id the cluster may know ([`Cached::Unknown`]) and a failover
+//! claim, which must be agreed cluster-wide, may wait, bounded by the
+//! store's timeout.
 
+pub mod counts;
 pub mod memory;
+pub mod multicast;
+pub mod redis;
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use counts::PeakWindow;
 pub use memory::MemoryStore;
 
 /// Per-route session counts (sessions must never leak: operators watch these).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SessionCounts {
     pub current: u64,
+    /// Highest `current` over the last five minutes.
+    pub peak_5min: u64,
+    /// Highest `current` since this balancer started.
     pub peak: u64,
 }
 
@@ -25,11 +35,33 @@ pub struct SessionCounts {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct StoreStatus {
     pub kind: &'static str,
+    /// Sessions this balancer tracks (its local view).
     pub sessions: u64,
     pub capacity: u64,
     /// Sessions refused because the store was full.
     pub rejected_full: u64,
     pub expired: u64,
+    /// Whether the shared part (Redis, peers) is reachable; always true for
+    /// `memory`.
+    pub healthy: bool,
+    /// Failed remote operations since start.
+    pub errors: u64,
+    /// Writes dropped because the write queue was full.
+    pub dropped_writes: u64,
+    /// Peers currently seen (multicast), or the Redis endpoint(s).
+    pub peers: Vec<String>,
+}
+
+/// Answer of the local, non-blocking lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cached {
+    /// Bound to this route.
+    Found(Arc<str>),
+    /// Known not to be bound (or the store is purely local).
+    Absent,
+    /// Not in the local cache; the shared store may know it: ask
+    /// [`SessionStore::fetch`].
+    Unknown,
 }
 
 /// A future returned by the store for the rare operations that may need to
@@ -40,7 +72,15 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait SessionStore: Send + Sync + 'static {
     /// The route bound to a session, refreshing its last-seen time.
     /// Local only; never waits.
-    fn lookup(&self, id: &str) -> Option<Arc<str>>;
+    fn lookup(&self, id: &str) -> Cached;
+
+    /// Ask the shared store about a session the local cache does not hold
+    /// (learned by another balancer); `None` if unbound or unreachable
+    /// within the store's timeout. Caches what it finds.
+    fn fetch<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Arc<str>>> {
+        let _ = id;
+        Box::pin(std::future::ready(None))
+    }
 
     /// Bind a session to a route (learned from a backend's `Set-Cookie`, or
     /// from a request the backend accepted). Rebinding moves the count.
@@ -67,4 +107,44 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Store-wide figures.
     fn status(&self) -> StoreStatus;
+}
+
+/// Why a store could not be started; the message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis store: {0}")]
+    Redis(String),
+    #[error("multicast store: {0}")]
+    Multicast(String),
+}
+
+/// Read a shared secret for peer authentication, refusing files other
+/// users could read and secrets too short to resist guessing.
+pub fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        format!(
+            "{}: {e} (create it with e.g. `head -c 32 /dev/urandom | base64 > {0}; chmod 600 {0}`)",
+            path.display()
+        )
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o004 != 0 {
+            return Err(format!(
+                "{} is world-readable; run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let key: Vec<u8> = text.trim_ascii().to_vec();
+    if key.len() < 16 {
+        return Err(format!(
+            "{}: the secret must be at least 16 bytes",
+            path.display()
+        ));
+    }
+    Ok(key)
 }

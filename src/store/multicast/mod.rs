@@ -1,0 +1,1 @@
+//! Multicast peer store (being written).

@@ -1,0 +1,155 @@
+//! One handle over the three ways of reaching Redis: standalone (with a
+//! reconnecting connection manager), Cluster, and Sentinel (master looked
+//! up again after a failover).
+
+use crate::config::raw::StoreSection;
+use crate::store::StoreError;
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// A shared way to reach Redis; cheap to clone into a [`Handle`] per call.
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+    Sentinel {
+        client: Mutex<SentinelClient>,
+        current: Mutex<Option<MultiplexedConnection>>,
+    },
+}
+
+/// A connection for one operation.
+pub enum Handle {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+    Multiplexed(MultiplexedConnection),
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Redis(e.to_string())
+}
+
+impl Conn {
+    /// Connect as the config says. Standalone and Sentinel clients connect
+    /// lazily on failure, so a Redis that is down at start only delays
+    /// sharing; Cluster needs its seed nodes for the slot map.
+    pub async fn open(cfg: &StoreSection, timeout: Duration) -> Result<Conn, StoreError> {
+        if let Some(url) = &cfg.redis_url {
+            let client = redis::Client::open(url.as_str()).map_err(err)?;
+            let mc = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
+                .set_response_timeout(Some(timeout.max(Duration::from_millis(500))))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(2));
+            let cm = ConnectionManager::new_lazy_with_config(client, mc).map_err(err)?;
+            return Ok(Conn::Single(cm));
+        }
+        if !cfg.redis_cluster.is_empty() {
+            let client = redis::cluster::ClusterClientBuilder::new(cfg.redis_cluster.clone())
+                .connection_timeout(timeout.max(Duration::from_millis(500)))
+                .response_timeout(timeout.max(Duration::from_millis(500)))
+                .build()
+                .map_err(err)?;
+            let c = client.get_async_connection().await.map_err(|e| {
+                StoreError::Redis(format!(
+                    "cannot reach the cluster seed nodes: {e} (check store.redis_cluster)"
+                ))
+            })?;
+            return Ok(Conn::Cluster(c));
+        }
+        if let Some(s) = &cfg.redis_sentinel {
+            let client = SentinelClient::build(
+                s.nodes.clone(),
+                s.master.clone(),
+                None,
+                SentinelServerType::Master,
+            )
+            .map_err(err)?;
+            return Ok(Conn::Sentinel {
+                client: Mutex::new(client),
+                current: Mutex::new(None),
+            });
+        }
+        Err(StoreError::Redis(
+            "no redis_url, redis_cluster or redis_sentinel configured".into(),
+        ))
+    }
+
+    /// A handle for one operation.
+    pub async fn handle(&self) -> redis::RedisResult<Handle> {
+        match self {
+            Conn::Single(c) => Ok(Handle::Single(c.clone())),
+            Conn::Cluster(c) => Ok(Handle::Cluster(c.clone())),
+            Conn::Sentinel { client, current } => {
+                let mut cur = current.lock().await;
+                if let Some(c) = &*cur {
+                    return Ok(Handle::Multiplexed(c.clone()));
+                }
+                let c = client.lock().await.get_async_connection().await?;
+                *cur = Some(c.clone());
+                Ok(Handle::Multiplexed(c))
+            }
+        }
+    }
+
+    /// After an error: Sentinel forgets the master so the next operation
+    /// asks the sentinels again (the master may have moved).
+    pub async fn reset(&self) {
+        if let Conn::Sentinel { current, .. } = self {
+            *current.lock().await = None;
+        }
+    }
+
+    /// Human-readable endpoints for the status API (no credentials).
+    pub fn describe(cfg: &StoreSection) -> Vec<String> {
+        use crate::config::redact_url;
+        if let Some(u) = &cfg.redis_url {
+            vec![redact_url(u)]
+        } else if !cfg.redis_cluster.is_empty() {
+            cfg.redis_cluster.iter().map(|u| redact_url(u)).collect()
+        } else if let Some(s) = &cfg.redis_sentinel {
+            s.nodes
+                .iter()
+                .map(|u| format!("sentinel {} ({})", redact_url(u), s.master))
+                .collect()
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+impl ConnectionLike for Handle {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Handle::Single(c) => c.req_packed_command(cmd),
+            Handle::Cluster(c) => c.req_packed_command(cmd),
+            Handle::Multiplexed(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Handle::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Handle::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Handle::Multiplexed(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Handle::Single(c) => c.get_db(),
+            Handle::Cluster(c) => c.get_db(),
+            Handle::Multiplexed(c) => c.get_db(),
+        }
+    }
+}
