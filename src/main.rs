@@ -98,6 +98,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = stickgate::config::load(path)?;
+    if cfg.store.kind == stickgate::config::StoreKind::Redis {
+        let rt = runtime()?;
+        if let Err(e) = rt.block_on(stickgate::store::redis::probe(&cfg.store)) {
+            eprintln!(
+                "{}: warning: store: Redis not reachable now ({e}); stickgate will start anyway, serve from its local cache and use Redis once it answers",
+                path.display()
+            );
+        }
+    }
     println!(
         "{}: ok ({} backends, {} listeners)",
         path.display(),

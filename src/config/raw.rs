@@ -150,6 +150,9 @@ pub struct StoreSection {
     pub redis_cluster: Vec<String>,
     /// Redis Sentinel: master name and sentinel addresses.
     pub redis_sentinel: Option<SentinelSection>,
+    /// PEM CA certificate(s) to trust for `rediss://` instead of the
+    /// system roots (self-signed Redis TLS).
+    pub redis_ca_file: Option<PathBuf>,
     pub key_prefix: String,
     /// Store a SHA-256 of each session id instead of the id (ids are
     /// credentials; a Redis dump must not hand them out).
@@ -186,6 +189,7 @@ impl Default for StoreSection {
             redis_url: None,
             redis_cluster: Vec::new(),
             redis_sentinel: None,
+            redis_ca_file: None,
             key_prefix: "stickgate:".into(),
             hash_keys: true,
             timeout: Duration::from_millis(100),

@@ -39,8 +39,22 @@ impl Conn {
     /// lazily on failure, so a Redis that is down at start only delays
     /// sharing; Cluster needs its seed nodes for the slot map.
     pub async fn open(cfg: &StoreSection, timeout: Duration) -> Result<Conn, StoreError> {
+        let certs = match &cfg.redis_ca_file {
+            Some(p) => Some(std::fs::read(p).map_err(|e| {
+                StoreError::Redis(format!("store.redis_ca_file {}: {e}", p.display()))
+            })?),
+            None => None,
+        };
+        let tls = |pem: &Vec<u8>| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        };
         if let Some(url) = &cfg.redis_url {
-            let client = redis::Client::open(url.as_str()).map_err(err)?;
+            let client = match &certs {
+                Some(pem) => redis::Client::build_with_tls(url.as_str(), tls(pem)),
+                None => redis::Client::open(url.as_str()),
+            }
+            .map_err(err)?;
             let mc = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
                 .set_response_timeout(Some(timeout.max(Duration::from_millis(500))))
@@ -50,11 +64,13 @@ impl Conn {
             return Ok(Conn::Single(cm));
         }
         if !cfg.redis_cluster.is_empty() {
-            let client = redis::cluster::ClusterClientBuilder::new(cfg.redis_cluster.clone())
+            let mut b = redis::cluster::ClusterClientBuilder::new(cfg.redis_cluster.clone())
                 .connection_timeout(timeout.max(Duration::from_millis(500)))
-                .response_timeout(timeout.max(Duration::from_millis(500)))
-                .build()
-                .map_err(err)?;
+                .response_timeout(timeout.max(Duration::from_millis(500)));
+            if let Some(pem) = &certs {
+                b = b.certs(tls(pem));
+            }
+            let client = b.build().map_err(err)?;
             let c = client.get_async_connection().await.map_err(|e| {
                 StoreError::Redis(format!(
                     "cannot reach the cluster seed nodes: {e} (check store.redis_cluster)"

@@ -332,6 +332,23 @@ impl RedisStore {
     }
 }
 
+/// Try to reach Redis once (for `stickgate check`): `Err` says why not.
+/// Unreachable Redis is not fatal at run time; this only warns early.
+pub async fn probe(cfg: &StoreSection) -> Result<(), String> {
+    let wait = Duration::from_secs(2);
+    let attempt = async {
+        let conn = Conn::open(cfg, wait).await.map_err(|e| e.to_string())?;
+        let mut h = conn.handle().await.map_err(|e| e.to_string())?;
+        redis::cmd("PING")
+            .query_async::<()>(&mut h)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(wait, attempt)
+        .await
+        .map_err(|_| "no answer within 2s".to_string())?
+}
+
 /// Apply queued writes, up to 128 at a time concurrently (the connection
 /// pipelines them), until the store is dropped.
 async fn writer(store: Weak<RedisStore>, mut rx: mpsc::Receiver<Op>) {
