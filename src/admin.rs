@@ -2,6 +2,7 @@
 
 use crate::body::ResponseBody;
 use crate::proxy::{error_response, Proxy};
+use crate::server::ServerStats;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -38,10 +39,12 @@ pub struct Status {
     pub version: &'static str,
     pub backends: Vec<BackendStatus>,
     pub store: crate::store::StoreStatus,
+    pub connections: u64,
+    pub tls_handshake_failures: u64,
 }
 
 /// Snapshot of the proxy for the API.
-pub fn status(proxy: &Proxy) -> Status {
+pub fn status(proxy: &Proxy, stats: &ServerStats) -> Status {
     let rt = proxy.runtime();
     let counts = rt.store.counts();
     let backends = rt
@@ -72,13 +75,19 @@ pub fn status(proxy: &Proxy) -> Status {
         version: env!("CARGO_PKG_VERSION"),
         backends,
         store: rt.store.status(),
+        connections: stats.connections.load(Ordering::Relaxed),
+        tls_handshake_failures: stats.tls_handshake_failures.load(Ordering::Relaxed),
     }
 }
 
-async fn route(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<ResponseBody> {
+async fn route(
+    proxy: Arc<Proxy>,
+    stats: Arc<ServerStats>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/api/status") => {
-            let body = serde_json::to_vec_pretty(&status(&proxy)).unwrap_or_default();
+            let body = serde_json::to_vec_pretty(&status(&proxy, &stats)).unwrap_or_default();
             let mut r = Response::new(ResponseBody::full(body));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -92,17 +101,17 @@ async fn route(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<ResponseBo
 }
 
 /// Serve the admin API on `listener` until the task is dropped.
-pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
+pub async fn serve(proxy: Arc<Proxy>, stats: Arc<ServerStats>, listener: TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let proxy = proxy.clone();
+        let (proxy, stats) = (proxy.clone(), stats.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(route(proxy, req).await) }
+                let (proxy, stats) = (proxy.clone(), stats.clone());
+                async move { Ok::<_, Infallible>(route(proxy, stats, req).await) }
             });
             let mut b = auto::Builder::new(TokioExecutor::new());
             b.http1()

@@ -100,7 +100,7 @@ the session stays where it is now (no flap-back).
   curl http://127.0.0.1:9901/api/status              # backends, health, sessions
 Ctrl-C stops everything."
     );
-    let mut balancer = tokio::spawn(stickgate::run(cfg, crate::shutdown_signal()));
+    let mut balancer = tokio::spawn(stickgate::run(cfg, None, crate::shutdown_signal()));
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
     loop {

@@ -15,9 +15,11 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 use config::{Config, StoreKind};
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use store::{MemoryStore, SessionStore, StoreError};
 
@@ -28,6 +30,8 @@ pub enum StartError {
     Bind(#[from] server::BindError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Build and start the session store the config asks for.
@@ -53,17 +57,32 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, Store
 }
 
 /// Run the balancer until `shutdown` resolves, then drain gracefully.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    let listeners = server::bind_all(&config.server.listen).await?;
+/// `source` is the config file, re-read on SIGHUP to reload certificates.
+pub async fn run(
+    config: Config,
+    source: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let listeners = server::Listeners {
+        plain: server::bind_all(&config.server.listen).await?,
+        tls: server::bind_all(&config.server.tls_listen).await?,
+    };
     let admin = match config.admin_listen {
         Some(a) => Some(server::bind(a)?),
         None => None,
+    };
+    let (tls, resolver) = if config.server.tls_listen.is_empty() {
+        (None, None)
+    } else {
+        let r = tls::SniResolver::load(&config.server.certificate)?;
+        (Some(tls::server_config(r.clone())?), Some(r))
     };
     let store = build_store(&config).await?;
     let server_cfg = config.server.clone();
     let runtime = proxy::Runtime::start(config, store);
     let proxy = proxy::Proxy::new(runtime);
-    for l in &listeners {
+    let stats = Arc::new(server::ServerStats::default());
+    for l in listeners.plain.iter().chain(&listeners.tls) {
         if let Ok(a) = l.local_addr() {
             tracing::info!(addr = %a, "listening");
         }
@@ -72,11 +91,43 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         if let Ok(a) = l.local_addr() {
             tracing::info!(addr = %a, "admin API listening");
         }
-        tokio::spawn(admin::serve(proxy.clone(), l))
+        tokio::spawn(admin::serve(proxy.clone(), stats.clone(), l))
     });
-    server::serve(proxy, listeners, server_cfg, shutdown).await;
-    if let Some(t) = admin_task {
+    let reload_task = match (resolver, source) {
+        (Some(r), Some(path)) => Some(tokio::spawn(reload_certificates_on_sighup(r, path))),
+        _ => None,
+    };
+    server::serve(proxy, listeners, tls, server_cfg, stats, shutdown).await;
+    for t in admin_task.into_iter().chain(reload_task) {
         t.abort();
     }
     Ok(())
+}
+
+/// SIGHUP: re-read the config file and swap in its certificates; new
+/// handshakes use them, open connections are untouched. A bad file leaves
+/// the old certificates in place and logs why.
+async fn reload_certificates_on_sighup(resolver: Arc<tls::SniResolver>, path: PathBuf) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let result = config::load(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    resolver
+                        .reload(&c.server.certificate)
+                        .map_err(|e| e.to_string())
+                });
+            match result {
+                Ok(()) => tracing::info!(config = %path.display(), "certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "certificate reload failed; keeping the old certificates")
+                }
+            }
+        }
+    }
 }

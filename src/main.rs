@@ -108,10 +108,11 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         }
     }
     println!(
-        "{}: ok ({} backends, {} listeners)",
+        "{}: ok ({} backends, {} listeners, {} TLS listeners)",
         path.display(),
         cfg.backends.len(),
-        cfg.server.listen.len()
+        cfg.server.listen.len(),
+        cfg.server.tls_listen.len()
     );
     Ok(())
 }
@@ -119,7 +120,11 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = stickgate::config::load(path)?;
     let rt = runtime()?;
-    rt.block_on(stickgate::run(cfg, shutdown_signal()))?;
+    rt.block_on(stickgate::run(
+        cfg,
+        Some(path.to_path_buf()),
+        shutdown_signal(),
+    ))?;
     Ok(())
 }
 

@@ -148,19 +148,11 @@ fn spawn_probe(weak: Weak<Backend>, cfg: Arc<HealthSection>) {
 mod tests {
     use super::*;
     use crate::backend::PoolSettings;
-    use crate::config::{BackendConfig, InitialState};
+    use crate::config::BackendConfig;
     use std::time::Duration;
 
     fn backend() -> Arc<Backend> {
-        let cfg = BackendConfig {
-            route: "t1".into(),
-            authority: "127.0.0.1:1".into(),
-            host: "127.0.0.1".into(),
-            port: 1,
-            weight: 1,
-            domain: None,
-            state: InitialState::Active,
-        };
+        let cfg = BackendConfig::plain("t1", "127.0.0.1", 1, 1);
         let pool = PoolSettings {
             connect_timeout: Duration::from_millis(100),
             idle_timeout: Duration::from_secs(1),

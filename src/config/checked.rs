@@ -13,6 +13,7 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: Arc<ServerSection>,
+    pub websocket: Arc<super::raw::WebsocketSection>,
     pub admin_listen: Option<SocketAddr>,
     pub session: SessionRules,
     pub store: Arc<StoreSection>,
@@ -46,6 +47,31 @@ pub struct BackendConfig {
     pub weight: u32,
     pub domain: Option<Arc<str>>,
     pub state: InitialState,
+    /// `https://` backend.
+    pub tls: bool,
+    pub http2: bool,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub client_cert: Option<super::raw::CertFiles>,
+}
+
+impl BackendConfig {
+    /// A plain HTTP/1.1 backend at `host:port`, for code that builds
+    /// backends without a file (benches, tests, the demo).
+    pub fn plain(route: &str, host: &str, port: u16, weight: u32) -> Self {
+        BackendConfig {
+            route: route.into(),
+            authority: format!("{host}:{port}").into(),
+            host: host.into(),
+            port,
+            weight,
+            domain: None,
+            state: InitialState::Active,
+            tls: false,
+            http2: false,
+            ca_file: None,
+            client_cert: None,
+        }
+    }
 }
 
 /// TCP keepalive settings in socket form; `None` when disabled.
@@ -115,7 +141,20 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Problem> {
         if let Some(d) = &b.domain {
             check_token(d).map_err(|p| bad(key("domain"), p))?;
         }
-        let (host, port) = parse_url(&b.url).map_err(|p| bad(key("url"), p))?;
+        let (host, port, tls) = parse_url(&b.url).map_err(|p| bad(key("url"), p))?;
+        if !tls && (b.ca_file.is_some() || b.client_cert.is_some()) {
+            return Err(bad(
+                key("ca_file"),
+                "ca_file and client_cert need an https:// url",
+            ));
+        }
+        if let Some(ca) = &b.ca_file {
+            std::fs::metadata(ca)
+                .map_err(|e| bad(key("ca_file"), format!("{}: {e}", ca.display())))?;
+        }
+        if let Some(cc) = &b.client_cert {
+            crate::tls::load_pair(cc).map_err(|e| bad(key("client_cert"), e.to_string()))?;
+        }
         backends.push(BackendConfig {
             route: b.route.as_str().into(),
             authority: format!("{}:{}", host, port).into(),
@@ -124,10 +163,15 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Problem> {
             weight: b.weight,
             domain: b.domain.as_deref().map(Into::into),
             state: b.state,
+            tls,
+            http2: b.http2,
+            ca_file: b.ca_file.clone(),
+            client_cert: b.client_cert.clone(),
         });
     }
     Ok(Config {
         server: Arc::new(raw.server),
+        websocket: Arc::new(raw.websocket),
         admin_listen: raw.admin.listen,
         session,
         store: Arc::new(raw.store),
@@ -155,6 +199,29 @@ fn check_server(s: &ServerSection) -> Result<(), Problem> {
         return Err(bad("server.max_headers", "must be at least 1"));
     }
     nonzero("server.header_timeout", s.header_timeout)?;
+    for a in &s.tls_listen {
+        if !seen.insert(a) {
+            return Err(bad("server.tls_listen", format!("{a} is listed twice")));
+        }
+    }
+    if !s.tls_listen.is_empty() {
+        if s.certificate.is_empty() {
+            return Err(bad(
+                "server.certificate",
+                "tls_listen needs at least one [[server.certificate]] with cert and key",
+            ));
+        }
+        for (i, c) in s.certificate.iter().enumerate() {
+            crate::tls::load_pair(c)
+                .map_err(|e| bad(format!("server.certificate[{i}]"), e.to_string()))?;
+        }
+    }
+    if s.redirect_http && s.tls_listen.is_empty() {
+        return Err(bad(
+            "server.redirect_http",
+            "needs tls_listen to redirect to",
+        ));
+    }
     check_keepalive("server.tcp_keepalive", &s.tcp_keepalive)
 }
 
@@ -383,16 +450,14 @@ fn check_token(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `http://host:port[/]` -> (host, port). Paths are not supported: a
-/// balancer forwards the client's path unchanged.
-fn parse_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        if url.starts_with("https://") {
-            format!("{url:?}: https backends are not supported yet; use http://")
-        } else {
-            format!("{url:?} must start with http://")
-        }
-    })?;
+/// `http[s]://host:port[/]` -> (host, port, tls). Paths are not
+/// supported: a balancer forwards the client's path unchanged.
+fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
+    let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => return Err(format!("{url:?} must start with http:// or https://")),
+    };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     if authority.contains('/') || authority.contains('?') || authority.contains('@') {
         return Err(format!(
@@ -406,7 +471,8 @@ fn parse_url(url: &str) -> Result<(String, u16), String> {
     if host.is_empty() {
         return Err(format!("{url:?} has no host"));
     }
-    Ok((host.to_string(), uri.port_u16().unwrap_or(80)))
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    Ok((host.to_string(), port, tls))
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub server: ServerSection,
     #[serde(default)]
+    pub websocket: WebsocketSection,
+    #[serde(default)]
     pub admin: AdminSection,
     #[serde(default)]
     pub session: SessionSection,
@@ -36,6 +38,14 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     pub listen: Vec<SocketAddr>,
+    /// TLS listeners (HTTP/1.1 and HTTP/2 by ALPN).
+    pub tls_listen: Vec<SocketAddr>,
+    /// Certificates chosen by SNI; the first is the default.
+    pub certificate: Vec<CertFiles>,
+    /// Plain listeners answer 308 to the https URL instead of proxying.
+    pub redirect_http: bool,
+    /// Accept HTTP/2 with prior knowledge (h2c) on plain listeners.
+    pub h2c: bool,
     /// From the moment a connection is open or idle until a request's headers
     /// are complete (slowloris bound; also the idle keep-alive bound).
     #[serde(with = "humantime_serde")]
@@ -55,6 +65,10 @@ impl Default for ServerSection {
     fn default() -> Self {
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            tls_listen: Vec::new(),
+            certificate: Vec::new(),
+            redirect_http: false,
+            h2c: false,
             header_timeout: Duration::from_secs(10),
             max_header_size: 32 * 1024,
             max_headers: 100,
@@ -64,6 +78,37 @@ impl Default for ServerSection {
             x_forwarded_host: true,
             preserve_host: true,
             tcp_keepalive: KeepaliveSection::default(),
+        }
+    }
+}
+
+/// One certificate chain and key, PEM (`[[server.certificate]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// WebSocket tunnels.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebsocketSection {
+    /// A tunnel with no frame in either direction for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// When set, the balancer sends Ping frames both ways on a tunnel idle
+    /// this long (and swallows the Pongs), so clients with read timeouts
+    /// and NATs keep it.
+    #[serde(with = "humantime_serde::option")]
+    pub ping_interval: Option<Duration>,
+}
+
+impl Default for WebsocketSection {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(600),
+            ping_interval: None,
         }
     }
 }
@@ -334,6 +379,13 @@ pub enum Algorithm {
 pub struct BackendSection {
     pub route: String,
     pub url: String,
+    /// Speak HTTP/2 to this backend (h2c for http://, ALPN h2 for https://).
+    #[serde(default)]
+    pub http2: bool,
+    /// PEM CA to trust for an https:// backend instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate presented to an https:// backend.
+    pub client_cert: Option<CertFiles>,
     #[serde(default = "one")]
     pub weight: u32,
     pub domain: Option<String>,

@@ -250,7 +250,7 @@ fn score(base: &str, route: &str, weight: u32) -> f64 {
 mod tests {
     use super::*;
     use crate::backend::PoolSettings;
-    use crate::config::{BackendConfig, InitialState};
+    use crate::config::BackendConfig;
     use std::time::Duration;
 
     fn table(weights: &[u32]) -> Vec<Arc<Backend>> {
@@ -258,15 +258,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &w)| {
-                let cfg = BackendConfig {
-                    route: format!("n{i}").into(),
-                    authority: "127.0.0.1:1".into(),
-                    host: "127.0.0.1".into(),
-                    port: 1,
-                    weight: w,
-                    domain: None,
-                    state: InitialState::Active,
-                };
+                let cfg = BackendConfig::plain(&format!("n{i}"), "127.0.0.1", 1, w);
                 let pool = PoolSettings {
                     connect_timeout: Duration::from_secs(1),
                     idle_timeout: Duration::from_secs(1),
