@@ -2,11 +2,11 @@
 //! the client. Plain enums (no boxing) so the hot path allocates nothing for
 //! them, and bodies always stream: nothing here buffers a payload.
 
+use crate::backend::pool::Sender;
 use crate::backend::Backend;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -93,7 +93,7 @@ impl Body for UpstreamBody {
 /// was read to the end (a half-read HTTP/1.1 connection is useless).
 pub struct Exchange {
     backend: Arc<Backend>,
-    sender: Option<SendRequest<UpstreamBody>>,
+    sender: Option<Sender>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -109,7 +109,7 @@ impl Exchange {
     }
 
     /// Attach the connection that carries the request.
-    pub fn set_sender(&mut self, sender: SendRequest<UpstreamBody>) {
+    pub fn set_sender(&mut self, sender: Sender) {
         self.sender = Some(sender);
     }
 

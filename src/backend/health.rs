@@ -32,14 +32,23 @@ pub fn spawn_checker(backend: &Arc<Backend>, cfg: Arc<HealthSection>) {
 /// prove the backend still accepts connections).
 async fn check_once(b: &Backend, cfg: &HealthSection) -> Result<(), String> {
     let attempt = async {
-        let mut sender = b.pool.connect().await.map_err(|e| e.to_string())?;
-        let req = Request::get(&cfg.path)
+        let mut sender = b.pool.connect_any().await.map_err(|e| e.to_string())?;
+        let uri = if b.config.http2 {
+            let scheme = if b.config.tls { "https" } else { "http" };
+            format!("{scheme}://{}{}", b.config.authority, cfg.path)
+        } else {
+            cfg.path.clone()
+        };
+        let req = Request::get(uri)
             .header(http::header::HOST, &*b.config.authority)
             .header(http::header::USER_AGENT, "stickgate-health")
             .header(http::header::CONNECTION, "close")
             .body(UpstreamBody::Empty)
             .map_err(|e| e.to_string())?;
-        let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let res = sender
+            .try_send(req)
+            .await
+            .map_err(|e| e.into_error().to_string())?;
         let status = res.status();
         if status_ok(cfg, status) {
             Ok(())
@@ -131,7 +140,7 @@ fn spawn_probe(weak: Weak<Backend>, cfg: Arc<HealthSection>) {
                 b.probing.store(false, Ordering::Release);
                 return;
             }
-            if b.pool.connect().await.is_ok() {
+            if b.pool.connect_any().await.is_ok() {
                 b.fail_streak.store(0, Ordering::Relaxed);
                 if b.set_up(true) {
                     tracing::info!(backend = b.route(), "backend is up again (probe connected)");

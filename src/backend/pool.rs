@@ -1,5 +1,6 @@
-//! Upstream connections: connect with a short timeout and TCP keepalive,
-//! keep idle HTTP/1.1 connections per backend for reuse.
+//! Upstream connections: connect with a short timeout, TCP keepalive and
+//! optional TLS; keep idle HTTP/1.1 connections per backend for reuse, or
+//! one shared multiplexed connection for HTTP/2 backends.
 //!
 //! A hand-rolled pool instead of hyper-util's client because the proxy must
 //! know, for each attempt, whether the request had left the balancer: a
@@ -8,12 +9,18 @@
 
 use crate::body::UpstreamBody;
 use crate::config::{BackendConfig, Keepalive};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsConnector;
 
 /// Pool limits and socket options shared by every backend.
 #[derive(Debug, Clone)]
@@ -40,11 +47,42 @@ pub enum ConnectError {
     Resolve(String),
     #[error("all {0} connection slots busy for longer than the queue timeout")]
     Queue(usize),
+    #[error("TLS setup for this backend failed: {0}")]
+    Tls(String),
+}
+
+/// A connection able to carry requests: HTTP/1.1 (one at a time) or
+/// HTTP/2 (multiplexed, shared).
+pub enum Sender {
+    H1(http1::SendRequest<UpstreamBody>),
+    H2(http2::SendRequest<UpstreamBody>),
+}
+
+impl Sender {
+    /// The connection is gone.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    /// Send a request; if it could not be handed to the connection at all,
+    /// the error gives the request back (see `TrySendError::take_message`).
+    pub async fn try_send(
+        &mut self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>> {
+        match self {
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
+        }
+    }
 }
 
 /// A connection ready to carry one request.
 pub struct Conn {
-    pub sender: http1::SendRequest<UpstreamBody>,
+    pub sender: Sender,
     /// Taken from the pool (it may have gone stale) rather than fresh.
     pub reused: bool,
 }
@@ -54,12 +92,24 @@ struct Idle {
     since: Instant,
 }
 
+struct Tls {
+    /// ALPN http/1.1 (pooled HTTP/1.1 and WebSocket upgrades).
+    h1: TlsConnector,
+    /// ALPN h2.
+    h2: TlsConnector,
+    name: ServerName<'static>,
+}
+
 /// Per-backend pool of idle keep-alive connections.
 pub struct Pool {
     host: Arc<str>,
     port: u16,
+    http2: bool,
+    tls: Option<Tls>,
+    tls_error: Option<String>,
     settings: PoolSettings,
     idle: Mutex<Vec<Idle>>,
+    shared_h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
     limit: Option<Arc<Semaphore>>,
 }
 
@@ -68,10 +118,25 @@ impl Pool {
     pub fn new(cfg: &BackendConfig, settings: PoolSettings) -> Self {
         let limit = (settings.max_connections > 0)
             .then(|| Arc::new(Semaphore::new(settings.max_connections)));
+        let (tls, tls_error) = if cfg.tls {
+            match tls_client(cfg) {
+                Ok(t) => (Some(t), None),
+                Err(e) => {
+                    tracing::error!(backend = &*cfg.route, error = %e, "TLS setup failed; requests to this backend will fail");
+                    (None, Some(e))
+                }
+            }
+        } else {
+            (None, None)
+        };
         Pool {
             host: cfg.host.clone(),
             port: cfg.port,
+            http2: cfg.http2,
+            tls,
+            tls_error,
             idle: Mutex::new(Vec::with_capacity(settings.max_idle.min(64))),
+            shared_h2: Mutex::new(None),
             limit,
             settings,
         }
@@ -89,26 +154,56 @@ impl Pool {
         }
     }
 
-    /// A reusable idle connection if one is alive, else a new one.
+    /// A reusable connection if one is alive, else a new one.
     pub async fn checkout(&self) -> Result<Conn, ConnectError> {
+        if self.http2 {
+            let shared = self.shared_h2.lock().ok().and_then(|s| s.clone());
+            if let Some(mut s) = shared.filter(|s| !s.is_closed()) {
+                if s.ready().await.is_ok() {
+                    return Ok(Conn {
+                        sender: Sender::H2(s),
+                        reused: true,
+                    });
+                }
+            }
+            let s = self.connect_h2().await?;
+            if let Ok(mut slot) = self.shared_h2.lock() {
+                *slot = Some(s.clone());
+            }
+            return Ok(Conn {
+                sender: Sender::H2(s),
+                reused: false,
+            });
+        }
         while let Some(mut sender) = self.take_idle() {
             if sender.ready().await.is_ok() {
                 return Ok(Conn {
-                    sender,
+                    sender: Sender::H1(sender),
                     reused: true,
                 });
             }
         }
-        self.connect().await.map(|sender| Conn {
-            sender,
+        self.connect().await.map(|s| Conn {
+            sender: Sender::H1(s),
             reused: false,
         })
     }
 
-    /// A fresh connection, bypassing idle ones (retry after a stale reuse).
+    /// A fresh connection in the backend's protocol, bypassing the pool
+    /// (health checks must prove new connections work).
+    pub async fn connect_any(&self) -> Result<Sender, ConnectError> {
+        if self.http2 {
+            self.connect_h2().await.map(Sender::H2)
+        } else {
+            self.connect().await.map(Sender::H1)
+        }
+    }
+
+    /// A fresh HTTP/1.1 connection (with upgrades: WebSocket tunnels use
+    /// it), whatever the backend's usual protocol.
     pub async fn connect(&self) -> Result<http1::SendRequest<UpstreamBody>, ConnectError> {
         let t = self.settings.connect_timeout;
-        let stream = tokio::time::timeout(t, self.dial())
+        let stream = tokio::time::timeout(t, self.dial(false))
             .await
             .map_err(|_| ConnectError::Timeout(t))??;
         let (sender, conn) = http1::Builder::new()
@@ -123,7 +218,40 @@ impl Pool {
         Ok(sender)
     }
 
-    async fn dial(&self) -> Result<TcpStream, ConnectError> {
+    async fn connect_h2(&self) -> Result<http2::SendRequest<UpstreamBody>, ConnectError> {
+        let t = self.settings.connect_timeout;
+        let stream = tokio::time::timeout(t, self.dial(true))
+            .await
+            .map_err(|_| ConnectError::Timeout(t))??;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ConnectError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream h2 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// TCP (and TLS when the backend is https) to the backend.
+    async fn dial(&self, h2: bool) -> Result<Box<dyn Io>, ConnectError> {
+        let tcp = self.dial_tcp().await?;
+        if let Some(e) = &self.tls_error {
+            return Err(ConnectError::Tls(e.clone()));
+        }
+        let Some(tls) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let connector = if h2 { &tls.h2 } else { &tls.h1 };
+        let s = connector.connect(tls.name.clone(), tcp).await?;
+        Ok(Box::new(s))
+    }
+
+    async fn dial_tcp(&self) -> Result<TcpStream, ConnectError> {
         let mut last = None;
         let addrs = tokio::net::lookup_host((&*self.host, self.port))
             .await
@@ -157,7 +285,10 @@ impl Pool {
     }
 
     /// Return a connection whose response was fully read.
-    pub fn checkin(&self, sender: http1::SendRequest<UpstreamBody>) {
+    pub fn checkin(&self, sender: Sender) {
+        let Sender::H1(sender) = sender else {
+            return;
+        };
         if sender.is_closed() {
             return;
         }
@@ -179,10 +310,67 @@ impl Pool {
         if let Ok(mut idle) = self.idle.lock() {
             idle.clear();
         }
+        if let Ok(mut s) = self.shared_h2.lock() {
+            *s = None;
+        }
     }
 
     /// Number of idle connections, for the status API.
     pub fn idle_count(&self) -> usize {
         self.idle.lock().map(|i| i.len()).unwrap_or(0)
     }
+}
+
+/// Any byte stream to a backend (plain TCP or TLS).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// rustls client settings for an https backend: system roots or its CA
+/// file, optional client certificate; one connector per ALPN protocol.
+fn tls_client(cfg: &BackendConfig) -> Result<Tls, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca_file {
+        Some(path) => {
+            for c in CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+            {
+                let c = c.map_err(|e| format!("{}: {e}", path.display()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let mut config = match &cfg.client_cert {
+        Some(files) => {
+            let ck = crate::tls::load_pair(files).map_err(|e| e.to_string())?;
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&files.key)
+                .map_err(|e| format!("{}: {e}", files.key.display()))?;
+            builder
+                .with_client_auth_cert(ck.cert.clone(), key)
+                .map_err(|e| e.to_string())?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut h2 = config.clone();
+    h2.alpn_protocols = vec![b"h2".to_vec()];
+    let name =
+        ServerName::try_from(cfg.host.to_string()).map_err(|e| format!("{}: {e}", cfg.host))?;
+    Ok(Tls {
+        h1: TlsConnector::from(Arc::new(config)),
+        h2: TlsConnector::from(Arc::new(h2)),
+        name,
+    })
 }

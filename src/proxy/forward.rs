@@ -238,6 +238,18 @@ fn fit_request(
             req.headers_mut().insert(HOST, v);
         }
     }
+    if backend.config.http2 {
+        absolute_uri(req, backend);
+    } else if req.uri().scheme().is_some() {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        if let Ok(u) = pq.parse::<Uri>() {
+            *req.uri_mut() = u;
+        }
+    }
     let s = &rt.config.session;
     let Some(sess) = session.filter(|_| s.rewrite_request) else {
         return;
@@ -255,6 +267,26 @@ fn fit_request(
         rewrite_path_parameter(req, param, &new);
     }
     *sent_id = Some(new);
+}
+
+/// HTTP/2 needs scheme and authority (`:scheme`, `:authority`); the
+/// authority is the client's Host when preserved, else the backend's.
+fn absolute_uri(req: &mut Request<UpstreamBody>, backend: &Backend) {
+    let scheme = if backend.config.tls { "https" } else { "http" };
+    let authority = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or(&backend.config.authority)
+        .to_owned();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    if let Ok(u) = format!("{scheme}://{authority}{pq}").parse::<Uri>() {
+        *req.uri_mut() = u;
+    }
 }
 
 fn rewrite_path_parameter(req: &mut Request<UpstreamBody>, param: &str, new: &str) {
@@ -329,7 +361,7 @@ async fn attempt(
     };
     let mut sender = conn.sender;
     let after = rt.config.upstream.response_timeout;
-    match response_within(after, progress, sender.try_send_request(req)).await {
+    match response_within(after, progress, sender.try_send(req)).await {
         Ok(Ok(resp)) => {
             exchange.set_sender(sender);
             Ok((resp, exchange))
