@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -24,11 +24,14 @@ pub enum UpstreamBody {
     Empty,
 }
 
-/// When the request body last moved, shared with the attempt's timer.
+/// When the request body last moved, and whether the upstream side is
+/// waiting on the client for more: shared with the attempt's timer, so a
+/// slow client is never blamed on the backend.
 #[derive(Debug)]
 pub struct Progress {
     start: Instant,
     last_ms: AtomicU64,
+    waiting_on_client: AtomicBool,
 }
 
 impl Progress {
@@ -37,6 +40,7 @@ impl Progress {
         Arc::new(Progress {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            waiting_on_client: AtomicBool::new(false),
         })
     }
 
@@ -48,6 +52,11 @@ impl Progress {
     /// When the body last made progress (or when tracking began).
     pub fn last(&self) -> Instant {
         self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    /// The upstream wants more body and the client has not sent it yet.
+    pub fn waiting_on_client(&self) -> bool {
+        self.waiting_on_client.load(Ordering::Relaxed)
     }
 }
 
@@ -63,6 +72,7 @@ impl Body for UpstreamBody {
             UpstreamBody::Client(b) => Pin::new(b).poll_frame(cx),
             UpstreamBody::Tracked(b, p) => {
                 let r = Pin::new(b).poll_frame(cx);
+                p.waiting_on_client.store(r.is_pending(), Ordering::Relaxed);
                 if r.is_ready() {
                     p.touch();
                 }

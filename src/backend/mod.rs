@@ -78,6 +78,8 @@ pub struct Backend {
     pub(crate) fail_streak: AtomicU32,
     /// A backoff probe task is running (active checks off).
     pub(crate) probing: AtomicBool,
+    /// Bumped on every health change, so watchers notice transitions.
+    health_epoch: AtomicU64,
 }
 
 impl Backend {
@@ -99,6 +101,7 @@ impl Backend {
             ok_streak: AtomicU32::new(0),
             fail_streak: AtomicU32::new(0),
             probing: AtomicBool::new(false),
+            health_epoch: AtomicU64::new(0),
         }
     }
 
@@ -127,11 +130,17 @@ impl Backend {
     pub fn set_up(&self, up: bool) -> bool {
         let changed = self.up.swap(up, Ordering::AcqRel) != up;
         if changed {
+            self.health_epoch.fetch_add(1, Ordering::AcqRel);
             if let Ok(mut t) = self.last_change.lock() {
                 *t = Instant::now();
             }
         }
         changed
+    }
+
+    /// Counter of health changes (see `health_epoch`).
+    pub fn health_epoch(&self) -> u64 {
+        self.health_epoch.load(Ordering::Acquire)
     }
 
     /// Seconds since the health flag last changed.

@@ -199,6 +199,7 @@ fn check_server(s: &ServerSection) -> Result<(), Problem> {
         return Err(bad("server.max_headers", "must be at least 1"));
     }
     nonzero("server.header_timeout", s.header_timeout)?;
+    nonzero("server.body_timeout", s.body_timeout)?;
     for a in &s.tls_listen {
         if !seen.insert(a) {
             return Err(bad("server.tls_listen", format!("{a} is listed twice")));

@@ -52,6 +52,10 @@ pub struct ServerSection {
     pub header_timeout: Duration,
     pub max_header_size: usize,
     pub max_headers: usize,
+    /// Longest pause of a client in the middle of sending a request body
+    /// (then 408; the backend is not blamed).
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     pub x_forwarded_for: bool,
@@ -72,6 +76,7 @@ impl Default for ServerSection {
             header_timeout: Duration::from_secs(10),
             max_header_size: 32 * 1024,
             max_headers: 100,
+            body_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
             x_forwarded_for: true,
             x_forwarded_proto: true,
@@ -206,6 +211,11 @@ pub struct StoreSection {
     /// or a failover claim); past it the balancer decides locally.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How long a balancer trusts its cached copy of a binding before
+    /// confirming it with the shared store on the next request (so a
+    /// session moved by another balancer is followed).
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
     /// Pending writes kept while the remote store is slow; beyond this they
     /// are dropped and counted (the local cache still has them).
     pub write_queue: usize,
@@ -238,6 +248,7 @@ impl Default for StoreSection {
             key_prefix: "stickgate:".into(),
             hash_keys: true,
             timeout: Duration::from_millis(100),
+            cache_ttl: Duration::from_secs(2),
             write_queue: 65_536,
             multicast_group: SocketAddr::from(([228, 0, 0, 5], 45565)),
             multicast_interface: IpAddr::from([127, 0, 0, 1]),

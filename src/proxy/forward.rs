@@ -49,6 +49,8 @@ pub enum Failure {
     },
     #[error("client request body could not be read: {0}")]
     ClientBody(hyper::Error),
+    #[error("client paused its request body for longer than {0:?}")]
+    ClientTimeout(Duration),
 }
 
 impl Failure {
@@ -81,6 +83,10 @@ impl Failure {
             Failure::ClientBody(_) => error_response(
                 StatusCode::BAD_REQUEST,
                 "400 bad request: request body could not be read\n",
+            ),
+            Failure::ClientTimeout(_) => error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "408 request timeout: request body stalled\n",
             ),
         }
     }
@@ -197,10 +203,13 @@ pub async fn run(
                 })
             }
             Err(miss) => {
-                backend.errors.fetch_add(1, Ordering::Relaxed);
-                if let Failure::ClientBody(_) = miss.failure {
+                if matches!(
+                    miss.failure,
+                    Failure::ClientBody(_) | Failure::ClientTimeout(_)
+                ) {
                     return Err(miss.failure);
                 }
+                backend.errors.fetch_add(1, Ordering::Relaxed);
                 if miss.mark_down {
                     health::mark_down(&backend, &rt.config.health, &miss.failure.to_string());
                 }
@@ -303,24 +312,43 @@ fn rewrite_path_parameter(req: &mut Request<UpstreamBody>, param: &str, new: &st
     }
 }
 
-/// Await the response head; the timeout runs from the later of "now" and
-/// the request body's last progress, so uploads are not cut short while
-/// they move, and a silent backend costs exactly `after` once they stop.
+/// Why no response head arrived in time.
+enum Late {
+    /// The backend had everything it needed and stayed silent.
+    Backend,
+    /// The client stopped sending its body.
+    Client,
+}
+
+/// Await the response head. The backend's `after` runs from the request
+/// body's last progress, and not at all while the upstream waits on the
+/// client for more body; a client pausing longer than `body_timeout` ends
+/// the request without blaming the backend.
 async fn response_within<F: std::future::Future>(
     after: Duration,
+    body_timeout: Duration,
     progress: Option<&Progress>,
     fut: F,
-) -> Result<F::Output, ()> {
+) -> Result<F::Output, Late> {
     tokio::pin!(fut);
     let mut deadline = tokio::time::Instant::now() + after;
     loop {
         match tokio::time::timeout_at(deadline, &mut fut).await {
             Ok(out) => return Ok(out),
             Err(_) => {
-                let moved = progress.map(|p| tokio::time::Instant::from_std(p.last()) + after);
-                match moved {
-                    Some(d) if d > deadline => deadline = d,
-                    _ => return Err(()),
+                let Some(p) = progress else {
+                    return Err(Late::Backend);
+                };
+                let last = tokio::time::Instant::from_std(p.last());
+                let (limit, late) = if p.waiting_on_client() {
+                    (body_timeout, Late::Client)
+                } else {
+                    (after, Late::Backend)
+                };
+                if last + limit > deadline {
+                    deadline = last + limit;
+                } else {
+                    return Err(late);
                 }
             }
         }
@@ -361,7 +389,8 @@ async fn attempt(
     };
     let mut sender = conn.sender;
     let after = rt.config.upstream.response_timeout;
-    match response_within(after, progress, sender.try_send(req)).await {
+    let body_timeout = rt.config.server.body_timeout;
+    match response_within(after, body_timeout, progress, sender.try_send(req)).await {
         Ok(Ok(resp)) => {
             exchange.set_sender(sender);
             Ok((resp, exchange))
@@ -384,10 +413,16 @@ async fn attempt(
                 failure: Failure::Upstream { route, source: err },
             })
         }
-        Err(_) => Err(Miss {
+        Err(Late::Backend) => Err(Miss {
             unsent: None,
             failure: Failure::Timeout { route, after },
             mark_down: true,
+            stale: false,
+        }),
+        Err(Late::Client) => Err(Miss {
+            unsent: None,
+            failure: Failure::ClientTimeout(body_timeout),
+            mark_down: false,
             stale: false,
         }),
     }

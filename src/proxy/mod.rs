@@ -48,12 +48,37 @@ impl Runtime {
             health::spawn_checker(b, config.health.clone());
         }
         let table = Table::new(backends, config.algorithm);
-        Arc::new(Runtime {
+        let rt = Arc::new(Runtime {
             config,
             table,
             store,
-        })
+        });
+        watch_health(Arc::downgrade(&rt));
+        rt
     }
+}
+
+/// Tell the store when a backend goes down (see `SessionStore::route_down`),
+/// checking every 100 ms; stops with the runtime.
+fn watch_health(rt: std::sync::Weak<Runtime>) {
+    tokio::spawn(async move {
+        let mut seen: Vec<u64> = Vec::new();
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let Some(rt) = rt.upgrade() else { return };
+            seen.resize(rt.table.backends.len(), 0);
+            for (b, last) in rt.table.backends.iter().zip(seen.iter_mut()) {
+                let epoch = b.health_epoch();
+                if epoch != *last {
+                    *last = epoch;
+                    if !b.is_up() {
+                        rt.store.route_down(b.route());
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// The proxy service shared by every listener and connection.
@@ -111,7 +136,7 @@ impl Proxy {
         let session = owned.as_ref().map(|o| o.borrow(&s.separator));
         forward::prepare(&mut parts, &rt.config, client);
         match forward::run(&rt, parts, body, session.as_ref()).await {
-            Ok(done) => finish(&rt, done, session.as_ref(), client),
+            Ok(done) => finish(&rt, done, session.as_ref(), client).await,
             Err(f) => {
                 if let Some(s) = &session {
                     tracing::warn!(session = %redact(s.base), error = %f, "request failed");
@@ -125,7 +150,7 @@ impl Proxy {
 }
 
 /// Turn the upstream response into the client response.
-fn finish(
+async fn finish(
     rt: &Runtime,
     done: forward::Done,
     session: Option<&SessionId<'_>>,
@@ -159,7 +184,9 @@ fn finish(
         session,
         https: client.https,
     };
-    rewrite::apply(&x, &mut parts.headers, !parts.status.is_server_error());
+    rewrite::apply(&x, &mut parts.headers, !parts.status.is_server_error())
+        .store_now(&*rt.store)
+        .await;
     Response::from_parts(parts, ResponseBody::Upstream { body, exchange })
 }
 

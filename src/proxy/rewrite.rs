@@ -23,9 +23,33 @@ pub struct Exchange<'a> {
     pub https: bool,
 }
 
+/// Bindings learned from a response's `Set-Cookie`, to be stored by the
+/// caller: `store_now` before the response leaves (so a balancer dying
+/// right after answering cannot lose a new session), or `store`.
+#[must_use = "learned bindings must be stored: call .store_now(store).await or .store(store)"]
+#[derive(Debug, Default)]
+pub struct Learned(Vec<(String, Arc<str>)>);
+
+impl Learned {
+    /// Store without waiting (write-behind).
+    pub fn store(self, store: &dyn SessionStore) {
+        for (id, route) in &self.0 {
+            store.bind(id, route);
+        }
+    }
+
+    /// Store and wait until the bindings are durable in a shared store.
+    pub async fn store_now(self, store: &dyn SessionStore) {
+        for (id, route) in &self.0 {
+            store.bind_now(id, route).await;
+        }
+    }
+}
+
 /// Learn from the backend's Set-Cookie headers and add the balancer's own
 /// cookie when a failed-over session would otherwise keep its old route.
-pub fn apply(x: &Exchange<'_>, headers: &mut HeaderMap, status_ok: bool) {
+pub fn apply(x: &Exchange<'_>, headers: &mut HeaderMap, status_ok: bool) -> Learned {
+    let mut learned = Learned::default();
     let mut saw_cookie = false;
     for v in headers.get_all(SET_COOKIE).iter() {
         let Some(c) = v.to_str().ok().and_then(|s| Cookie::parse(s).ok()) else {
@@ -36,11 +60,15 @@ pub fn apply(x: &Exchange<'_>, headers: &mut HeaderMap, status_ok: bool) {
         }
         saw_cookie = true;
         x.served.note_cookie_template(template_of(&c));
-        learn(x, &c);
+        if let Some(pair) = learn(x, &c) {
+            learned.0.push(pair);
+        }
     }
-    let Some(s) = x.session else { return };
+    let Some(s) = x.session else {
+        return learned;
+    };
     if saw_cookie || !status_ok {
-        return;
+        return learned;
     }
     let served = x.served.route();
     match s.route {
@@ -54,27 +82,28 @@ pub fn apply(x: &Exchange<'_>, headers: &mut HeaderMap, status_ok: bool) {
         }
         _ => {}
     }
+    learned
 }
 
-fn learn(x: &Exchange<'_>, c: &Cookie<'_>) {
-    let Some(new) = SessionId::parse(c.value(), x.separator, Source::Cookie) else {
-        return;
-    };
+/// The binding a session cookie teaches, if any; removals and replaced
+/// sessions are forgotten here.
+fn learn(x: &Exchange<'_>, c: &Cookie<'_>) -> Option<(String, Arc<str>)> {
+    let new = SessionId::parse(c.value(), x.separator, Source::Cookie)?;
     if is_removal(c) {
         x.store.forget(new.base);
-        return;
+        return None;
     }
     let route = new
         .route
         .and_then(|r| x.table.index_of(r))
         .map(|i| x.table.backends[i].config.route.clone())
         .unwrap_or_else(|| x.served.config.route.clone());
-    x.store.bind(new.base, &route);
     if let Some(old) = x.session {
         if old.base != new.base {
             x.store.forget(old.base);
         }
     }
+    Some((new.base.to_owned(), route))
 }
 
 fn is_removal(c: &Cookie<'_>) -> bool {

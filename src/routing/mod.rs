@@ -69,7 +69,7 @@ impl Table {
         let Some(s) = session else {
             return self.new_session(store, tried);
         };
-        let bound = match store.lookup(s.base) {
+        let bound = match store.lookup_hinted(s.base, s.route) {
             Cached::Found(r) => Some(r),
             Cached::Absent => None,
             Cached::Unknown => store.fetch(s.base).await,

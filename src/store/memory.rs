@@ -41,6 +41,20 @@ struct Entry {
     /// When a replicating store last told the others about this session
     /// (ms since the epoch), so refreshes go out now and then, not per hit.
     synced: u64,
+    /// When the binding was last set or confirmed (ms since the epoch); a
+    /// cache in front of a shared store re-checks entries older than its
+    /// trust window, so a rebind by another balancer is seen.
+    checked: u64,
+}
+
+/// A cached binding as a replicating store sees it.
+#[derive(Debug, Clone)]
+pub struct SharedView {
+    pub route: Arc<str>,
+    /// Time to tell the shared store the session is still in use.
+    pub touch_due: bool,
+    /// Older than the trust window: confirm with the shared store.
+    pub stale: bool,
 }
 
 type Shard = Mutex<HashMap<Box<str>, Entry>>;
@@ -159,6 +173,7 @@ impl MemoryStore {
                 e.route = slot;
             }
             e.last_seen = now;
+            e.checked = now;
             return true;
         }
         if self.len.load(Ordering::Relaxed) >= self.capacity {
@@ -179,6 +194,7 @@ impl MemoryStore {
                 route: slot,
                 last_seen: now,
                 synced: now,
+                checked: now,
             },
         );
         true
@@ -201,17 +217,22 @@ impl MemoryStore {
         })
     }
 
-    /// The bound route (refreshing last-seen) and whether the session is
-    /// due for a refresh to the shared store: true at most once per
-    /// `every_ms` per session, however often it is requested.
-    pub fn get_sync(&self, id: &str, every_ms: u64) -> Option<(Arc<str>, bool)> {
+    /// The bound route (refreshing last-seen), whether the session is due
+    /// for a refresh to the shared store (at most once per `touch_every_ms`
+    /// however often it is requested), and whether the binding is older
+    /// than `trust_ms` and should be confirmed with the shared store.
+    pub fn get_shared(&self, id: &str, touch_every_ms: u64, trust_ms: u64) -> Option<SharedView> {
         self.with_live(id, |e, now| {
             e.last_seen = now;
-            let due = now.saturating_sub(e.synced) >= every_ms;
-            if due {
+            let touch_due = now.saturating_sub(e.synced) >= touch_every_ms;
+            if touch_due {
                 e.synced = now;
             }
-            (e.route.name.clone(), due)
+            SharedView {
+                route: e.route.name.clone(),
+                touch_due,
+                stale: e.checked == 0 || now.saturating_sub(e.checked) >= trust_ms,
+            }
         })
     }
 
@@ -252,6 +273,18 @@ impl MemoryStore {
             self.put(&mut map, id, slot);
             if let Some(e) = map.get_mut(id) {
                 e.last_seen = self.now().saturating_sub(idle_ms);
+            }
+        }
+    }
+
+    /// Mark every binding to `route` as unconfirmed (see `get_shared`).
+    pub fn distrust_route(&self, route: &str) {
+        for shard in self.shards.iter() {
+            let Ok(mut map) = shard.lock() else { continue };
+            for e in map.values_mut() {
+                if *e.route.name == *route {
+                    e.checked = 0;
+                }
             }
         }
     }

@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use counts::PeakWindow;
-pub use memory::MemoryStore;
+pub use memory::{MemoryStore, SharedView};
 
 /// Per-route session counts (sessions must never leak: operators watch these).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -50,6 +50,8 @@ pub struct StoreStatus {
     pub dropped_writes: u64,
     /// Peers currently seen (multicast), or the Redis endpoint(s).
     pub peers: Vec<String>,
+    /// Times another balancer's failover made this one re-check its cache.
+    pub invalidations: u64,
 }
 
 /// Answer of the local, non-blocking lookup.
@@ -74,6 +76,14 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Local only; never waits.
     fn lookup(&self, id: &str) -> Cached;
 
+    /// Like `lookup`, told which route the client's own id names: a cache
+    /// in front of a shared store treats a disagreement as a reason to
+    /// confirm (the client may carry a newer route set by another balancer).
+    fn lookup_hinted(&self, id: &str, hint: Option<&str>) -> Cached {
+        let _ = hint;
+        self.lookup(id)
+    }
+
     /// Ask the shared store about a session the local cache does not hold
     /// (learned by another balancer); `None` if unbound or unreachable
     /// within the store's timeout. Caches what it finds.
@@ -85,6 +95,15 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Bind a session to a route (learned from a backend's `Set-Cookie`, or
     /// from a request the backend accepted). Rebinding moves the count.
     fn bind(&self, id: &str, route: &Arc<str>);
+
+    /// Bind a session that a response is about to hand to the client, and
+    /// wait (bounded by the store's timeout) until the binding is durable
+    /// where other balancers will look, so a balancer dying right after
+    /// answering cannot lose it. Stores without remote state just bind.
+    fn bind_now<'a>(&'a self, id: &'a str, route: &'a Arc<str>) -> StoreFuture<'a, ()> {
+        self.bind(id, route);
+        Box::pin(std::future::ready(()))
+    }
 
     /// The backend ended or replaced the session.
     fn forget(&self, id: &str);
@@ -98,6 +117,13 @@ pub trait SessionStore: Send + Sync + 'static {
         from: Option<&'a str>,
         proposed: Arc<str>,
     ) -> StoreFuture<'a, Arc<str>>;
+
+    /// A backend went down: a store with a local cache stops trusting its
+    /// cached bindings to `route`, because another balancer may move those
+    /// sessions while this one sees no request for them.
+    fn route_down(&self, route: &str) {
+        let _ = route;
+    }
 
     /// Current sessions of one route (least-sessions balancing; cheap).
     fn sessions(&self, route: &str) -> u64;

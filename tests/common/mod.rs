@@ -381,42 +381,11 @@ pub struct Redis {
 }
 
 impl Redis {
-    /// Start `redis-server --port P --save "" --appendonly no` and wait
-    /// until it accepts TCP connections.
+    /// Start `redis-server --port P --save "" --appendonly no` in its own
+    /// temp dir (Redis loads any dump.rdb in its cwd) and wait until it
+    /// accepts TCP connections.
     pub fn start() -> Redis {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}); the replicated-failover drills need it: \
-                     run scripts/test.sh or `apt-get install redis-server`"
-                )
-            });
-        let mut redis = Redis {
-            port,
-            proc: Proc { child },
-        };
-        let up = wait_for(Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        if up.is_err() {
-            let status = redis.proc.child.try_wait().ok().flatten();
-            panic!("redis-server did not accept connections on port {port} (exit: {status:?})");
-        }
-        redis
+        Self::start_isolated()
     }
 
     /// `redis://127.0.0.1:P`.
@@ -601,4 +570,288 @@ pub fn parse_response(text: &str) -> RawResp {
         .into_iter()
         .next()
         .unwrap_or_else(|| panic!("no HTTP response in {text:?}"))
+}
+
+// ---------------------------------------------------------------------------
+// Redis helpers for the Redis-store drills: a server on a chosen port (to
+// restart one where it was), redis-cli, Sentinel and a 3-node Cluster.
+// ---------------------------------------------------------------------------
+
+/// Start `redis-server` on loopback `port` with `extra` arguments (after
+/// `--port/--bind/--save ""/--appendonly no`), in `cwd` (else a fresh temp
+/// dir), and wait until it accepts TCP connections. Never the test's own
+/// working dir: Redis loads a `dump.rdb` it finds there at start (`--save ""`
+/// does not stop that), and a replica writes one there on full sync.
+fn spawn_redis(port: u16, extra: &[&str], cwd: Option<&std::path::Path>) -> Proc {
+    let own;
+    let cwd = match cwd {
+        Some(d) => d,
+        None => {
+            own = tempdir();
+            own.as_path()
+        }
+    };
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .args(extra)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    cmd.current_dir(cwd);
+    let child = cmd.spawn().unwrap_or_else(|e| {
+        panic!("cannot start redis-server ({e}): `apt-get install redis-server`")
+    });
+    let mut proc = Proc { child };
+    let up = wait_for(Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    if up.is_err() {
+        let status = proc.child.try_wait().ok().flatten();
+        panic!("redis-server did not accept connections on port {port} (exit: {status:?})");
+    }
+    proc
+}
+
+/// Run `redis-cli -p PORT args...` and return its stdout (trimmed). Bounded:
+/// redis-cli gets `-t 5`-ish behaviour from a 10 s wall-clock kill.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let mut child = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}): `apt-get install redis-tools`"));
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-cli -p {port} {args:?} did not finish within 10 s");
+            }
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Every key of the Redis on `port` matching `pattern` (`--scan`).
+pub fn redis_keys(port: u16, pattern: &str) -> Vec<String> {
+    redis_cli(port, &["--scan", "--pattern", pattern])
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Redis {
+    /// Like `start`, but in its own temp dir, so no `dump.rdb` left in the
+    /// working dir is loaded and none is written there.
+    pub fn start_isolated() -> Redis {
+        Self::start_args(&[], None)
+    }
+
+    /// Start a plain redis-server on `port` (e.g. to restart one where it was).
+    pub fn start_on(port: u16) -> Redis {
+        Redis {
+            port,
+            proc: spawn_redis(port, &[], None),
+        }
+    }
+
+    /// Start a redis-server on a free port with extra arguments, in `cwd`.
+    pub fn start_args(extra: &[&str], cwd: Option<&std::path::Path>) -> Redis {
+        let port = free_port();
+        Redis {
+            port,
+            proc: spawn_redis(port, extra, cwd),
+        }
+    }
+
+    /// `redis-cli -p P args...` output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli(self.port, args)
+    }
+
+    /// Keys matching `pattern`.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        redis_keys(self.port, pattern)
+    }
+}
+
+/// One `redis-server --sentinel` watching master `name`; its config file
+/// lives in its own temp dir (Sentinel rewrites it).
+pub struct Sentinel {
+    pub port: u16,
+    pub proc: Proc,
+    pub dir: PathBuf,
+}
+
+impl Sentinel {
+    /// Monitor `127.0.0.1:master_port` as `name`, quorum 1, down after 1 s,
+    /// failover timeout 2 s; waits until it names the master.
+    pub fn start(name: &str, master_port: u16) -> Sentinel {
+        let port = free_port();
+        let dir = tempdir();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\n\
+                 sentinel monitor {name} 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 2000\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server --sentinel ({e})"));
+        let s = Sentinel {
+            port,
+            proc: Proc { child },
+            dir,
+        };
+        let want = master_port.to_string();
+        wait_for(Duration::from_secs(10), || {
+            s.master_addr(name).ends_with(&want)
+        })
+        .unwrap_or_else(|_| {
+            panic!(
+                "sentinel on {port} never named master {name} at {master_port}: {:?}",
+                s.master_addr(name)
+            )
+        });
+        s
+    }
+
+    /// `host port` of the current master, as one line (empty if unknown).
+    pub fn master_addr(&self, name: &str) -> String {
+        if TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            return String::new();
+        }
+        redis_cli(self.port, &["sentinel", "get-master-addr-by-name", name])
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// `redis://127.0.0.1:S`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        self.proc.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of `n` masters (no replicas) on free loopback ports,
+/// each node in its own temp dir; ready (`cluster_state:ok` on every node)
+/// when `start` returns.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+    pub dirs: Vec<PathBuf>,
+}
+
+impl RedisCluster {
+    pub fn start(n: usize) -> RedisCluster {
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for _ in 0..n {
+            let dir = tempdir();
+            let port = free_port();
+            let conf = dir.join(format!("nodes-{port}.conf"));
+            let proc = spawn_redis(
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    conf.to_str().unwrap(),
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+                Some(&dir),
+            );
+            nodes.push(Redis { port, proc });
+            dirs.push(dir);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|r| format!("127.0.0.1:{}", r.port))
+            .collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(addrs.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        let out = Command::new("redis-cli")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let c = RedisCluster { nodes, dirs };
+        wait_for(Duration::from_secs(15), || {
+            c.nodes
+                .iter()
+                .all(|r| r.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+        })
+        .unwrap_or_else(|_| {
+            let states: Vec<String> = c
+                .nodes
+                .iter()
+                .map(|r| r.cli(&["cluster", "info"]))
+                .collect();
+            panic!("cluster never reached cluster_state:ok: {states:?}")
+        });
+        c
+    }
+
+    /// `redis://127.0.0.1:P` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Redis::url).collect()
+    }
+
+    /// Keys matching `pattern` on each node, in node order.
+    pub fn keys_per_node(&self, pattern: &str) -> Vec<Vec<String>> {
+        self.nodes.iter().map(|r| r.keys(pattern)).collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.proc.kill();
+        }
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }

@@ -17,10 +17,13 @@ use tokio::sync::Mutex;
 pub enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
-    Sentinel {
-        client: Mutex<SentinelClient>,
-        current: Mutex<Option<MultiplexedConnection>>,
-    },
+    Sentinel(Box<SentinelConn>),
+}
+
+/// Sentinel client plus the master connection it last found.
+pub struct SentinelConn {
+    client: Mutex<SentinelClient>,
+    current: Mutex<Option<MultiplexedConnection>>,
 }
 
 /// A connection for one operation.
@@ -86,10 +89,10 @@ impl Conn {
                 SentinelServerType::Master,
             )
             .map_err(err)?;
-            return Ok(Conn::Sentinel {
+            return Ok(Conn::Sentinel(Box::new(SentinelConn {
                 client: Mutex::new(client),
                 current: Mutex::new(None),
-            });
+            })));
         }
         Err(StoreError::Redis(
             "no redis_url, redis_cluster or redis_sentinel configured".into(),
@@ -101,12 +104,12 @@ impl Conn {
         match self {
             Conn::Single(c) => Ok(Handle::Single(c.clone())),
             Conn::Cluster(c) => Ok(Handle::Cluster(c.clone())),
-            Conn::Sentinel { client, current } => {
-                let mut cur = current.lock().await;
+            Conn::Sentinel(s) => {
+                let mut cur = s.current.lock().await;
                 if let Some(c) = &*cur {
                     return Ok(Handle::Multiplexed(c.clone()));
                 }
-                let c = client.lock().await.get_async_connection().await?;
+                let c = s.client.lock().await.get_async_connection().await?;
                 *cur = Some(c.clone());
                 Ok(Handle::Multiplexed(c))
             }
@@ -116,8 +119,8 @@ impl Conn {
     /// After an error: Sentinel forgets the master so the next operation
     /// asks the sentinels again (the master may have moved).
     pub async fn reset(&self) {
-        if let Conn::Sentinel { current, .. } = self {
-            *current.lock().await = None;
+        if let Conn::Sentinel(s) = self {
+            *s.current.lock().await = None;
         }
     }
 

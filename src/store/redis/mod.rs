@@ -1,12 +1,14 @@
 //! The Redis store: session affinity shared by every balancer through
 //! Redis (standalone, Sentinel or Cluster).
 //!
-//! A local [`MemoryStore`] sits in front as a cache, so a request never
-//! waits on Redis for a session this balancer has seen: lookups are local,
-//! learned bindings and touches go out through a bounded write-behind queue
-//! (touches coalesced to one per session per `idle_timeout / 8`). Redis is
-//! asked only on a cache miss (a session learned by another balancer) and
-//! to agree on an orphan's heir, both bounded by `store.timeout`. When
+//! A local [`MemoryStore`] sits in front as a cache, so a request rarely
+//! waits on Redis: lookups are local, touches and rebinds go out through a
+//! bounded write-behind queue (touches coalesced to one per session per
+//! `idle_timeout / 8`). Redis is asked, bounded by `store.timeout`, on a
+//! cache miss (a session learned by another balancer), when a cached
+//! binding is older than `store.cache_ttl` (another balancer may have
+//! moved it), to agree on an orphan's heir, and to make a brand-new
+//! session's binding durable before its response leaves. When
 //! Redis is down, requests keep being served from the cache and route
 //! suffixes; when it comes back, the cache is written back where Redis has
 //! nothing newer.
@@ -67,6 +69,7 @@ pub struct RedisStore {
     hash_keys: bool,
     ttl_ms: u64,
     touch_every_ms: u64,
+    trust_ms: u64,
     timeout: Duration,
     tx: mpsc::Sender<Op>,
     healthy: AtomicBool,
@@ -74,6 +77,7 @@ pub struct RedisStore {
     dropped: AtomicU64,
     routes: HashMap<Arc<str>, RouteCount>,
     endpoints: Vec<String>,
+    invalidations: AtomicU64,
 }
 
 const TICK: Duration = Duration::from_secs(1);
@@ -106,6 +110,7 @@ impl RedisStore {
             hash_keys: cfg.hash_keys,
             ttl_ms,
             touch_every_ms: (ttl_ms / 8).max(500),
+            trust_ms: cfg.cache_ttl.as_millis() as u64,
             timeout: cfg.timeout,
             tx,
             healthy: AtomicBool::new(true),
@@ -116,6 +121,7 @@ impl RedisStore {
                 .map(|r| (r, RouteCount::default()))
                 .collect(),
             endpoints: Conn::describe(cfg),
+            invalidations: AtomicU64::new(0),
         });
         if let Err(e) = store.ping().await {
             store.healthy.store(false, Ordering::Relaxed);
@@ -123,6 +129,7 @@ impl RedisStore {
         }
         tokio::spawn(writer(Arc::downgrade(&store), rx));
         tokio::spawn(monitor(Arc::downgrade(&store)));
+        tokio::spawn(follow_moves(Arc::downgrade(&store)));
         Ok(store)
     }
 
@@ -144,6 +151,11 @@ impl RedisStore {
 
     fn route_key(&self, route: &str) -> String {
         format!("{}r:{route}", self.prefix)
+    }
+
+    /// Counter bumped whenever a balancer moves sessions off `route`.
+    fn moved_key(&self, route: &str) -> String {
+        format!("{}m:{route}", self.prefix)
     }
 
     /// The configured route's shared name, so answers from Redis allocate
@@ -258,6 +270,10 @@ impl RedisStore {
                     redis::cmd("ZREM")
                         .arg(self.route_key(&f))
                         .arg(&key)
+                        .query_async::<()>(&mut h)
+                        .await?;
+                    redis::cmd("INCR")
+                        .arg(self.moved_key(&f))
                         .query_async::<()>(&mut h)
                         .await?;
                 }
@@ -377,6 +393,44 @@ async fn writer(store: Weak<RedisStore>, mut rx: mpsc::Receiver<Op>) {
     }
 }
 
+/// Every 200 ms: read the per-route move counters; when another balancer
+/// moved sessions off a route, stop trusting cached bindings to it, so a
+/// failover decided anywhere is followed here within that interval even if
+/// this balancer never saw the route go down.
+async fn follow_moves(store: Weak<RedisStore>) {
+    let mut seen: HashMap<Arc<str>, i64> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(s) = store.upgrade() else { return };
+        if !s.healthy.load(Ordering::Relaxed) {
+            continue;
+        }
+        let Ok(mut h) = s.conn.handle().await else {
+            continue;
+        };
+        for route in s.routes.keys() {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(s.moved_key(route));
+            let q = cmd.query_async::<Option<i64>>(&mut h);
+            let Ok(Ok(n)) =
+                tokio::time::timeout(s.timeout.max(Duration::from_millis(500)), q).await
+            else {
+                break;
+            };
+            let n = n.unwrap_or(0);
+            match seen.insert(route.clone(), n) {
+                Some(before) if before != n => {
+                    s.cache.distrust_route(route);
+                    s.invalidations.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Every second: check Redis answers, resynchronise after an outage, and
 /// refresh the per-route counts.
 async fn monitor(store: Weak<RedisStore>) {
@@ -408,17 +462,28 @@ async fn monitor(store: Weak<RedisStore>) {
 
 impl SessionStore for RedisStore {
     fn lookup(&self, id: &str) -> Cached {
-        match self.cache.get_sync(id, self.touch_every_ms) {
-            Some((route, due)) => {
-                if due {
+        self.lookup_hinted(id, None)
+    }
+
+    fn lookup_hinted(&self, id: &str, hint: Option<&str>) -> Cached {
+        let healthy = self.healthy.load(Ordering::Relaxed);
+        match self
+            .cache
+            .get_shared(id, self.touch_every_ms, self.trust_ms)
+        {
+            Some(v) if healthy && (v.stale || hint.is_some_and(|h| *h != *v.route)) => {
+                Cached::Unknown
+            }
+            Some(v) => {
+                if v.touch_due {
                     self.enqueue(Op::Touch {
                         key: self.key(id),
-                        route: route.clone(),
+                        route: v.route.clone(),
                     });
                 }
-                Cached::Found(route)
+                Cached::Found(v.route)
             }
-            None if self.healthy.load(Ordering::Relaxed) => Cached::Unknown,
+            None if healthy => Cached::Unknown,
             None => Cached::Absent,
         }
     }
@@ -435,14 +500,8 @@ impl SessionStore for RedisStore {
                     .query_async::<(Option<String>, Option<u64>)>(&mut h)
                     .await
             };
-            match tokio::time::timeout(self.timeout, q).await {
-                Ok(Ok((Some(route), seen))) => {
-                    let route = self.intern(&route);
-                    let idle = seen.map(|s| unix_ms().saturating_sub(s)).unwrap_or(0);
-                    self.cache.bind_aged(id, &route, idle);
-                    Some(route)
-                }
-                Ok(Ok(_)) => None,
+            let answer = match tokio::time::timeout(self.timeout, q).await {
+                Ok(Ok(answer)) => Some(answer),
                 Ok(Err(e)) => {
                     self.failed(&e).await;
                     None
@@ -451,6 +510,22 @@ impl SessionStore for RedisStore {
                     self.errors.fetch_add(1, Ordering::Relaxed);
                     None
                 }
+            };
+            match answer {
+                Some((Some(route), seen)) => {
+                    let route = self.intern(&route);
+                    let idle = seen.map(|s| unix_ms().saturating_sub(s)).unwrap_or(0);
+                    self.cache.bind_aged(id, &route, idle);
+                    Some(route)
+                }
+                // Redis has no record (or did not answer): a binding this
+                // balancer still holds stays, and is written back.
+                Some((None, _)) => {
+                    let local = self.cache.get(id)?;
+                    self.bind(id, &local);
+                    Some(local)
+                }
+                None => self.cache.get(id),
             }
         })
     }
@@ -461,6 +536,30 @@ impl SessionStore for RedisStore {
             key: self.key(id),
             route: route.clone(),
         });
+    }
+
+    fn bind_now<'a>(&'a self, id: &'a str, route: &'a Arc<str>) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.cache.bind(id, route);
+            let op = Op::Bind {
+                key: self.key(id),
+                route: route.clone(),
+            };
+            if !self.healthy.load(Ordering::Relaxed) {
+                return;
+            }
+            match tokio::time::timeout(self.timeout, self.apply(op)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    self.failed(&e).await;
+                    self.bind(id, route);
+                }
+                Err(_) => {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    self.bind(id, route);
+                }
+            }
+        })
     }
 
     fn forget(&self, id: &str) {
@@ -514,6 +613,10 @@ impl SessionStore for RedisStore {
         })
     }
 
+    fn route_down(&self, route: &str) {
+        self.cache.distrust_route(route);
+    }
+
     fn sessions(&self, route: &str) -> u64 {
         self.routes
             .get(route)
@@ -551,6 +654,7 @@ impl SessionStore for RedisStore {
             errors: self.errors.load(Ordering::Relaxed),
             dropped_writes: self.dropped.load(Ordering::Relaxed),
             peers: self.endpoints.clone(),
+            invalidations: self.invalidations.load(Ordering::Relaxed),
             ..local
         }
     }
