@@ -14,20 +14,46 @@ use futures_util::FutureExt;
 use http::header::{HeaderValue, COOKIE};
 use http::HeaderMap;
 use std::hint::black_box;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use stickgate::backend::{Backend, PoolSettings};
-use stickgate::config::{Algorithm, BackendConfig, InitialState};
+use stickgate::config::SessionRules;
 use stickgate::routing::{session, Decision, Reason, Table, Tried};
 use stickgate::store::{MemoryStore, SessionStore};
 
-const COOKIE_NAME: &str = "JSESSIONID";
-const PATH_PARAM: &str = "jsessionid";
-const SEP: &str = ".";
 /// Sessions preloaded into the store for the learned-session case.
 const LEARNED: usize = 100_000;
 
-fn table() -> Table {
+/// Four backends, weights 3:1:1:1, in two domains; session naming left at
+/// its defaults (JSESSIONID, `;jsessionid=`, "."). Built through the config
+/// loader so the bench follows whatever a backend definition holds.
+const CONFIG: &str = r#"
+[[backend]]
+route = "tomcat1"
+url = "http://127.0.0.1:8081"
+weight = 3
+domain = "dc-a"
+
+[[backend]]
+route = "tomcat2"
+url = "http://127.0.0.1:8082"
+domain = "dc-a"
+
+[[backend]]
+route = "tomcat3"
+url = "http://127.0.0.1:8083"
+domain = "dc-b"
+
+[[backend]]
+route = "tomcat4"
+url = "http://127.0.0.1:8084"
+domain = "dc-b"
+"#;
+
+fn setup() -> (Table, SessionRules) {
+    let cfg = stickgate::config::from_str(CONFIG, Path::new("benches/routing.rs"))
+        .expect("bench config is valid");
     let pool = PoolSettings {
         connect_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(15),
@@ -36,22 +62,12 @@ fn table() -> Table {
         max_connections: 0,
         queue_timeout: Duration::from_secs(5),
     };
-    let backends = [(1, 3), (2, 1), (3, 1), (4, 1)]
-        .into_iter()
-        .map(|(n, weight)| {
-            let cfg = BackendConfig {
-                route: format!("tomcat{n}").into(),
-                authority: format!("127.0.0.1:{}", 8080 + n).into(),
-                host: "127.0.0.1".into(),
-                port: 8080 + n,
-                weight,
-                domain: Some(if n <= 2 { "dc-a" } else { "dc-b" }.into()),
-                state: InitialState::Active,
-            };
-            Arc::new(Backend::new(cfg, pool.clone()))
-        })
+    let backends = cfg
+        .backends
+        .iter()
+        .map(|b| Arc::new(Backend::new(b.clone(), pool.clone())))
         .collect();
-    Table::new(backends, Algorithm::WeightedRoundRobin)
+    (Table::new(backends, cfg.algorithm), cfg.session)
 }
 
 fn cookies(value: &str) -> HeaderMap {
@@ -66,10 +82,20 @@ fn base_id(n: u64) -> String {
 }
 
 /// The whole per-request routing step, as the proxy runs it.
-fn route(table: &Table, store: &dyn SessionStore, headers: &HeaderMap, path: &str) -> Decision {
-    let s = session::find(headers, path, COOKIE_NAME, Some(PATH_PARAM), SEP, |r| {
-        table.index_of(r).is_some()
-    });
+fn route(
+    (table, rules): &(Table, SessionRules),
+    store: &dyn SessionStore,
+    headers: &HeaderMap,
+    path: &str,
+) -> Decision {
+    let s = session::find(
+        headers,
+        path,
+        &rules.cookie,
+        rules.path_parameter.as_deref(),
+        &rules.separator,
+        |r| table.index_of(r).is_some(),
+    );
     table
         .decide(store, s.as_ref(), &Tried::default())
         .now_or_never()
@@ -78,7 +104,7 @@ fn route(table: &Table, store: &dyn SessionStore, headers: &HeaderMap, path: &st
 }
 
 fn bench(c: &mut Criterion) {
-    let table = table();
+    let router = setup();
     let mut g = c.benchmark_group("decide");
     g.throughput(Throughput::Elements(1));
 
@@ -87,12 +113,12 @@ fn bench(c: &mut Criterion) {
         let store = MemoryStore::new(Duration::from_secs(1800), 1_000_000);
         let sid = format!("{}.tomcat3", base_id(7));
         let h = cookies(&format!(
-            "_ga=GA1.2.1234567890.1700000000; theme=dark; {COOKIE_NAME}={sid}; csrftoken=8f14e45fceea167a5a36dedd4bea2543"
+            "_ga=GA1.2.1234567890.1700000000; theme=dark; JSESSIONID={sid}; csrftoken=8f14e45fceea167a5a36dedd4bea2543"
         ));
-        let d = route(&table, &*store, &h, "/shop/cart");
+        let d = route(&router, &*store, &h, "/shop/cart");
         assert_eq!((d.index, d.reason), (2, Reason::Sticky));
         g.bench_function("sticky_suffix_cookie", |b| {
-            b.iter(|| route(&table, &*store, black_box(&h), black_box("/shop/cart")))
+            b.iter(|| route(&router, &*store, black_box(&h), black_box("/shop/cart")))
         });
     }
 
@@ -100,17 +126,18 @@ fn bench(c: &mut Criterion) {
     {
         let store = MemoryStore::new(Duration::from_secs(1800), 1_000_000);
         let h = cookies("_ga=GA1.2.1234567890.1700000000; theme=dark");
-        let d = route(&table, &*store, &h, "/");
+        let d = route(&router, &*store, &h, "/");
         assert_eq!(d.reason, Reason::New);
         g.bench_function("new_session_wrr", |b| {
-            b.iter(|| route(&table, &*store, black_box(&h), black_box("/")))
+            b.iter(|| route(&router, &*store, black_box(&h), black_box("/")))
         });
     }
 
     // (c) Learned session: no suffix, bound in a store of 100k sessions.
     {
         let store = MemoryStore::new(Duration::from_secs(1800), 1_000_000);
-        let routes: Vec<Arc<str>> = table
+        let routes: Vec<Arc<str>> = router
+            .0
             .backends
             .iter()
             .map(|b| b.config.route.clone())
@@ -123,16 +150,16 @@ fn bench(c: &mut Criterion) {
         let headers: Vec<HeaderMap> = (0..1024u64)
             .map(|k| {
                 let n = k * 97 % LEARNED as u64;
-                cookies(&format!("theme=dark; {COOKIE_NAME}={}", base_id(n)))
+                cookies(&format!("theme=dark; JSESSIONID={}", base_id(n)))
             })
             .collect();
-        let d = route(&table, &*store, &headers[1], "/");
+        let d = route(&router, &*store, &headers[1], "/");
         assert_eq!((d.index, d.reason), (97 % 4, Reason::Sticky));
         let mut k = 0usize;
         g.bench_function("learned_no_suffix_100k", |b| {
             b.iter(|| {
                 k = (k + 1) & 1023;
-                route(&table, &*store, black_box(&headers[k]), black_box("/"))
+                route(&router, &*store, black_box(&headers[k]), black_box("/"))
             })
         });
     }
@@ -141,11 +168,11 @@ fn bench(c: &mut Criterion) {
     {
         let store = MemoryStore::new(Duration::from_secs(1800), 1_000_000);
         let h = cookies("theme=dark");
-        let path = format!("/shop/cart;{PATH_PARAM}={}.tomcat2", base_id(9));
-        let d = route(&table, &*store, &h, &path);
+        let path = format!("/shop/cart;jsessionid={}.tomcat2", base_id(9));
+        let d = route(&router, &*store, &h, &path);
         assert_eq!((d.index, d.reason), (1, Reason::Sticky));
         g.bench_function("path_parameter", |b| {
-            b.iter(|| route(&table, &*store, black_box(&h), black_box(&path)))
+            b.iter(|| route(&router, &*store, black_box(&h), black_box(&path)))
         });
     }
 

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# Load test: requests/s and p99 latency of a demo backend reached directly
+# versus through stickgate, all on 127.0.0.1.
+#
+#   benches/load.sh                 # 10 s per scenario
+#   DURATION=30s benches/load.sh    # longer runs
+#   THREADS=2 CONNECTIONS=32 benches/load.sh
+#
+# Scenarios (wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency):
+#   direct        one demo backend (tomcat1), fixed sticky cookie
+#   gate-sticky   through stickgate, same cookie (all requests -> tomcat1)
+#   gate-new      through stickgate, no cookie: every request is a new
+#                 session, balanced over tomcat1/tomcat2
+#
+# Installs wrk with apt-get if missing, builds the release binaries, starts
+# two demo backends and stickgate on free ports, and stops everything it
+# started on exit. Bounded in time: the build gets BUILD_TIMEOUT seconds
+# (default 1800), each wrk run its duration + 30 s.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-32}
+BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
+
+die() {
+    echo "load.sh: $*" >&2
+    exit 1
+}
+
+# Seconds in a wrk duration ("10s", "2m", "1h", "30").
+duration_secs() {
+    local d=$1
+    case $d in
+    *s) echo "${d%s}" ;;
+    *m) echo $((${d%m} * 60)) ;;
+    *h) echo $((${d%h} * 3600)) ;;
+    *) echo "$d" ;;
+    esac
+}
+DUR_SECS=$(duration_secs "$DURATION")
+[[ $DUR_SECS =~ ^[0-9]+$ && $DUR_SECS -gt 0 ]] || die "DURATION=$DURATION is not like 10s, 2m or 1h"
+
+# ---- wrk -------------------------------------------------------------------
+if ! command -v wrk >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "load.sh: installing wrk" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    if ! timeout 300 $SUDO apt-get install -y -qq wrk >/dev/null 2>&1; then
+        timeout 300 $SUDO apt-get update -qq
+        timeout 300 $SUDO apt-get install -y -qq wrk >/dev/null
+    fi
+    command -v wrk >/dev/null 2>&1 || die "wrk is not installed and apt-get could not install it"
+fi
+
+# ---- build -----------------------------------------------------------------
+echo "load.sh: building release binaries (cargo build --release --bin stickgate --example backend)" >&2
+timeout "$BUILD_TIMEOUT" cargo build --release --quiet --bin stickgate --example backend ||
+    die "release build failed or took longer than ${BUILD_TIMEOUT}s"
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+GATE_BIN=$TARGET_DIR/release/stickgate
+BACKEND_BIN=$TARGET_DIR/release/examples/backend
+[ -x "$GATE_BIN" ] && [ -x "$BACKEND_BIN" ] || die "binaries not found under $TARGET_DIR/release"
+
+# ---- processes -------------------------------------------------------------
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/stickgate-load.XXXXXX")
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Poll `file` (up to 15 s) for a line matching `pattern`; print the
+# host:port found on it.
+wait_addr() {
+    local file=$1 pattern=$2 i line
+    for ((i = 0; i < 150; i++)); do
+        line=$(grep -m1 -e "$pattern" "$file" 2>/dev/null || true)
+        if [ -n "$line" ]; then
+            grep -oE '127\.0\.0\.1:[0-9]+' <<<"$line" | head -n1
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# Demo backends on port 0: each prints the port it got.
+declare -A BACKEND_ADDR
+for route in tomcat1 tomcat2; do
+    "$BACKEND_BIN" --listen 127.0.0.1:0 --route "$route" >/dev/null 2>"$WORK/$route.log" &
+    PIDS+=($!)
+done
+for route in tomcat1 tomcat2; do
+    BACKEND_ADDR[$route]=$(wait_addr "$WORK/$route.log" "listening on") ||
+        die "backend $route did not start: $(cat "$WORK/$route.log")"
+done
+
+# stickgate on port 0 (listener and admin); the JSON log names the ports.
+cat >"$WORK/stickgate.toml" <<EOF
+[server]
+listen = ["127.0.0.1:0"]
+shutdown_timeout = "2s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[health]
+interval = "1s"
+
+[[backend]]
+route = "tomcat1"
+url = "http://${BACKEND_ADDR[tomcat1]}"
+
+[[backend]]
+route = "tomcat2"
+url = "http://${BACKEND_ADDR[tomcat2]}"
+EOF
+STICKGATE_LOG=info "$GATE_BIN" --log-format json run --config "$WORK/stickgate.toml" \
+    >/dev/null 2>"$WORK/stickgate.log" &
+PIDS+=($!)
+GATE=$(wait_addr "$WORK/stickgate.log" '"message":"listening"') ||
+    die "stickgate did not start: $(cat "$WORK/stickgate.log")"
+ADMIN=$(wait_addr "$WORK/stickgate.log" '"message":"admin API listening"') ||
+    die "stickgate admin API did not start: $(cat "$WORK/stickgate.log")"
+
+# A session living on tomcat1, obtained through stickgate (round robin over
+# two backends: at most a few tries).
+SID=""
+for _ in 1 2 3 4; do
+    SID=$(curl -s -m 5 -o /dev/null -D - "http://$GATE/" |
+        grep -i '^set-cookie: JSESSIONID=' | sed -E 's/^[^=]*=([^;[:space:]]*).*/\1/' | tr -d '\r')
+    [[ $SID == *.tomcat1 ]] && break
+    SID=""
+done
+[ -n "$SID" ] || die "no tomcat1 session cookie from stickgate at $GATE: $(tail -n 5 "$WORK/stickgate.log")"
+COOKIE="JSESSIONID=$SID"
+
+# Per-backend request counters from the admin API ("tomcat1=N tomcat2=M").
+requests_by_backend() {
+    curl -s -m 5 "http://$ADMIN/api/status" | awk -F'"' '
+        /"route":/ { r = $4 }
+        /"requests":/ { gsub(/[^0-9]/, "", $3); printf "%s=%s ", r, $3 }'
+}
+
+# ---- runs ------------------------------------------------------------------
+run_wrk() { # name url [cookie]
+    local name=$1 url=$2 cookie=${3:-}
+    local args=(-t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency)
+    [ -n "$cookie" ] && args+=(-H "Cookie: $cookie")
+    echo "load.sh: $name: wrk ${args[*]} $url" >&2
+    timeout $((DUR_SECS + 30)) wrk "${args[@]}" "$url" >"$WORK/$name.out" 2>&1 ||
+        die "wrk failed for $name: $(cat "$WORK/$name.out")"
+}
+
+# "<req/s> <p99 in ms> <non-2xx/3xx + socket errors>" from a wrk report.
+parse_wrk() {
+    awk '
+        /^Requests\/sec:/ { rps = $2 }
+        $1 == "99%" {
+            v = $2
+            if (v ~ /us$/) { sub(/us$/, "", v); p99 = v / 1000 }
+            else if (v ~ /ms$/) { sub(/ms$/, "", v); p99 = v + 0 }
+            else if (v ~ /s$/) { sub(/s$/, "", v); p99 = v * 1000 }
+        }
+        /Non-2xx or 3xx responses:/ { err += $NF }
+        /Socket errors:/ {
+            for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) { gsub(",", "", $i); err += $i }
+        }
+        END { printf "%s %s %d\n", rps, p99, err }' "$1"
+}
+
+run_wrk direct "http://${BACKEND_ADDR[tomcat1]}/" "$COOKIE"
+before=$(requests_by_backend)
+run_wrk gate-sticky "http://$GATE/" "$COOKIE"
+after_sticky=$(requests_by_backend)
+run_wrk gate-new "http://$GATE/"
+after_new=$(requests_by_backend)
+
+# ---- report ----------------------------------------------------------------
+cores=$(nproc 2>/dev/null || echo "?")
+echo
+echo "stickgate load test: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, GET /, 127.0.0.1"
+echo "note: wrk, the two demo backends and stickgate all share this machine's $cores core(s);"
+echo "      the proxy's figures include competing with wrk and the backends for CPU."
+echo
+read -r d_rps d_p99 d_err < <(parse_wrk "$WORK/direct.out")
+printf '%-14s %12s %10s %10s %10s %7s\n' scenario "req/s" "p99 ms" "rps/direct" "p99/direct" errors
+for name in direct gate-sticky gate-new; do
+    read -r rps p99 err < <(parse_wrk "$WORK/$name.out")
+    awk -v n="$name" -v r="$rps" -v p="$p99" -v dr="$d_rps" -v dp="$d_p99" -v e="$err" 'BEGIN {
+        printf "%-14s %12.0f %10.2f %10.2f %10.2f %7d\n", n, r, p, (dr > 0 ? r / dr : 0), (dp > 0 ? p / dp : 0), e }'
+done
+echo
+echo "stickgate requests per backend (admin API, cumulative):"
+echo "  before gate-sticky: ${before:-?}"
+echo "  after  gate-sticky: ${after_sticky:-?}  (all should be tomcat1)"
+echo "  after  gate-new:    ${after_new:-?}  (new sessions split ~evenly)"
+echo "  sticky session: $SID"
