@@ -16,18 +16,12 @@
 # two demo backends and stickgate on free ports, and stops everything it
 # started on exit. Bounded in time: the build gets BUILD_TIMEOUT seconds
 # (default 1800), each wrk run its duration + 30 s.
-set -euo pipefail
-cd "$(dirname "$0")/.."
+NAME=load.sh
+. "$(dirname "$0")/common.sh"
 
 DURATION=${DURATION:-10s}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-32}
-BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
-
-die() {
-    echo "load.sh: $*" >&2
-    exit 1
-}
 
 # Seconds in a wrk duration ("10s", "2m", "1h", "30").
 duration_secs() {
@@ -42,72 +36,10 @@ duration_secs() {
 DUR_SECS=$(duration_secs "$DURATION")
 [[ $DUR_SECS =~ ^[0-9]+$ && $DUR_SECS -gt 0 ]] || die "DURATION=$DURATION is not like 10s, 2m or 1h"
 
-# ---- wrk -------------------------------------------------------------------
-if ! command -v wrk >/dev/null 2>&1; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    echo "load.sh: installing wrk" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    if ! timeout 300 $SUDO apt-get install -y -qq wrk >/dev/null 2>&1; then
-        timeout 300 $SUDO apt-get update -qq
-        timeout 300 $SUDO apt-get install -y -qq wrk >/dev/null
-    fi
-    command -v wrk >/dev/null 2>&1 || die "wrk is not installed and apt-get could not install it"
-fi
-
-# ---- build -----------------------------------------------------------------
-echo "load.sh: building release binaries (cargo build --release --bin stickgate --example backend)" >&2
-timeout "$BUILD_TIMEOUT" cargo build --release --quiet --bin stickgate --example backend ||
-    die "release build failed or took longer than ${BUILD_TIMEOUT}s"
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
-GATE_BIN=$TARGET_DIR/release/stickgate
-BACKEND_BIN=$TARGET_DIR/release/examples/backend
-[ -x "$GATE_BIN" ] && [ -x "$BACKEND_BIN" ] || die "binaries not found under $TARGET_DIR/release"
-
-# ---- processes -------------------------------------------------------------
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/stickgate-load.XXXXXX")
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Poll `file` (up to 15 s) for a line matching `pattern`; print the
-# host:port found on it.
-wait_addr() {
-    local file=$1 pattern=$2 i line
-    for ((i = 0; i < 150; i++)); do
-        line=$(grep -m1 -e "$pattern" "$file" 2>/dev/null || true)
-        if [ -n "$line" ]; then
-            grep -oE '127\.0\.0\.1:[0-9]+' <<<"$line" | head -n1
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
-
-# Demo backends on port 0: each prints the port it got.
-declare -A BACKEND_ADDR
-for route in tomcat1 tomcat2; do
-    "$BACKEND_BIN" --listen 127.0.0.1:0 --route "$route" >/dev/null 2>"$WORK/$route.log" &
-    PIDS+=($!)
-done
-for route in tomcat1 tomcat2; do
-    BACKEND_ADDR[$route]=$(wait_addr "$WORK/$route.log" "listening on") ||
-        die "backend $route did not start: $(cat "$WORK/$route.log")"
-done
-
-# stickgate on port 0 (listener and admin); the JSON log names the ports.
-cat >"$WORK/stickgate.toml" <<EOF
+need wrk wrk
+build_release
+start_backends
+cat >"$WORK/stickgate.toml" <<EOF2
 [server]
 listen = ["127.0.0.1:0"]
 shutdown_timeout = "2s"
@@ -118,33 +50,11 @@ listen = "127.0.0.1:0"
 [health]
 interval = "1s"
 
-[[backend]]
-route = "tomcat1"
-url = "http://${BACKEND_ADDR[tomcat1]}"
-
-[[backend]]
-route = "tomcat2"
-url = "http://${BACKEND_ADDR[tomcat2]}"
-EOF
-STICKGATE_LOG=info "$GATE_BIN" --log-format json run --config "$WORK/stickgate.toml" \
-    >/dev/null 2>"$WORK/stickgate.log" &
-PIDS+=($!)
-GATE=$(wait_addr "$WORK/stickgate.log" '"message":"listening"') ||
-    die "stickgate did not start: $(cat "$WORK/stickgate.log")"
-ADMIN=$(wait_addr "$WORK/stickgate.log" '"message":"admin API listening"') ||
-    die "stickgate admin API did not start: $(cat "$WORK/stickgate.log")"
-
-# A session living on tomcat1, obtained through stickgate (round robin over
-# two backends: at most a few tries).
-SID=""
-for _ in 1 2 3 4; do
-    SID=$(curl -s -m 5 -o /dev/null -D - "http://$GATE/" |
-        grep -i '^set-cookie: JSESSIONID=' | sed -E 's/^[^=]*=([^;[:space:]]*).*/\1/' | tr -d '\r')
-    [[ $SID == *.tomcat1 ]] && break
-    SID=""
-done
-[ -n "$SID" ] || die "no tomcat1 session cookie from stickgate at $GATE: $(tail -n 5 "$WORK/stickgate.log")"
-COOKIE="JSESSIONID=$SID"
+$(backends_toml)
+EOF2
+start_gate "$WORK/stickgate.toml"
+COOKIE=$(tomcat1_cookie "http://$GATE/")
+SID=${COOKIE#JSESSIONID=}
 
 # Per-backend request counters from the admin API ("tomcat1=N tomcat2=M").
 requests_by_backend() {

@@ -281,7 +281,7 @@ async fn failover_over_h2_rewrites_the_cookie() {
     let a = ca.leaf(&dir, "a", &["a.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
     let redis = Redis::start();
     let url_arg = format!("redis://127.0.0.1:{}", redis.port);
-    let mut nodes = vec![
+    let mut nodes = [
         Backend::start("tomcat1", &["--redis", &url_arg]),
         Backend::start("tomcat2", &["--redis", &url_arg]),
     ];

@@ -105,6 +105,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Problem> {
     check_health(&raw.health)?;
     check_upstream(&raw.upstream)?;
     check_store(&raw.store)?;
+    if let Some(p) = raw.websocket.ping_interval {
+        if !raw.websocket.idle_timeout.is_zero() && p >= raw.websocket.idle_timeout {
+            return Err(bad(
+                "websocket.ping_interval",
+                "must be shorter than websocket.idle_timeout, or pings cannot keep a tunnel open",
+            ));
+        }
+    }
     let session = check_session(&raw.session)?;
     if raw.backends.is_empty() {
         return Err(bad(
@@ -483,7 +491,10 @@ mod tests {
     #[test]
     fn url_forms() {
         let ok = |u: &str| parse_url(u).unwrap();
-        assert_eq!(ok("http://127.0.0.1:8081"), ("127.0.0.1".into(), 8081, false));
+        assert_eq!(
+            ok("http://127.0.0.1:8081"),
+            ("127.0.0.1".into(), 8081, false)
+        );
         assert_eq!(ok("http://app/"), ("app".into(), 80, false));
         assert_eq!(ok("https://app"), ("app".into(), 443, true));
         assert_eq!(ok("https://app:8443/"), ("app".into(), 8443, true));

@@ -6,7 +6,7 @@
 //! failed-over sessions to its own route the way Tomcat's
 //! `JvmRouteBinderValve` does. A few extra endpoints (`/headers`,
 //! `/download`, `/upload`, `/slow`) let tests observe what the balancer
-//! forwards and how it streams.
+//! forwards and how it streams, and `/ws` is a sticky WebSocket echo.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{
-    HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, SET_COOKIE,
+    HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE,
+    SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, SET_COOKIE, UPGRADE,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -33,6 +34,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// How long an idle session lives, in seconds; matches Tomcat's default
 /// 30-minute session timeout so demo behaviour looks familiar.
@@ -205,6 +207,7 @@ async fn serve_connection(stream: TcpStream, node: Arc<Node>) {
         .timer(TokioTimer::new())
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
         .await;
     if let Err(err) = result {
         tracing::debug!(%err, "demo node: connection ended with an error");
@@ -256,6 +259,9 @@ impl Node {
         let path = path.into_owned();
         let path_id = path_id.map(str::to_owned);
         let query = req.uri().query().map(str::to_owned);
+        if path == "/ws" {
+            return self.websocket(req, path_id.as_deref()).await;
+        }
         let (parts, body) = req.into_parts();
         if path == "/upload" {
             return self.upload(&parts.method, body).await;
@@ -305,6 +311,19 @@ impl Node {
     /// Session handling of `/`: reuse the first known session the request
     /// names (renaming it to this route if it failed over), else start one.
     async fn session(&self, path_id: Option<&str>, headers: &HeaderMap) -> Response<RespBody> {
+        match self.find_or_create(path_id, headers).await {
+            Ok(s) => self.session_response(&s.base, s.hits, s.set_cookie),
+            Err(err) => store_failure(&err),
+        }
+    }
+
+    /// The first known session the request names (counting the hit), else
+    /// a new one; says whether the client must (re)learn its cookie.
+    async fn find_or_create(
+        &self,
+        path_id: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<Found, redis::RedisError> {
         let candidates = path_id
             .into_iter()
             .chain(cookie_values(headers, &self.cfg.cookie))
@@ -313,19 +332,66 @@ impl Node {
             let Some(id) = SessionId::parse(raw) else {
                 continue;
             };
-            match self.store.touch(id.base).await {
-                Ok(Some(hits)) => {
-                    return self.session_response(id.base, hits, self.needs_rename(&id))
-                }
-                Ok(None) => {}
-                Err(err) => return store_failure(&err),
+            if let Some(hits) = self.store.touch(id.base).await? {
+                return Ok(Found {
+                    base: id.base.to_owned(),
+                    hits,
+                    set_cookie: self.needs_rename(&id),
+                });
             }
         }
         let base = new_base_id();
-        match self.store.create(&base).await {
-            Ok(()) => self.session_response(&base, 1, true),
-            Err(err) => store_failure(&err),
+        self.store.create(&base).await?;
+        Ok(Found {
+            base,
+            hits: 1,
+            set_cookie: true,
+        })
+    }
+
+    /// `/ws`: a WebSocket echo with the session handling of `/` (the `101`
+    /// carries `Set-Cookie` when a session was created or renamed). Text
+    /// and binary messages come back as sent; the text message `whoami`
+    /// answers `{"route":..,"session":..}` instead.
+    async fn websocket(&self, req: Request<Incoming>, path_id: Option<&str>) -> Response<RespBody> {
+        let key = match ws_handshake_key(&req) {
+            Ok(key) => key,
+            Err(resp) => return *resp,
+        };
+        let found = match self.find_or_create(path_id, req.headers()).await {
+            Ok(s) => s,
+            Err(err) => return store_failure(&err),
+        };
+        let mut resp = Response::new(Full::new(Bytes::new()).boxed());
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        match HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+            Ok(v) => h.insert(SEC_WEBSOCKET_ACCEPT, v),
+            Err(_) => return text(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key"),
+        };
+        if found.set_cookie {
+            match self.session_cookie(&found.base) {
+                Some(v) => resp.headers_mut().insert(SET_COOKIE, v),
+                None => {
+                    return text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "cannot encode session cookie",
+                    )
+                }
+            };
         }
+        let whoami =
+            serde_json::json!({ "route": self.cfg.route, "session": found.base }).to_string();
+        let on_upgrade = hyper::upgrade::on(req);
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => echo(TokioIo::new(upgraded), whoami).await,
+                Err(err) => tracing::debug!(%err, "demo node: websocket upgrade failed"),
+            }
+        });
+        resp
     }
 
     /// Whether a known session arrived carrying another node's route, which
@@ -346,16 +412,11 @@ impl Node {
             },
         );
         if set_cookie {
-            let cookie = format!(
-                "{}={}; Path=/; HttpOnly",
-                self.cfg.cookie,
-                self.full_id(base)
-            );
-            match HeaderValue::from_str(&cookie) {
-                Ok(value) => {
+            match self.session_cookie(base) {
+                Some(value) => {
                     resp.headers_mut().insert(SET_COOKIE, value);
                 }
-                Err(_) => {
+                None => {
                     return text(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "cannot encode session cookie",
@@ -366,6 +427,16 @@ impl Node {
         resp
     }
 
+    /// `Set-Cookie` value for a base id.
+    fn session_cookie(&self, base: &str) -> Option<HeaderValue> {
+        let cookie = format!(
+            "{}={}; Path=/; HttpOnly",
+            self.cfg.cookie,
+            self.full_id(base)
+        );
+        HeaderValue::from_str(&cookie).ok()
+    }
+
     /// The cookie value for a base id: `<base>.<route>`, or bare with
     /// `no_suffix`.
     fn full_id(&self, base: &str) -> String {
@@ -373,6 +444,82 @@ impl Node {
             base.to_owned()
         } else {
             format!("{base}.{}", self.cfg.route)
+        }
+    }
+}
+
+/// The session a request belongs to after lookup or creation.
+struct Found {
+    base: String,
+    hits: u64,
+    /// The client must be sent the cookie (new or renamed session).
+    set_cookie: bool,
+}
+
+/// Largest WebSocket message (and frame) the echo accepts; big enough for
+/// the 16 MiB drills with room to spare.
+const WS_MAX_MESSAGE: usize = 64 << 20;
+
+/// The `Sec-WebSocket-Key` of a valid RFC 6455 opening handshake, or the
+/// error answer (400, or 426 for an unsupported version).
+fn ws_handshake_key(req: &Request<Incoming>) -> Result<String, Box<Response<RespBody>>> {
+    let h = req.headers();
+    let token = |name: HeaderName, want: &str| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(want))
+    };
+    if req.method() != Method::GET || !token(UPGRADE, "websocket") || !token(CONNECTION, "upgrade")
+    {
+        return Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "/ws needs a WebSocket handshake (GET with Upgrade: websocket)",
+        )));
+    }
+    if h.get(SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13") {
+        let mut resp = text(StatusCode::UPGRADE_REQUIRED, "WebSocket version 13 only");
+        resp.headers_mut()
+            .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return Err(Box::new(resp));
+    }
+    match h.get(SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()) {
+        Some(key) if !key.trim().is_empty() => Ok(key.trim().to_owned()),
+        _ => Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "missing Sec-WebSocket-Key",
+        ))),
+    }
+}
+
+/// Echo every text and binary message until the peer closes; `whoami`
+/// answers with the node and session. Pings are answered by tungstenite.
+async fn echo<S>(io: S, whoami: String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+    use tokio_tungstenite::tungstenite::Message;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(WS_MAX_MESSAGE))
+        .max_frame_size(Some(WS_MAX_MESSAGE));
+    let mut ws =
+        tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    while let Some(msg) = ws.next().await {
+        let reply = match msg {
+            Ok(Message::Text(t)) if t.as_str() == "whoami" => Message::text(whoami.as_str()),
+            Ok(m @ (Message::Text(_) | Message::Binary(_))) => m,
+            Ok(_) => continue,
+            Err(err) => {
+                tracing::debug!(%err, "demo node: websocket ended");
+                return;
+            }
+        };
+        if let Err(err) = ws.send(reply).await {
+            tracing::debug!(%err, "demo node: websocket send failed");
+            return;
         }
     }
 }

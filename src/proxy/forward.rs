@@ -231,10 +231,8 @@ pub async fn run(
     })))
 }
 
-/// Per-attempt changes: Host for the chosen backend when needed, and with
-/// `rewrite_request` the session id renamed to the serving backend's route
-/// whenever the client still names another one (the failover request and
-/// every request sent before the client saw the new cookie).
+/// Per-attempt changes: Host and session id (see `fit_host_and_session`),
+/// then the URI form the backend's protocol needs.
 fn fit_request(
     rt: &Runtime,
     req: &mut Request<UpstreamBody>,
@@ -242,11 +240,7 @@ fn fit_request(
     session: Option<&SessionId<'_>>,
     sent_id: &mut Option<String>,
 ) {
-    if !rt.config.server.preserve_host || !req.headers().contains_key(HOST) {
-        if let Ok(v) = HeaderValue::from_str(&backend.config.authority) {
-            req.headers_mut().insert(HOST, v);
-        }
-    }
+    fit_host_and_session(rt, req, backend, session, sent_id);
     if backend.config.http2 {
         absolute_uri(req, backend);
     } else if req.uri().scheme().is_some() {
@@ -257,6 +251,25 @@ fn fit_request(
             .to_owned();
         if let Ok(u) = pq.parse::<Uri>() {
             *req.uri_mut() = u;
+        }
+    }
+}
+
+/// Host for the chosen backend when needed, and with `rewrite_request`
+/// the session id renamed to the serving backend's route whenever the
+/// client still names another one (the failover request and every request
+/// sent before the client saw the new cookie). `sent_id` is what an
+/// earlier attempt already put in the request.
+pub(super) fn fit_host_and_session(
+    rt: &Runtime,
+    req: &mut Request<UpstreamBody>,
+    backend: &Backend,
+    session: Option<&SessionId<'_>>,
+    sent_id: &mut Option<String>,
+) {
+    if !rt.config.server.preserve_host || !req.headers().contains_key(HOST) {
+        if let Ok(v) = HeaderValue::from_str(&backend.config.authority) {
+            req.headers_mut().insert(HOST, v);
         }
     }
     let s = &rt.config.session;

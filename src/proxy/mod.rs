@@ -5,6 +5,7 @@
 mod forward;
 pub mod headers;
 pub mod rewrite;
+pub mod websocket;
 
 use crate::backend::{health, Backend, PoolSettings};
 use crate::body::ResponseBody;
@@ -114,7 +115,8 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let rt = self.current.load_full();
         let (mut parts, body) = req.into_parts();
-        if parts.method == http::Method::CONNECT {
+        let ws = websocket::detect(&parts);
+        if parts.method == http::Method::CONNECT && ws.is_none() {
             return error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "CONNECT is not supported by this reverse proxy\n",
@@ -134,6 +136,9 @@ impl Proxy {
             .map(OwnedSession::from)
         };
         let session = owned.as_ref().map(|o| o.borrow(&s.separator));
+        if let Some(kind) = ws {
+            return websocket::handle(&rt, parts, session.as_ref(), client, kind).await;
+        }
         forward::prepare(&mut parts, &rt.config, client);
         match forward::run(&rt, parts, body, session.as_ref()).await {
             Ok(done) => finish(&rt, done, session.as_ref(), client).await,

@@ -38,13 +38,25 @@ struct Entry {
     route: Arc<RouteSlot>,
     /// Milliseconds since the store's epoch.
     last_seen: u64,
-    /// When a replicating store last told the others about this session
-    /// (ms since the epoch), so refreshes go out now and then, not per hit.
-    synced: u64,
-    /// When the binding was last set or confirmed (ms since the epoch); a
-    /// cache in front of a shared store re-checks entries older than its
-    /// trust window, so a rebind by another balancer is seen.
-    checked: u64,
+    /// When a replicating store last told the others about this session,
+    /// in [`TICK_MS`] units since the epoch, so refreshes go out now and
+    /// then, not per hit.
+    synced: u32,
+    /// When the binding was last set or confirmed ([`TICK_MS`] units;
+    /// [`UNCONFIRMED`] = must be re-checked): a cache in front of a shared store re-checks entries older
+    /// than its trust window, so a rebind by another balancer is seen.
+    checked: u32,
+}
+
+/// Unit of the bookkeeping stamps: coarse on purpose, so an entry stays
+/// 24 bytes (u32 of 100 ms wraps after 13 years of uptime).
+const TICK_MS: u64 = 100;
+
+/// `checked` value of a binding that must be confirmed before it is used.
+const UNCONFIRMED: u32 = u32::MAX;
+
+fn ticks(ms: u64) -> u32 {
+    (ms / TICK_MS) as u32
 }
 
 /// A cached binding as a replicating store sees it.
@@ -173,7 +185,7 @@ impl MemoryStore {
                 e.route = slot;
             }
             e.last_seen = now;
-            e.checked = now;
+            e.checked = ticks(now);
             return true;
         }
         if self.len.load(Ordering::Relaxed) >= self.capacity {
@@ -193,8 +205,8 @@ impl MemoryStore {
             Entry {
                 route: slot,
                 last_seen: now,
-                synced: now,
-                checked: now,
+                synced: ticks(now),
+                checked: ticks(now),
             },
         );
         true
@@ -224,14 +236,15 @@ impl MemoryStore {
     pub fn get_shared(&self, id: &str, touch_every_ms: u64, trust_ms: u64) -> Option<SharedView> {
         self.with_live(id, |e, now| {
             e.last_seen = now;
-            let touch_due = now.saturating_sub(e.synced) >= touch_every_ms;
+            let t = ticks(now);
+            let touch_due = t.wrapping_sub(e.synced) >= ticks(touch_every_ms);
             if touch_due {
-                e.synced = now;
+                e.synced = t;
             }
             SharedView {
                 route: e.route.name.clone(),
                 touch_due,
-                stale: e.checked == 0 || now.saturating_sub(e.checked) >= trust_ms,
+                stale: e.checked == UNCONFIRMED || t.wrapping_sub(e.checked) >= ticks(trust_ms),
             }
         })
     }
@@ -283,7 +296,7 @@ impl MemoryStore {
             let Ok(mut map) = shard.lock() else { continue };
             for e in map.values_mut() {
                 if *e.route.name == *route {
-                    e.checked = 0;
+                    e.checked = UNCONFIRMED;
                 }
             }
         }
@@ -439,6 +452,23 @@ mod tests {
         assert_eq!((&*first, &*second), ("n1", "n1"));
         assert_eq!(count(&s, "dead"), 0);
         assert_eq!(count(&s, "n1"), 1);
+    }
+
+    #[test]
+    fn distrusted_routes_are_stale_until_confirmed() {
+        let s = MemoryStore::new(Duration::from_secs(60), 10);
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        s.bind("X", &a);
+        s.bind("Y", &b);
+        let view = |id| s.get_shared(id, 60_000, 60_000).unwrap();
+        assert!(!view("X").stale);
+        assert!(!view("X").touch_due, "just bound: nothing to refresh yet");
+        s.distrust_route("a");
+        assert!(view("X").stale);
+        assert!(!view("Y").stale, "other routes stay trusted");
+        s.bind("X", &a);
+        assert!(!view("X").stale, "a confirmed binding is trusted again");
+        assert!(s.get_shared("X", 0, 60_000).unwrap().touch_due);
     }
 
     #[test]

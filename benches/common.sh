@@ -1,0 +1,114 @@
+# Shared set-up for the load scripts (sourced, not run): tool install,
+# release build, demo backends and stickgate on free loopback ports, and
+# cleanup of everything started. Callers set NAME (for messages) first.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
+
+die() {
+    echo "$NAME: $*" >&2
+    exit 1
+}
+
+# Install a Debian package if `cmd` is missing.
+need() { # cmd package
+    command -v "$1" >/dev/null 2>&1 && return 0
+    local SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "$NAME: installing $2" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    if ! timeout 300 $SUDO apt-get install -y -qq "$2" >/dev/null 2>&1; then
+        timeout 300 $SUDO apt-get update -qq
+        timeout 300 $SUDO apt-get install -y -qq "$2" >/dev/null
+    fi
+    command -v "$1" >/dev/null 2>&1 || die "$1 is not installed and apt-get could not install $2"
+}
+
+build_release() {
+    echo "$NAME: building release binaries (cargo build --release --bin stickgate --example backend)" >&2
+    timeout "$BUILD_TIMEOUT" cargo build --release --quiet --bin stickgate --example backend ||
+        die "release build failed or took longer than ${BUILD_TIMEOUT}s"
+    TARGET_DIR=${CARGO_TARGET_DIR:-target}
+    GATE_BIN=$TARGET_DIR/release/stickgate
+    BACKEND_BIN=$TARGET_DIR/release/examples/backend
+    [ -x "$GATE_BIN" ] && [ -x "$BACKEND_BIN" ] || die "binaries not found under $TARGET_DIR/release"
+}
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/stickgate-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Poll `file` (up to 15 s) for a line matching `pattern`; print the
+# host:port found on it.
+wait_addr() {
+    local file=$1 pattern=$2 i line
+    for ((i = 0; i < 150; i++)); do
+        line=$(grep -m1 -e "$pattern" "$file" 2>/dev/null || true)
+        if [ -n "$line" ]; then
+            grep -oE '127\.0\.0\.1:[0-9]+' <<<"$line" | head -n1
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# Demo backends tomcat1 and tomcat2 on port 0; fills BACKEND_ADDR.
+declare -A BACKEND_ADDR
+start_backends() {
+    local route
+    for route in tomcat1 tomcat2; do
+        "$BACKEND_BIN" --listen 127.0.0.1:0 --route "$route" >/dev/null 2>"$WORK/$route.log" &
+        PIDS+=($!)
+    done
+    for route in tomcat1 tomcat2; do
+        BACKEND_ADDR[$route]=$(wait_addr "$WORK/$route.log" "listening on") ||
+            die "backend $route did not start: $(cat "$WORK/$route.log")"
+    done
+}
+
+# `[[backend]]` tables for both demo backends.
+backends_toml() {
+    printf '[[backend]]\nroute = "tomcat1"\nurl = "http://%s"\n\n[[backend]]\nroute = "tomcat2"\nurl = "http://%s"\n' \
+        "${BACKEND_ADDR[tomcat1]}" "${BACKEND_ADDR[tomcat2]}"
+}
+
+# Start stickgate with config file $1; GATE (first listener) and ADMIN get
+# the ports it bound (its JSON log names them).
+start_gate() {
+    STICKGATE_LOG=info "$GATE_BIN" --log-format json run --config "$1" \
+        >/dev/null 2>"$WORK/stickgate.log" &
+    PIDS+=($!)
+    GATE=$(wait_addr "$WORK/stickgate.log" '"message":"listening"') ||
+        die "stickgate did not start: $(cat "$WORK/stickgate.log")"
+    ADMIN=$(wait_addr "$WORK/stickgate.log" '"message":"admin API listening"') ||
+        die "stickgate admin API did not start: $(cat "$WORK/stickgate.log")"
+}
+
+# A session cookie living on tomcat1, obtained through stickgate at $1
+# (round robin over two backends: at most a few tries). Extra curl args
+# (e.g. -k for https) follow the URL.
+tomcat1_cookie() {
+    local url=$1 sid=""
+    shift
+    for _ in 1 2 3 4; do
+        sid=$(curl -s -m 5 -o /dev/null -D - "$@" "$url" |
+            grep -i '^set-cookie: JSESSIONID=' | sed -E 's/^[^=]*=([^;[:space:]]*).*/\1/' | tr -d '\r')
+        [[ $sid == *.tomcat1 ]] && break
+        sid=""
+    done
+    [ -n "$sid" ] || die "no tomcat1 session cookie from stickgate at $url"
+    echo "JSESSIONID=$sid"
+}
