@@ -85,16 +85,47 @@ backends_toml() {
         "${BACKEND_ADDR[tomcat1]}" "${BACKEND_ADDR[tomcat2]}"
 }
 
-# Start stickgate with config file $1; GATE (first listener) and ADMIN get
-# the ports it bound (its JSON log names them).
+# Start stickgate with config file $1 (log to $2, default stickgate.log);
+# GATE (first listener), ADMIN and GATE_PID get its ports and pid (its JSON
+# log names the ports).
 start_gate() {
+    local log=${2:-$WORK/stickgate.log}
     STICKGATE_LOG=info "$GATE_BIN" --log-format json run --config "$1" \
-        >/dev/null 2>"$WORK/stickgate.log" &
-    PIDS+=($!)
-    GATE=$(wait_addr "$WORK/stickgate.log" '"message":"listening"') ||
-        die "stickgate did not start: $(cat "$WORK/stickgate.log")"
-    ADMIN=$(wait_addr "$WORK/stickgate.log" '"message":"admin API listening"') ||
-        die "stickgate admin API did not start: $(cat "$WORK/stickgate.log")"
+        >/dev/null 2>"$log" &
+    GATE_PID=$!
+    PIDS+=($GATE_PID)
+    GATE=$(wait_addr "$log" '"message":"listening"') ||
+        die "stickgate did not start: $(cat "$log")"
+    ADMIN=$(wait_addr "$log" '"message":"admin API listening"') ||
+        die "stickgate admin API did not start: $(cat "$log")"
+}
+
+# Seconds in a wrk duration ("10s", "2m", "1h", "30").
+duration_secs() {
+    local d=$1
+    case $d in
+    *s) echo "${d%s}" ;;
+    *m) echo $((${d%m} * 60)) ;;
+    *h) echo $((${d%h} * 3600)) ;;
+    *) echo "$d" ;;
+    esac
+}
+
+# "<req/s> <p99 in ms> <non-2xx/3xx + socket errors>" from a wrk report.
+parse_wrk() {
+    awk '
+        /^Requests\/sec:/ { rps = $2 }
+        $1 == "99%" {
+            v = $2
+            if (v ~ /us$/) { sub(/us$/, "", v); p99 = v / 1000 }
+            else if (v ~ /ms$/) { sub(/ms$/, "", v); p99 = v + 0 }
+            else if (v ~ /s$/) { sub(/s$/, "", v); p99 = v * 1000 }
+        }
+        /Non-2xx or 3xx responses:/ { err += $NF }
+        /Socket errors:/ {
+            for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) { gsub(",", "", $i); err += $i }
+        }
+        END { printf "%s %s %d\n", rps, p99, err }' "$1"
 }
 
 # A session cookie living on tomcat1, obtained through stickgate at $1

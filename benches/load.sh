@@ -23,16 +23,6 @@ DURATION=${DURATION:-10s}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 
-# Seconds in a wrk duration ("10s", "2m", "1h", "30").
-duration_secs() {
-    local d=$1
-    case $d in
-    *s) echo "${d%s}" ;;
-    *m) echo $((${d%m} * 60)) ;;
-    *h) echo $((${d%h} * 3600)) ;;
-    *) echo "$d" ;;
-    esac
-}
 DUR_SECS=$(duration_secs "$DURATION")
 [[ $DUR_SECS =~ ^[0-9]+$ && $DUR_SECS -gt 0 ]] || die "DURATION=$DURATION is not like 10s, 2m or 1h"
 
@@ -73,22 +63,6 @@ run_wrk() { # name url [cookie]
         die "wrk failed for $name: $(cat "$WORK/$name.out")"
 }
 
-# "<req/s> <p99 in ms> <non-2xx/3xx + socket errors>" from a wrk report.
-parse_wrk() {
-    awk '
-        /^Requests\/sec:/ { rps = $2 }
-        $1 == "99%" {
-            v = $2
-            if (v ~ /us$/) { sub(/us$/, "", v); p99 = v / 1000 }
-            else if (v ~ /ms$/) { sub(/ms$/, "", v); p99 = v + 0 }
-            else if (v ~ /s$/) { sub(/s$/, "", v); p99 = v * 1000 }
-        }
-        /Non-2xx or 3xx responses:/ { err += $NF }
-        /Socket errors:/ {
-            for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) { gsub(",", "", $i); err += $i }
-        }
-        END { printf "%s %s %d\n", rps, p99, err }' "$1"
-}
 
 run_wrk direct "http://${BACKEND_ADDR[tomcat1]}/" "$COOKIE"
 before=$(requests_by_backend)

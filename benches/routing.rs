@@ -54,14 +54,7 @@ domain = "dc-b"
 fn setup() -> (Table, SessionRules) {
     let cfg = stickgate::config::from_str(CONFIG, Path::new("benches/routing.rs"))
         .expect("bench config is valid");
-    let pool = PoolSettings {
-        connect_timeout: Duration::from_secs(1),
-        idle_timeout: Duration::from_secs(15),
-        max_idle: 64,
-        keepalive: None,
-        max_connections: 0,
-        queue_timeout: Duration::from_secs(5),
-    };
+    let pool = PoolSettings::from_upstream(&cfg.upstream);
     let backends = cfg
         .backends
         .iter()

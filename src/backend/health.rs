@@ -158,18 +158,10 @@ mod tests {
     use super::*;
     use crate::backend::PoolSettings;
     use crate::config::BackendConfig;
-    use std::time::Duration;
 
     fn backend() -> Arc<Backend> {
         let cfg = BackendConfig::plain("t1", "127.0.0.1", 1, 1);
-        let pool = PoolSettings {
-            connect_timeout: Duration::from_millis(100),
-            idle_timeout: Duration::from_secs(1),
-            max_idle: 1,
-            keepalive: None,
-            max_connections: 0,
-            queue_timeout: Duration::from_secs(1),
-        };
+        let pool = PoolSettings::from_upstream(&Default::default());
         Arc::new(Backend::new(cfg, pool))
     }
 

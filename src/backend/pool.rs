@@ -33,6 +33,20 @@ pub struct PoolSettings {
     pub queue_timeout: Duration,
 }
 
+impl PoolSettings {
+    /// The pool settings `[upstream]` asks for.
+    pub fn from_upstream(up: &crate::config::raw::UpstreamSection) -> Self {
+        PoolSettings {
+            connect_timeout: up.connect_timeout,
+            idle_timeout: up.pool_idle_timeout,
+            max_idle: up.pool_max_idle,
+            keepalive: up.tcp_keepalive.to_socket(),
+            max_connections: up.max_connections,
+            queue_timeout: up.queue_timeout,
+        }
+    }
+}
+
 /// Why no connection could be had. All of these mean the request never
 /// reached the backend, so it may be retried elsewhere whatever its method.
 #[derive(Debug, thiserror::Error)]

@@ -31,15 +31,7 @@ pub struct Runtime {
 impl Runtime {
     /// Build backends (with pools and health checkers) for `config`.
     pub fn start(config: Config, store: Arc<dyn SessionStore>) -> Arc<Self> {
-        let up = &config.upstream;
-        let pool = PoolSettings {
-            connect_timeout: up.connect_timeout,
-            idle_timeout: up.pool_idle_timeout,
-            max_idle: up.pool_max_idle,
-            keepalive: up.tcp_keepalive.to_socket(),
-            max_connections: up.max_connections,
-            queue_timeout: up.queue_timeout,
-        };
+        let pool = PoolSettings::from_upstream(&config.upstream);
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()

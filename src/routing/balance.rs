@@ -251,7 +251,6 @@ mod tests {
     use super::*;
     use crate::backend::PoolSettings;
     use crate::config::BackendConfig;
-    use std::time::Duration;
 
     fn table(weights: &[u32]) -> Vec<Arc<Backend>> {
         weights
@@ -259,14 +258,7 @@ mod tests {
             .enumerate()
             .map(|(i, &w)| {
                 let cfg = BackendConfig::plain(&format!("n{i}"), "127.0.0.1", 1, w);
-                let pool = PoolSettings {
-                    connect_timeout: Duration::from_secs(1),
-                    idle_timeout: Duration::from_secs(1),
-                    max_idle: 1,
-                    keepalive: None,
-                    max_connections: 0,
-                    queue_timeout: Duration::from_secs(1),
-                };
+                let pool = PoolSettings::from_upstream(&Default::default());
                 Arc::new(Backend::new(cfg, pool))
             })
             .collect()

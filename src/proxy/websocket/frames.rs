@@ -352,34 +352,37 @@ pub fn close(code: u16, mask: Option<[u8; 4]>) -> Vec<u8> {
 }
 
 #[cfg(test)]
+/// Encode a frame the way a peer would (any opcode/flags, any length).
+pub(super) fn test_frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(m | n as u8),
+        n if n <= 0xFFFF => {
+            f.push(m | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(m | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let start = f.len() + mask.map_or(0, |_| 4);
+    if let Some(k) = mask {
+        f.extend_from_slice(&k);
+    }
+    f.extend_from_slice(payload);
+    if let Some(k) = mask {
+        apply_mask(&mut f[start..], k);
+    }
+    f
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Encode a frame the way a peer would (any opcode/flags, any length).
-    fn frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
-        let m = if mask.is_some() { 0x80 } else { 0 };
-        match payload.len() {
-            n if n < 126 => f.push(m | n as u8),
-            n if n <= 0xFFFF => {
-                f.push(m | 126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(m | 127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        let start = f.len() + mask.map_or(0, |_| 4);
-        if let Some(k) = mask {
-            f.extend_from_slice(&k);
-        }
-        f.extend_from_slice(payload);
-        if let Some(k) = mask {
-            apply_mask(&mut f[start..], k);
-        }
-        f
-    }
+    use super::test_frame as frame;
 
     /// Everything `Parser` does with `input` fed in pieces of `piece`
     /// bytes: bytes passed through, and the Pong payloads it held.

@@ -306,30 +306,7 @@ mod tests {
     use super::*;
     use tokio::io::{duplex, DuplexStream};
 
-    fn frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
-        let m = if mask.is_some() { 0x80 } else { 0 };
-        match payload.len() {
-            n if n < 126 => f.push(m | n as u8),
-            n if n <= 0xFFFF => {
-                f.push(m | 126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(m | 127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        let start = f.len() + mask.map_or(0, |_| 4);
-        if let Some(k) = mask {
-            f.extend_from_slice(&k);
-        }
-        f.extend_from_slice(payload);
-        if let Some(k) = mask {
-            apply_mask(&mut f[start..], k);
-        }
-        f
-    }
+    use super::frames::test_frame as frame;
 
     /// Read one whole frame; returns (header, unmasked payload, raw bytes).
     async fn read_frame(s: &mut DuplexStream) -> (frames::Header, Vec<u8>, Vec<u8>) {
