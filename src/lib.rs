@@ -49,9 +49,7 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, Store
             store::redis::RedisStore::start(&config.store, idle, cap, routes).await?
         }
         StoreKind::Multicast => {
-            return Err(StoreError::Multicast(
-                "not available in this build yet".into(),
-            ))
+            store::multicast::MulticastStore::start(&config.store, idle, cap).await?
         }
     })
 }

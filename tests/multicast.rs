@@ -1,0 +1,362 @@
+//! Multicast session-store drills: real `stickgate` processes replicating
+//! affinity to each other over loopback (multicast group, unicast peers,
+//! TCP full-state transfer) in front of real demo backends.
+//!
+//! Loopback multicast: Linux delivers it on `lo` once the socket names
+//! 127.0.0.1 as its interface (the store does). Where it does not, run as
+//! root `ip link set lo multicast on; ip route add 224.0.0.0/4 dev lo`;
+//! `tests/multicast_store.rs` probes and does that automatically; here a
+//! balancer that cannot join the group fails to start with that hint in
+//! its log.
+mod common;
+use bytes::Bytes;
+use common::*;
+use serde_json::Value;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const COOKIE: &str = "JSESSIONID";
+
+// ---------------------------------------------------------------------------
+// Shared steps.
+// ---------------------------------------------------------------------------
+
+/// A 0600 key file in a fresh temp dir.
+fn key_file() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = tempdir().join("cluster.key");
+    let secret: String = (0..4)
+        .map(|_| format!("{:016x}", rand::random::<u64>()))
+        .collect();
+    std::fs::write(&path, secret).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// A loopback port free for both UDP and TCP, below the kernel's
+/// ephemeral range (32768+) so that ports other tests get by binding port 0
+/// never collide with it between picking and binding.
+fn replication_port() -> u16 {
+    loop {
+        let port = 20_000 + (rand::random::<u16>() % 12_000);
+        let Ok(_udp) = std::net::UdpSocket::bind(("127.0.0.1", port)) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A cluster's shared multicast settings; `store(i)` is balancer `i`'s
+/// `[store]` section, with the default heartbeat (500 ms) and drop time
+/// (3 s), and a generous `timeout` (the longest a request waits for a
+/// restarted balancer's state transfer) for slow debug builds.
+struct Cluster {
+    group: String,
+    key: PathBuf,
+    listen: Vec<u16>,
+    /// Static peers instead of working multicast.
+    static_peers: bool,
+}
+
+impl Cluster {
+    fn new(balancers: usize, static_peers: bool) -> Cluster {
+        let group_port = replication_port();
+        Cluster {
+            group: if static_peers {
+                // IPv6 groups are not joined: multicast is off, and only
+                // the static peers carry replication.
+                format!("[ff05::5]:{group_port}")
+            } else {
+                format!("228.0.0.5:{group_port}")
+            },
+            key: key_file(),
+            listen: (0..balancers).map(|_| replication_port()).collect(),
+            static_peers,
+        }
+    }
+
+    fn store(&self, i: usize) -> String {
+        let peers: Vec<String> = if self.static_peers {
+            self.listen
+                .iter()
+                .map(|p| format!("\"127.0.0.1:{p}\""))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        format!(
+            "[store]\nkind = \"multicast\"\nmulticast_group = \"{}\"\nmulticast_interface = \"127.0.0.1\"\n\
+             replication_listen = \"127.0.0.1:{}\"\npeers = [{}]\nkey_file = \"{}\"\n\
+             timeout = \"2s\"\n",
+            self.group,
+            self.listen[i],
+            peers.join(", "),
+            self.key.display()
+        )
+    }
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<Bytes>,
+>;
+
+/// `GET /` through `gate` with an optional session cookie value.
+async fn hit(c: &Client, gate: &Gate, id: Option<&str>) -> Resp {
+    request(
+        c,
+        "GET",
+        &gate.url("/"),
+        id.map(|v| format!("{COOKIE}={v}")).as_deref(),
+        Bytes::new(),
+    )
+    .await
+}
+
+fn route_of(r: &Resp) -> String {
+    r.json()["route"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no route in {:?}", r.body))
+        .to_owned()
+}
+
+fn hits_of(r: &Resp) -> u64 {
+    r.json()["hits"].as_u64().unwrap()
+}
+
+/// `n` new sessions through `gate`: (cookie value, route).
+async fn new_sessions(c: &Client, gate: &Gate, n: usize) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let r = hit(c, gate, None).await;
+        assert_eq!(r.status, 200, "new session: {:?}", r.body);
+        let id = r.set_cookie(COOKIE).expect("new session cookie");
+        out.push((id, route_of(&r)));
+    }
+    out
+}
+
+/// Poll the status API until `ok`; returns the wait, panics after 10 s
+/// with the last status and the balancer's log.
+async fn wait_status(gate: &Gate, what: &str, ok: impl Fn(&Value) -> bool) -> Duration {
+    let t0 = Instant::now();
+    let mut last = Value::Null;
+    while t0.elapsed() < Duration::from_secs(10) {
+        last = gate.status().await;
+        if ok(&last) {
+            return t0.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "{what}: not within 10s; status {last}; log:\n{}",
+        gate.logs()
+    );
+}
+
+fn store_sessions(s: &Value) -> u64 {
+    s["store"]["sessions"].as_u64().unwrap_or(0)
+}
+
+/// Replay each session through `to` (grouped by route, so round robin
+/// cannot get it right by luck): same node, session known, no new cookie.
+async fn follow(c: &Client, to: &Gate, sessions: &[(String, String)], label: &str) {
+    let mut order: Vec<&(String, String)> = sessions.iter().collect();
+    order.sort_by(|a, b| a.1.cmp(&b.1));
+    for (id, route) in order {
+        let r = hit(c, to, Some(id)).await;
+        assert_eq!(r.status, 200, "{label}: {id}: {:?}", r.body);
+        let got = route_of(&r);
+        assert_eq!(
+            got,
+            *route,
+            "{label}: session {id} lives on {route} but went to {got}; store: {}",
+            to.status().await["store"]
+        );
+        assert!(hits_of(&r) >= 2, "{label}: {id}: session state lost");
+        assert_eq!(
+            r.set_cookie(COOKIE),
+            None,
+            "{label}: {id}: new session issued"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Drills.
+// ---------------------------------------------------------------------------
+
+/// Affinity learned by one balancer is honoured by the other, both ways,
+/// over the multicast group; the status API shows the peer.
+#[tokio::test]
+async fn learned_affinity_is_shared_over_multicast() {
+    let n1 = Backend::start("tomcat1", &["--no-suffix"]);
+    let n2 = Backend::start("tomcat2", &["--no-suffix"]);
+    let cl = Cluster::new(2, false);
+    let backends = format!("{FAST_HEALTH}{}{}", n1.toml(), n2.toml());
+    let a = Gate::start(&format!("{backends}{}", cl.store(0)));
+    let b = Gate::start(&format!("{backends}{}", cl.store(1)));
+    let peer_a = format!("127.0.0.1:{}", cl.listen[0]);
+    wait_status(&b, "B sees A", |s| {
+        s["store"]["peers"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|x| *x == *peer_a))
+    })
+    .await;
+    let c = client();
+    let sessions = new_sessions(&c, &a, 20).await;
+    let took = wait_status(&b, "B learned 20 sessions", |s| store_sessions(s) == 20).await;
+    eprintln!("A->B: 20 sessions replicated within {took:?}");
+    follow(&c, &b, &sessions, "A->B").await;
+    let more = new_sessions(&c, &b, 20).await;
+    wait_status(&a, "A learned 40 sessions", |s| store_sessions(s) == 40).await;
+    follow(&c, &a, &more, "B->A").await;
+    for g in [&a, &b] {
+        let s = g.status().await;
+        assert_eq!(s["store"]["kind"], "multicast");
+        assert_eq!(s["store"]["healthy"], true, "{s}");
+        assert_eq!(s["store"]["errors"], 0, "{s}");
+    }
+}
+
+/// A balancer is SIGKILLed: its peer keeps every affinity and learns new
+/// ones; the balancer restarts (same replication port) and gets the whole
+/// state back from its peer before serving those sessions.
+#[tokio::test]
+async fn killed_balancer_restarts_with_the_full_state() {
+    let n1 = Backend::start("tomcat1", &["--no-suffix"]);
+    let n2 = Backend::start("tomcat2", &["--no-suffix"]);
+    let cl = Cluster::new(2, false);
+    let backends = format!("{FAST_HEALTH}{}{}", n1.toml(), n2.toml());
+    let body_a = format!("{backends}{}", cl.store(0));
+    let mut a = Gate::start(&body_a);
+    let b = Gate::start(&format!("{backends}{}", cl.store(1)));
+    let c = client();
+    let mut sessions = new_sessions(&c, &a, 30).await;
+    wait_status(&b, "B learned 30 sessions", |s| store_sessions(s) == 30).await;
+    a.proc.kill();
+    follow(&c, &b, &sessions, "after the kill, via B").await;
+    sessions.extend(new_sessions(&c, &b, 10).await);
+    let t0 = Instant::now();
+    let a2 = Gate::start(&body_a);
+    // Straight away: a miss waits (at most store.timeout) for the state
+    // transfer, which starts as soon as A's first heartbeat is answered.
+    follow(&c, &a2, &sessions, "via the restarted A").await;
+    eprintln!(
+        "restarted balancer: 40 sessions followed {:?} after start (heartbeat 500ms)",
+        t0.elapsed()
+    );
+    assert_eq!(store_sessions(&a2.status().await), 40);
+    wait_status(&b, "B lists the restarted A once", |s| {
+        s["store"]["peers"].as_array().is_some_and(|p| p.len() == 1)
+    })
+    .await;
+}
+
+/// Multicast off (static peers only), three balancers: affinity learned
+/// on any one is honoured by the others.
+#[tokio::test]
+async fn static_peers_share_affinity_without_multicast() {
+    let n1 = Backend::start("tomcat1", &["--no-suffix"]);
+    let n2 = Backend::start("tomcat2", &["--no-suffix"]);
+    let cl = Cluster::new(3, true);
+    let backends = format!("{FAST_HEALTH}{}{}", n1.toml(), n2.toml());
+    let gates: Vec<Gate> = (0..3)
+        .map(|i| Gate::start(&format!("{backends}{}", cl.store(i))))
+        .collect();
+    let c = client();
+    let sessions = new_sessions(&c, &gates[0], 20).await;
+    for g in &gates[1..] {
+        wait_status(g, "peer learned 20 sessions", |s| store_sessions(s) == 20).await;
+        follow(&c, g, &sessions, "static peers").await;
+    }
+    for g in &gates {
+        wait_status(g, "two peers listed", |s| {
+            s["store"]["peers"].as_array().map(Vec::len) == Some(2)
+        })
+        .await;
+    }
+    assert!(
+        gates[0].logs().contains("static peers only"),
+        "{}",
+        gates[0].logs()
+    );
+}
+
+/// t1 dies. Balancer B weights the heirs 1:40, A equally, so on their own
+/// they would pick different heirs for many sessions. A serves each orphan
+/// first and its claim replicates: B then sends it to the same heir, and
+/// the session keeps its data (backends share it through Redis).
+#[tokio::test]
+async fn a_claim_made_on_one_balancer_is_followed_by_the_other() {
+    let data = Redis::start();
+    let nodes: Vec<Backend> = ["t1", "t2", "t3"]
+        .iter()
+        .map(|r| Backend::start(r, &["--redis", &data.url()]))
+        .collect();
+    let cl = Cluster::new(2, false);
+    let a = Gate::start(&format!(
+        "{FAST_HEALTH}{}{}{}{}",
+        nodes[0].toml(),
+        nodes[1].toml(),
+        nodes[2].toml(),
+        cl.store(0)
+    ));
+    let b = Gate::start(&format!(
+        "{FAST_HEALTH}{}{}{}{}",
+        nodes[0].toml(),
+        nodes[1].toml_with("weight = 1"),
+        nodes[2].toml_with("weight = 40"),
+        cl.store(1)
+    ));
+    let c = client();
+    let orphans: Vec<String> = new_sessions(&c, &a, 90)
+        .await
+        .into_iter()
+        .filter(|(_, r)| r == "t1")
+        .map(|(id, _)| id)
+        .collect();
+    assert!(orphans.len() >= 20, "{}", orphans.len());
+    let mut nodes = nodes;
+    nodes[0].proc.kill();
+    a.wait_health("t1", "down").await;
+    b.wait_health("t1", "down").await;
+
+    let mut heir: HashMap<String, String> = HashMap::new();
+    for id in &orphans {
+        let r = hit(&c, &a, Some(id)).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(hits_of(&r), 2, "{id}: data lost");
+        heir.insert(id.clone(), route_of(&r));
+    }
+    let a_heirs: BTreeSet<&str> = heir.values().map(String::as_str).collect();
+    let on_t2 = heir.values().filter(|r| *r == "t2").count();
+    assert!(
+        on_t2 >= 3,
+        "A's equal weights should give t2 some heirs: {a_heirs:?}"
+    );
+    // Give the last claim time to cross (a client switching balancers in
+    // under a millisecond is not realistic).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for id in &orphans {
+        for (via, g, hits) in [("B", &b, 3), ("A", &a, 4)] {
+            let r = hit(&c, g, Some(id)).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(
+                route_of(&r),
+                heir[id],
+                "{id}: A moved it to {} but {via} sent it elsewhere; B's store: {}",
+                heir[id],
+                b.status().await["store"]
+            );
+            assert_eq!(hits_of(&r), hits, "{id}: data lost");
+        }
+    }
+    eprintln!(
+        "claims: {} orphans, {on_t2} on t2 (B alone would mostly pick t3), all followed by B",
+        orphans.len()
+    );
+}
