@@ -593,3 +593,96 @@ async fn rsa_keys_in_pkcs8_and_pkcs1_work() {
         assert_eq!(leaf, der_of(&crt), "{stem}");
     }
 }
+
+/// An HTTPS server (Python's ssl module) that requires a client certificate
+/// signed by `ca`, and answers with the client's common name.
+const MTLS_SERVER: &str = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        subject = dict(x[0] for x in self.connection.getpeercert()["subject"])
+        body = ('{"route":"mtls","client":"%s"}' % subject.get("commonName", "")).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+srv = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+ctx.verify_mode = ssl.CERT_REQUIRED
+ctx.load_verify_locations(sys.argv[4])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print("ready", flush=True)
+srv.serve_forever()
+"#;
+
+#[tokio::test]
+async fn client_certificate_is_presented_to_an_https_backend() {
+    use std::io::BufRead;
+    let dir = tempdir();
+    let ca = Ca::new(&dir);
+    let (srv_crt, srv_key) = ca.leaf(
+        &dir,
+        "server",
+        &["127.0.0.1"],
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    );
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name
+        .push(DnType::CommonName, "stickgate-lb");
+    let key = KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &ca.issuer).unwrap();
+    let (cli_crt, cli_key) = (dir.join("client.crt"), dir.join("client.key"));
+    std::fs::write(&cli_crt, cert.pem()).unwrap();
+    std::fs::write(&cli_key, key.serialize_pem()).unwrap();
+
+    let port = free_port();
+    let mut child = Command::new("python3")
+        .args(["-c", MTLS_SERVER, &port.to_string()])
+        .arg(&srv_crt)
+        .arg(&srv_key)
+        .arg(&ca.pem)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the mutual-TLS test server");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let _server = Proc { child };
+
+    let backend = |route: &str, with_cert: bool| {
+        let cc = if with_cert {
+            format!(
+                "client_cert = {{ cert = \"{}\", key = \"{}\" }}\n",
+                cli_crt.display(),
+                cli_key.display()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "[[backend]]\nroute = \"{route}\"\nurl = \"https://127.0.0.1:{port}\"\nca_file = \"{}\"\n{cc}",
+            ca.pem.display()
+        )
+    };
+    let with = Gate::start(&format!("{FAST_HEALTH}{}", backend("mtls", true)));
+    let r = get(&with.url("/"), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.json()["client"],
+        "stickgate-lb",
+        "the backend saw our client certificate"
+    );
+
+    let without = Gate::start(&format!("{FAST_HEALTH}{}", backend("mtls", false)));
+    let r = get(&without.url("/"), None).await;
+    assert!(
+        r.status == 502 || r.status == 503,
+        "no client certificate: refused ({})",
+        r.status
+    );
+}
