@@ -195,7 +195,7 @@ fn check_server(s: &ServerSection) -> Result<(), Problem> {
         return Err(bad("server.listen", "needs at least one address"));
     }
     let mut seen = HashSet::new();
-    for a in &s.listen {
+    for a in s.listen.iter().filter(|a| a.port() != 0) {
         if !seen.insert(a) {
             return Err(bad("server.listen", format!("{a} is listed twice")));
         }
@@ -208,7 +208,7 @@ fn check_server(s: &ServerSection) -> Result<(), Problem> {
     }
     nonzero("server.header_timeout", s.header_timeout)?;
     nonzero("server.body_timeout", s.body_timeout)?;
-    for a in &s.tls_listen {
+    for a in s.tls_listen.iter().filter(|a| a.port() != 0) {
         if !seen.insert(a) {
             return Err(bad("server.tls_listen", format!("{a} is listed twice")));
         }

@@ -143,6 +143,18 @@ mod tests {
     }
 
     #[test]
+    fn duplicate_listeners_are_refused_but_port_zero_is_not() {
+        let dup = parse("[server]\nlisten = [\"127.0.0.1:8080\", \"127.0.0.1:8080\"]").unwrap_err();
+        assert!(dup.to_string().contains("listed twice"), "{dup}");
+        let c = parse("[server]\nlisten = [\"127.0.0.1:0\", \"127.0.0.1:0\"]").unwrap();
+        assert_eq!(
+            c.server.listen.len(),
+            2,
+            "port 0 means any free port; two are fine"
+        );
+    }
+
+    #[test]
     fn backend_problems_are_named() {
         let dup = "[[backend]]\nroute = \"t1\"\nurl = \"http://a:1\"\n";
         let e = from_str(&format!("{BACKENDS}{dup}"), Path::new("t.toml")).unwrap_err();

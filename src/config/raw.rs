@@ -332,6 +332,9 @@ pub struct UpstreamSection {
     /// backends' keep-alive timeout (Tomcat: 20 s).
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
+    /// Idle connections kept per backend. Generous on purpose: under a
+    /// burst, every connection dropped here is a reconnect, and reconnect
+    /// churn can overflow a busy backend's accept queue.
     pub pool_max_idle: usize,
     /// Concurrent requests per backend; 0 = unlimited.
     pub max_connections: usize,
@@ -348,7 +351,7 @@ impl Default for UpstreamSection {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(15),
-            pool_max_idle: 64,
+            pool_max_idle: 1024,
             max_connections: 0,
             queue_timeout: Duration::from_secs(5),
             retries: 2,

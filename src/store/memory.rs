@@ -95,7 +95,11 @@ impl MemoryStore {
             seed: RandomState::new(),
             routes: ArcSwap::from_pointee(HashMap::new()),
             routes_write: Mutex::new(()),
-            epoch: Instant::now(),
+            // One idle timeout in the past, so a replicated record's age
+            // (`bind_aged`) is never clamped by this store's short uptime.
+            epoch: Instant::now()
+                .checked_sub(idle)
+                .unwrap_or_else(Instant::now),
             idle_ms: (idle.as_millis() as u64).max(1),
             capacity: capacity as u64,
             len: AtomicU64::new(0),

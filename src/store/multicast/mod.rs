@@ -2,20 +2,21 @@
 //! Tomcat Tribes: every balancer holds every live session and tells its
 //! peers about every change.
 //!
-//! * **Membership** ([`membership`]): each balancer sends a heartbeat every
+//! * **Membership** (`membership`): each balancer sends a heartbeat every
 //!   `heartbeat_interval` to the multicast group and, by unicast, to every
 //!   static peer; a peer silent for `drop_time` is dropped.
-//! * **Replication** ([`node`], [`transport`]): `bind`, `forget` and
+//! * **Replication** (`node`, `transport`): `bind`, `forget` and
 //!   `claim` change the local [`MemoryStore`] first and queue a record
 //!   (id, route or tombstone, version, idle time) for a sender task that
 //!   packs records into datagrams. The request path never waits. Activity
 //!   is refreshed on the wire at most once per quarter idle timeout, so a
 //!   session used on one balancer does not expire on the others; refreshes
-//!   also repair a record lost in transit.
-//! * **Ordering** ([`versions`]): each record carries a per-session version;
+//!   also repair a record lost in transit. Ids longer than 256 bytes and
+//!   route names longer than 255 bytes are kept locally only.
+//! * **Ordering** (`versions`): each record carries a per-session version;
 //!   higher wins, ties are broken deterministically, so concurrent writers
 //!   converge.
-//! * **Full state** ([`sync`]): on first hearing a peer, a balancer asks it
+//! * **Full state** (`sync`): on first hearing a peer, a balancer asks it
 //!   over TCP for its whole state; a restarted balancer gets every session
 //!   back from any survivor, and a healed partition resynchronises. Peers
 //!   answer a newcomer's first heartbeat with one of their own, so this
@@ -23,7 +24,7 @@
 //!   peer answers within two heartbeats), a local miss is
 //!   [`Cached::Unknown`] and `fetch` waits for the transfer, at most
 //!   `store.timeout`.
-//! * **Authentication** ([`auth`], [`wire`]): every datagram and frame is
+//! * **Authentication** (`auth`, `wire`): every datagram and frame is
 //!   signed with HMAC-SHA256 under the shared `key_file` secret; stale,
 //!   future-dated, replayed, malformed or unsigned messages are dropped and
 //!   counted in `status().errors`.

@@ -149,16 +149,24 @@ impl Node {
     // ---- local operations (hot path: never wait) ----
 
     /// The route of `id`, sending a refresh now and then so peers do not
-    /// expire a session that is only used here. `get_idle`'s idle time
-    /// alone cannot decide this (a session hit every second never looks
-    /// idle), so the last time the record crossed the wire is kept next to
-    /// its version.
+    /// expire a session that is only used here. The memory store says when
+    /// a refresh is due (at most once per quarter idle timeout, however
+    /// often the session is hit), so the common hit costs no more than in
+    /// the memory store; only then is the version table consulted, and the
+    /// refresh skipped if a peer's record refreshed the session meanwhile.
     pub fn lookup(&self, id: &str) -> Option<Arc<str>> {
-        let (route, _idle) = self.mem.get_idle(id)?;
+        let view = self.mem.get_shared(id, self.touch_every_ms, u64::MAX)?;
+        if view.touch_due {
+            self.touch(id, &view.route);
+        }
+        Some(view.route)
+    }
+
+    fn touch(&self, id: &str, route: &Arc<str>) {
         let now = self.versions.now();
         let mut slot = self.versions.slot(id);
         if let Some(m) = slot.get_mut() {
-            if m.route.as_deref() == Some(&*route)
+            if m.route.as_deref() == Some(&**route)
                 && now.saturating_sub(m.fresh_ms) >= self.touch_every_ms
             {
                 m.fresh_ms = now;
@@ -166,7 +174,6 @@ impl Node {
                 self.send(id, Some(route.clone()), version, 0);
             }
         }
-        Some(route)
     }
 
     pub fn bind(&self, id: &str, route: &Arc<str>) {
