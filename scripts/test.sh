@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the drills need
-# (redis-server; tests start their own on free loopback ports), then runs
+# (redis-server, whose instances the tests start on free loopback ports;
+# curl, openssl, ss and python3 where the image lacks them), then runs
 # formatting, lint and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+need() { command -v "$1" >/dev/null 2>&1 || need_apt+=("$2"); }
+need redis-server redis-server
+need redis-cli redis-tools
+need curl curl
+need openssl openssl
+need ss iproute2
+need python3 python3
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "scripts/test.sh: installing ${need_apt[*]}" >&2
     SUDO=""
