@@ -9,7 +9,6 @@
 //! balancer that cannot join the group fails to start with that hint in
 //! its log.
 mod common;
-use bytes::Bytes;
 use common::*;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
@@ -99,36 +98,8 @@ impl Cluster {
     }
 }
 
-type Client = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Full<Bytes>,
->;
-
-/// `GET /` through `gate` with an optional session cookie value.
-async fn hit(c: &Client, gate: &Gate, id: Option<&str>) -> Resp {
-    request(
-        c,
-        "GET",
-        &gate.url("/"),
-        id.map(|v| format!("{COOKIE}={v}")).as_deref(),
-        Bytes::new(),
-    )
-    .await
-}
-
-fn route_of(r: &Resp) -> String {
-    r.json()["route"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no route in {:?}", r.body))
-        .to_owned()
-}
-
-fn hits_of(r: &Resp) -> u64 {
-    r.json()["hits"].as_u64().unwrap()
-}
-
 /// `n` new sessions through `gate`: (cookie value, route).
-async fn new_sessions(c: &Client, gate: &Gate, n: usize) -> Vec<(String, String)> {
+async fn new_sessions(c: &HttpClient, gate: &Gate, n: usize) -> Vec<(String, String)> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let r = hit(c, gate, None).await;
@@ -163,7 +134,7 @@ fn store_sessions(s: &Value) -> u64 {
 
 /// Replay each session through `to` (grouped by route, so round robin
 /// cannot get it right by luck): same node, session known, no new cookie.
-async fn follow(c: &Client, to: &Gate, sessions: &[(String, String)], label: &str) {
+async fn follow(c: &HttpClient, to: &Gate, sessions: &[(String, String)], label: &str) {
     let mut order: Vec<&(String, String)> = sessions.iter().collect();
     order.sort_by(|a, b| a.1.cmp(&b.1));
     for (id, route) in order {

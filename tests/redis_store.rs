@@ -13,11 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-type Client = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Full<Bytes>,
->;
-
 const COOKIE: &str = "JSESSIONID";
 
 // ---------------------------------------------------------------------------
@@ -29,35 +24,12 @@ fn redis_store(url: &str) -> String {
     format!("[store]\nkind = \"redis\"\nredis_url = \"{url}\"\n")
 }
 
-/// `GET /` through `gate` with an optional session cookie value.
-async fn hit(c: &Client, gate: &Gate, id: Option<&str>) -> Resp {
-    request(
-        c,
-        "GET",
-        &gate.url("/"),
-        id.map(|v| format!("{COOKIE}={v}")).as_deref(),
-        Bytes::new(),
-    )
-    .await
-}
-
-fn route_of(r: &Resp) -> String {
-    r.json()["route"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no route in {:?}", r.body))
-        .to_owned()
-}
-
-fn hits_of(r: &Resp) -> u64 {
-    r.json()["hits"].as_u64().unwrap()
-}
-
 fn base_of(id: &str) -> &str {
     id.split('.').next().unwrap()
 }
 
 /// `n` new sessions through `gate`: (cookie value, route), each with one hit.
-async fn new_sessions(c: &Client, gate: &Gate, n: usize) -> Vec<(String, String)> {
+async fn new_sessions(c: &HttpClient, gate: &Gate, n: usize) -> Vec<(String, String)> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let r = hit(c, gate, None).await;

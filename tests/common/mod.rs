@@ -855,3 +855,31 @@ impl Drop for RedisCluster {
         }
     }
 }
+
+/// The keep-alive client type of [`client`].
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// `GET /` through `gate` with an optional `JSESSIONID` value.
+pub async fn hit(c: &HttpClient, gate: &Gate, id: Option<&str>) -> Resp {
+    request(
+        c,
+        "GET",
+        &gate.url("/"),
+        id.map(|v| format!("JSESSIONID={v}")).as_deref(),
+        Bytes::new(),
+    )
+    .await
+}
+
+/// The `route` a demo node answered with.
+pub fn route_of(r: &Resp) -> String {
+    r.json()["route"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no route in {:?}", r.body))
+        .to_owned()
+}
+
+/// The session's hit count a demo node answered with.
+pub fn hits_of(r: &Resp) -> u64 {
+    r.json()["hits"].as_u64().unwrap()
+}

@@ -206,6 +206,31 @@ impl RedisStore {
         }
     }
 
+    /// Add `key` to `route`'s counting set, scored by its expiry time.
+    async fn zadd(
+        &self,
+        h: &mut conn::Handle,
+        route: &str,
+        key: &str,
+        expiry: u64,
+    ) -> redis::RedisResult<()> {
+        redis::cmd("ZADD")
+            .arg(self.route_key(route))
+            .arg(expiry)
+            .arg(key)
+            .query_async(h)
+            .await
+    }
+
+    /// Remove `key` from `route`'s counting set.
+    async fn zrem(&self, h: &mut conn::Handle, route: &str, key: &str) -> redis::RedisResult<()> {
+        redis::cmd("ZREM")
+            .arg(self.route_key(route))
+            .arg(key)
+            .query_async(h)
+            .await
+    }
+
     async fn apply(&self, op: Op) -> redis::RedisResult<()> {
         let mut h = self.conn.handle().await?;
         let now = unix_ms();
@@ -220,18 +245,9 @@ impl RedisStore {
                     .invoke_async(&mut h)
                     .await?;
                 if let Some(old) = old.filter(|o| **o != *route) {
-                    redis::cmd("ZREM")
-                        .arg(self.route_key(&old))
-                        .arg(&key)
-                        .query_async::<()>(&mut h)
-                        .await?;
+                    self.zrem(&mut h, &old, &key).await?;
                 }
-                redis::cmd("ZADD")
-                    .arg(self.route_key(&route))
-                    .arg(expiry)
-                    .arg(&key)
-                    .query_async::<()>(&mut h)
-                    .await
+                self.zadd(&mut h, &route, &key, expiry).await
             }
             Op::Touch { key, route } => {
                 redis::cmd("HSET")
@@ -245,44 +261,24 @@ impl RedisStore {
                     .arg(self.ttl_ms)
                     .query_async::<()>(&mut h)
                     .await?;
-                redis::cmd("ZADD")
-                    .arg(self.route_key(&route))
-                    .arg(expiry)
-                    .arg(&key)
-                    .query_async::<()>(&mut h)
-                    .await
+                self.zadd(&mut h, &route, &key, expiry).await
             }
             Op::Forget { key } => {
                 let old: Option<String> = scripts::FORGET.key(&key).invoke_async(&mut h).await?;
                 match old {
-                    Some(r) => {
-                        redis::cmd("ZREM")
-                            .arg(self.route_key(&r))
-                            .arg(&key)
-                            .query_async::<()>(&mut h)
-                            .await
-                    }
+                    Some(r) => self.zrem(&mut h, &r, &key).await,
                     None => Ok(()),
                 }
             }
             Op::Moved { key, from, to } => {
                 if let Some(f) = from.filter(|f| *f != to) {
-                    redis::cmd("ZREM")
-                        .arg(self.route_key(&f))
-                        .arg(&key)
-                        .query_async::<()>(&mut h)
-                        .await?;
+                    self.zrem(&mut h, &f, &key).await?;
                     redis::cmd("INCR")
                         .arg(self.moved_key(&f))
                         .query_async::<()>(&mut h)
                         .await?;
                 }
-                redis::cmd("ZADD")
-                    .arg(self.route_key(&to))
-                    .arg(expiry)
-                    .arg(&key)
-                    .query_async::<()>(&mut h)
-                    .await
+                self.zadd(&mut h, &to, &key, expiry).await
             }
         }
     }
@@ -305,12 +301,7 @@ impl RedisStore {
                     .invoke_async(&mut h)
                     .await?;
                 if n == 1 {
-                    redis::cmd("ZADD")
-                        .arg(self.route_key(route))
-                        .arg(now + self.ttl_ms)
-                        .arg(key)
-                        .query_async::<()>(&mut h)
-                        .await?;
+                    self.zadd(&mut h, route, key, now + self.ttl_ms).await?;
                 }
                 Ok::<i64, redis::RedisError>(n)
             });
