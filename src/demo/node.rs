@@ -34,6 +34,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+
+use crate::config::redact_url;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// How long an idle session lives, in seconds; matches Tomcat's default
@@ -821,16 +823,6 @@ fn redis_client(url: &str) -> Result<redis::Client, NodeError> {
         url: redact_url(url),
         source,
     })
-}
-
-/// Hides credentials in a URL before it is printed.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***{}", &url[..scheme_end], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// In-memory sessions: base id -> hit count and last use.

@@ -10,6 +10,7 @@ pub mod websocket;
 use crate::backend::{health, Backend, PoolSettings};
 use crate::body::ResponseBody;
 use crate::config::Config;
+pub use crate::routing::session::redact;
 use crate::routing::{Reason, SessionId, Source, Table};
 use crate::store::SessionStore;
 use arc_swap::ArcSwap;
@@ -196,13 +197,6 @@ pub fn error_response(status: StatusCode, msg: &'static str) -> Response<Respons
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
-}
-
-/// Session ids are credentials: logs only ever show a short hash.
-pub fn redact(id: &str) -> String {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(id.as_bytes());
-    format!("sid#{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3])
 }
 
 /// The session id copied out of the request head, which moves upstream.

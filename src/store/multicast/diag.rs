@@ -1,7 +1,6 @@
-//! Counters, rate-limited logging and id redaction for the peer store.
+//! Counters and rate-limited logging for the peer store (session ids are
+//! redacted with `routing::session::redact`, like everywhere else).
 
-use sha2::{Digest, Sha256};
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,17 +11,6 @@ pub fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// A short, stable, non-reversible tag for a session id, for logs: ids are
-/// credentials and are never logged whole.
-pub fn redact(id: &str) -> String {
-    let digest = Sha256::digest(id.as_bytes());
-    let mut out = String::with_capacity(8);
-    for b in &digest[..4] {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
 }
 
 /// Lets one event through per period; the rest are only counted.
@@ -83,14 +71,6 @@ pub fn get(c: &AtomicU64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redact_is_short_and_stable() {
-        let r = redact("0123456789ABCDEF0123456789ABCDEF");
-        assert_eq!(r.len(), 8);
-        assert_eq!(r, redact("0123456789ABCDEF0123456789ABCDEF"));
-        assert!(!r.contains("0123"));
-    }
 
     #[test]
     fn every_limits() {

@@ -6,10 +6,11 @@
 //! records go through [`judge`] under the same per-session lock.
 
 use super::auth::{self, Key, Reject, ReplayGuard};
-use super::diag::{bump, redact, unix_ms, Stats, LOG_EVERY_MS};
+use super::diag::{bump, unix_ms, Stats, LOG_EVERY_MS};
 use super::membership::{Heard, Membership};
 use super::versions::{judge, Meta, Verdict, Versions};
 use super::wire::{self, Body, Header, Record, MAX_DATAGRAM};
+use crate::routing::session::redact;
 use crate::store::{MemoryStore, SessionStore};
 use std::collections::HashSet;
 use std::future::Future;
