@@ -11,7 +11,7 @@ use crate::backend::{health, Backend, PoolSettings};
 use crate::body::ResponseBody;
 use crate::config::Config;
 pub use crate::routing::session::redact;
-use crate::routing::{Reason, SessionId, Source, Table};
+use crate::routing::{SessionId, Source, Table};
 use crate::store::SessionStore;
 use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode};
@@ -163,11 +163,7 @@ async fn finish(
     let (mut parts, body) = response.into_parts();
     health::note_status(&backend, &rt.config.health, parts.status);
     headers::strip_hop_by_hop(&mut parts.headers);
-    let from = match &reason {
-        Reason::Failover { from } => Some(&**from),
-        _ => None,
-    };
-    if from.is_some() {
+    if reason.failed_over_from().is_some() {
         backend
             .failovers_in
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -178,7 +174,7 @@ async fn finish(
         cookie: &rt.config.session.cookie,
         separator: &rt.config.session.separator,
         served: &backend,
-        failed_over_from: from,
+        reason: &reason,
         session,
         https: client.https,
     };

@@ -4,8 +4,8 @@
 //! from ours with the attributes the backend last used.
 
 use crate::backend::{Backend, CookieTemplate};
-use crate::routing::{SessionId, Source, Table};
-use crate::store::{Cached, SessionStore};
+use crate::routing::{Reason, SessionId, Source, Table};
+use crate::store::SessionStore;
 use cookie::{Cookie, SameSite};
 use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
 use std::sync::Arc;
@@ -17,8 +17,8 @@ pub struct Exchange<'a> {
     pub cookie: &'a str,
     pub separator: &'a str,
     pub served: &'a Backend,
-    /// Route the session had before a failover, if it failed over.
-    pub failed_over_from: Option<&'a str>,
+    /// Why the served backend was chosen.
+    pub reason: &'a Reason,
     pub session: Option<&'a SessionId<'a>>,
     pub https: bool,
 }
@@ -77,7 +77,10 @@ pub fn apply(x: &Exchange<'_>, headers: &mut HeaderMap, status_ok: bool) -> Lear
                 headers.append(SET_COOKIE, v);
             }
         }
-        None if x.store.lookup(s.base) != Cached::Found(x.served.config.route.clone()) => {
+        // A suffix-less id that was balanced as new and kept by the backend
+        // (no Set-Cookie): bind it to the node that accepted it. Sticky
+        // requests are bound already, and failovers were bound by the claim.
+        None if *x.reason == Reason::New => {
             x.store.bind(s.base, &x.served.config.route);
         }
         _ => {}
@@ -128,7 +131,8 @@ fn template_of(c: &Cookie<'_>) -> CookieTemplate {
 /// attributes, or `Path=/; HttpOnly` (+ `Secure` over https).
 fn our_cookie(x: &Exchange<'_>, base: &str, route: &str) -> Option<HeaderValue> {
     let old = x
-        .failed_over_from
+        .reason
+        .failed_over_from()
         .and_then(|r| x.table.index_of(r))
         .map(|i| &x.table.backends[i]);
     let t: Option<Arc<CookieTemplate>> = x

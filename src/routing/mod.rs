@@ -30,6 +30,16 @@ pub enum Reason {
     Failover { from: Arc<str> },
 }
 
+impl Reason {
+    /// The route an orphaned session had, when this was a failover.
+    pub fn failed_over_from(&self) -> Option<&str> {
+        match self {
+            Reason::Failover { from } => Some(from),
+            _ => None,
+        }
+    }
+}
+
 /// A routing decision for one attempt.
 #[derive(Debug, Clone)]
 pub struct Decision {

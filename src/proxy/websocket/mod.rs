@@ -339,11 +339,7 @@ async fn client_response(
     let mut h = backend_headers.clone();
     headers::strip_hop_by_hop(&mut h);
     h.remove(header::CONTENT_LENGTH);
-    let from = match reason {
-        Reason::Failover { from } => Some(&**from),
-        _ => None,
-    };
-    if from.is_some() {
+    if reason.failed_over_from().is_some() {
         backend.failovers_in.fetch_add(1, Ordering::Relaxed);
     }
     let x = rewrite::Exchange {
@@ -352,7 +348,7 @@ async fn client_response(
         cookie: &rt.config.session.cookie,
         separator: &rt.config.session.separator,
         served: backend,
-        failed_over_from: from,
+        reason,
         session,
         https: client.https,
     };
