@@ -1,4 +1,4 @@
-//! Failover drills: a node dies (SIGKILL), is drained, disabled or never
+//! Failover drills: a node dies (SIGKILL), is drained, disabled, stopped or never
 //! came up; its sessions must land on the right heir with the right cookie,
 //! and never flap back.
 mod common;
@@ -537,21 +537,21 @@ async fn draining_node_keeps_its_sessions_but_takes_no_new_ones() {
 }
 
 #[tokio::test]
-async fn disabled_node_sessions_fail_over() {
+async fn stopped_node_sessions_fail_over() {
     let b1 = Backend::start("tomcat1", &[]);
     let b2 = Backend::start("tomcat2", &[]);
     let gate = Gate::start(&format!(
         "{FAST_HEALTH}{}{}",
         b1.toml(),
-        b2.toml_with("state = \"disabled\"")
+        b2.toml_with("state = \"stopped\"")
     ));
-    assert_eq!(gate.backend_status("tomcat2").await["state"], "disabled");
+    assert_eq!(gate.backend_status("tomcat2").await["state"], "stopped");
     let direct = get(&format!("http://127.0.0.1:{}/", b2.port), None).await;
     let id = direct.set_cookie("JSESSIONID").unwrap();
     let c = client();
     let r = get_with(&c, &gate, "/", Some(&id)).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.json()["route"], "tomcat1", "disabled node still served");
+    assert_eq!(r.json()["route"], "tomcat1", "stopped node still served");
     let new_id = r.set_cookie("JSESSIONID").expect("heir's session cookie");
     assert!(new_id.ends_with(".tomcat1"), "{new_id}");
     for _ in 0..10 {
@@ -563,8 +563,80 @@ async fn disabled_node_sessions_fail_over() {
     assert_eq!(
         gate.backend_status("tomcat2").await["requests"],
         0,
-        "no request may reach a disabled node"
+        "no request may reach a stopped node"
     );
+}
+
+#[tokio::test]
+async fn disabled_node_serves_only_its_own_sessions() {
+    // mod_jk's "disabled": sticky requests still reach it; new sessions and
+    // other nodes' orphans never do, even when nothing else could take them.
+    let b1 = Backend::start("tomcat1", &[]);
+    let b2 = Backend::start("tomcat2", &[]);
+    let mut nodes = [b1, b2];
+    let gate = Gate::start(&format!(
+        "{FAST_HEALTH}{}{}",
+        nodes[0].toml(),
+        nodes[1].toml_with("state = \"disabled\"")
+    ));
+    assert_eq!(gate.backend_status("tomcat2").await["state"], "disabled");
+    let direct = get(&format!("http://127.0.0.1:{}/", nodes[1].port), None).await;
+    let own = direct.set_cookie("JSESSIONID").unwrap();
+    let c = client();
+    for n in 2..=4 {
+        let r = get_with(&c, &gate, "/", Some(&own)).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.json()["route"],
+            "tomcat2",
+            "own session left the disabled node"
+        );
+        assert_eq!(r.json()["hits"], n);
+    }
+    for i in 0..20 {
+        let r = get_with(&c, &gate, "/", None).await;
+        assert_eq!(
+            r.json()["route"],
+            "tomcat1",
+            "new session {i} reached the disabled node"
+        );
+    }
+    nodes[0].proc.kill();
+    gate.wait_health("tomcat1", "down").await;
+    let orphan = get_with(&c, &gate, "/", Some("ORPHAN1.tomcat1")).await;
+    assert_eq!(
+        orphan.status, 503,
+        "an orphan must not be handed to a disabled node"
+    );
+    let fresh = get_with(&c, &gate, "/", None).await;
+    assert_eq!(
+        fresh.status, 503,
+        "a new session must not go to a disabled node"
+    );
+    let r = get_with(&c, &gate, "/", Some(&own)).await;
+    assert_eq!(r.json()["route"], "tomcat2", "own session still served");
+    assert_eq!(r.json()["hits"], 5);
+}
+
+#[tokio::test]
+async fn draining_node_is_the_last_resort_for_new_sessions() {
+    let b1 = Backend::start("tomcat1", &[]);
+    let b2 = Backend::start("tomcat2", &[]);
+    let mut nodes = [b1, b2];
+    let gate = Gate::start(&format!(
+        "{FAST_HEALTH}{}{}",
+        nodes[0].toml(),
+        nodes[1].toml_with("state = \"draining\"")
+    ));
+    nodes[0].proc.kill();
+    gate.wait_health("tomcat1", "down").await;
+    let c = client();
+    let r = get_with(&c, &gate, "/", None).await;
+    assert_eq!(
+        r.status, 200,
+        "a draining node keeps the site up when it is all there is"
+    );
+    assert_eq!(r.json()["route"], "tomcat2");
 }
 
 #[tokio::test]

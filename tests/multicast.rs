@@ -331,3 +331,190 @@ async fn a_claim_made_on_one_balancer_is_followed_by_the_other() {
         orphans.len()
     );
 }
+
+/// Wait (polling `watched`'s status every 50 ms) until `ok`, at most
+/// `limit`; returns the wait, else panics with the last status and both
+/// balancers' logs.
+async fn wait_within(
+    watched: &Gate,
+    other: &Gate,
+    limit: Duration,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let last = watched.status().await;
+        if ok(&last) {
+            return t0.elapsed();
+        }
+        if t0.elapsed() >= limit {
+            panic!(
+                "{what}: not within {limit:?}; status {last}\n--- log of the watched balancer:\n{}\n--- log of the other balancer:\n{}",
+                watched.logs(),
+                other.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The admin state (`state`) of `route` in a status document.
+fn state_in(s: &Value, route: &str) -> String {
+    s["backends"]
+        .as_array()
+        .and_then(|bs| bs.iter().find(|b| b["route"] == route))
+        .and_then(|b| b["state"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Operator actions made on one balancer apply to the whole cluster, in
+/// front of a session-replicating (shared Redis) pair of nodes: a drain on
+/// A reaches B (which keeps tomcat1's sessions there but sends it no new
+/// ones), a stop on B reaches A (which fails tomcat1's sessions over to
+/// tomcat2, data kept, and B agrees), and an enable on A reaches B.
+#[tokio::test]
+async fn operator_states_made_on_one_balancer_apply_on_the_other() {
+    const LIMIT: Duration = Duration::from_secs(2);
+    let data = Redis::start();
+    let n1 = Backend::start("tomcat1", &["--redis", &data.url()]);
+    let n2 = Backend::start("tomcat2", &["--redis", &data.url()]);
+    let cl = Cluster::new(2, false);
+    let backends = format!("{STEADY_HEALTH}{}{}", n1.toml(), n2.toml());
+    let a = Gate::start(&format!("{backends}{}", cl.store(0)));
+    let b = Gate::start(&format!("{backends}{}", cl.store(1)));
+    for (g, peer, name) in [
+        (&a, cl.listen[1], "A sees B"),
+        (&b, cl.listen[0], "B sees A"),
+    ] {
+        let peer = format!("127.0.0.1:{peer}");
+        wait_status(g, name, |s| {
+            s["store"]["peers"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|x| *x == *peer))
+        })
+        .await;
+    }
+    let c = client();
+    let sessions = new_sessions(&c, &a, 10).await;
+    let on_t1: Vec<String> = sessions
+        .iter()
+        .filter(|(_, r)| r == "tomcat1")
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(
+        on_t1.len() >= 2 && on_t1.len() <= 8,
+        "10 new sessions should be spread: {sessions:?}"
+    );
+    for id in &on_t1 {
+        assert_eq!(id.rsplit('.').next(), Some("tomcat1"), "{id}");
+    }
+
+    // Drain on A -> B shows it.
+    let t0 = Instant::now();
+    let r = admin_post(&a, "/api/backends/tomcat1/drain").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["state"], "draining");
+    wait_within(&b, &a, LIMIT, "B shows tomcat1 draining", |s| {
+        state_in(s, "tomcat1") == "draining"
+    })
+    .await;
+    let drain_delay = t0.elapsed();
+    eprintln!("drain on A -> draining on B after {drain_delay:?}");
+
+    // B: no new sessions on tomcat1, its existing sessions stay there.
+    for (id, route) in new_sessions(&c, &b, 10).await {
+        assert_eq!(
+            route, "tomcat2",
+            "new session {id} via B went to draining tomcat1"
+        );
+    }
+    for id in &on_t1 {
+        let r = hit(&c, &b, Some(id)).await;
+        assert_eq!(r.status, 200, "{id}: {:?}", r.body);
+        assert_eq!(route_of(&r), "tomcat1", "{id} left draining tomcat1 via B");
+        assert_eq!(hits_of(&r), 2, "{id}: session data lost");
+        assert_eq!(r.set_cookie(COOKIE), None, "{id}: new cookie");
+    }
+
+    // Stop on B -> A shows it.
+    let t0 = Instant::now();
+    let r = admin_post(&b, "/api/backends/tomcat1/stop").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["state"], "stopped");
+    wait_within(&a, &b, LIMIT, "A shows tomcat1 stopped", |s| {
+        state_in(s, "tomcat1") == "stopped"
+    })
+    .await;
+    let stop_delay = t0.elapsed();
+    eprintln!("stop on B -> stopped on A after {stop_delay:?}");
+    let t1_requests = |s: &Value| {
+        s["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["route"] == "tomcat1")
+            .unwrap()["requests"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = (
+        t1_requests(&a.status().await),
+        t1_requests(&b.status().await),
+    );
+
+    // A fails tomcat1's sessions over to tomcat2 (same id, data kept), and
+    // B then sends each to tomcat2 too, by its old and by its new cookie.
+    for id in &on_t1 {
+        let base = id.rsplit_once('.').unwrap().0;
+        let r = hit(&c, &a, Some(id)).await;
+        assert_eq!(r.status, 200, "{id}: {:?}", r.body);
+        assert_eq!(
+            route_of(&r),
+            "tomcat2",
+            "{id}: stopped tomcat1 still served via A"
+        );
+        assert_eq!(
+            r.json()["session"],
+            base,
+            "{id}: replicated session lost its id"
+        );
+        assert_eq!(hits_of(&r), 3, "{id}: session data lost in the failover");
+        let new_id = format!("{base}.tomcat2");
+        assert_eq!(r.set_cookie(COOKIE).as_deref(), Some(new_id.as_str()));
+        for (n, cookie) in [(4, id), (5, &new_id)] {
+            let r = hit(&c, &b, Some(cookie)).await;
+            assert_eq!(r.status, 200, "{cookie}: {:?}", r.body);
+            assert_eq!(
+                route_of(&r),
+                "tomcat2",
+                "{cookie}: A failed it over to tomcat2 but B disagrees; B's store: {}",
+                b.status().await["store"]
+            );
+            assert_eq!(r.json()["session"], base);
+            assert_eq!(hits_of(&r), n, "{cookie}: session data lost via B");
+        }
+    }
+    let after = (
+        t1_requests(&a.status().await),
+        t1_requests(&b.status().await),
+    );
+    assert_eq!(before, after, "a request reached stopped tomcat1");
+
+    // Enable on A -> B shows it active.
+    let t0 = Instant::now();
+    let r = admin_post(&a, "/api/backends/tomcat1/enable").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["state"], "active");
+    wait_within(&b, &a, LIMIT, "B shows tomcat1 active", |s| {
+        state_in(s, "tomcat1") == "active"
+    })
+    .await;
+    let enable_delay = t0.elapsed();
+    eprintln!("enable on A -> active on B after {enable_delay:?}");
+    eprintln!(
+        "operator states: {} of 10 sessions on tomcat1; drain {drain_delay:?}, stop {stop_delay:?}, enable {enable_delay:?}",
+        on_t1.len()
+    );
+}

@@ -16,10 +16,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use stickgate::backend::AdminState;
 use stickgate::config::raw::StoreSection;
 use stickgate::config::StoreKind;
 use stickgate::store::multicast::MulticastStore;
-use stickgate::store::{Cached, SessionStore};
+use stickgate::store::{Cached, SessionStore, StateChange};
 
 const IDLE: Duration = Duration::from_secs(600);
 /// Bound on every "eventually" in these tests.
@@ -650,4 +651,133 @@ async fn start_errors_are_explained() {
         MulticastStore::start(&section(listen, no_multicast, &[local(1)], &key), IDLE, 10).await,
     );
     assert!(e.contains("replication_listen"), "{e}");
+}
+
+/// A signed `States` datagram (kind 6) holding one backend state change:
+/// `u16 count | route_len u8 | route | state u8 | at_ms u64`.
+fn states_datagram(secret: &[u8], node: u64, route: &str, state: u8, at_ms: u64) -> Vec<u8> {
+    let mut m = Vec::new();
+    m.extend_from_slice(b"SGMC");
+    m.push(1);
+    m.push(6);
+    m.extend_from_slice(&node.to_be_bytes());
+    m.extend_from_slice(&unix_ms().to_be_bytes());
+    m.extend_from_slice(&random_u64().to_be_bytes());
+    m.extend_from_slice(&1u16.to_be_bytes());
+    m.push(route.len() as u8);
+    m.extend_from_slice(route.as_bytes());
+    m.push(state);
+    m.extend_from_slice(&at_ms.to_be_bytes());
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+    mac.update(&m);
+    m.extend_from_slice(&mac.finalize().into_bytes());
+    m
+}
+
+fn state_of(s: &dyn SessionStore, route: &str) -> Option<StateChange> {
+    s.states()
+        .into_iter()
+        .find(|(r, _)| &**r == route)
+        .map(|(_, c)| c)
+}
+
+/// An operator's state change made through one balancer reaches the
+/// others at once, an older one never overrides a newer one, and a
+/// balancer started later learns it with the full state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_states_reach_every_balancer_and_late_joiners() {
+    let (key, secret) = key_file();
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| local(free_port())).collect();
+    let g = group(free_port());
+    let cfgs: Vec<StoreSection> = addrs.iter().map(|a| section(*a, g, &addrs, &key)).collect();
+    let a = start(&cfgs[0]).await;
+    let b = start(&cfgs[1]).await;
+    eventually("A and B see each other", || {
+        a.status().peers.len() == 1 && b.status().peers.len() == 1
+    })
+    .await;
+
+    let t = unix_ms();
+    let drain = StateChange {
+        state: AdminState::Draining,
+        at_ms: t,
+    };
+    a.publish_state("tomcat1", drain);
+    assert_eq!(state_of(&*a, "tomcat1"), Some(drain), "A knows at once");
+    let took = eventually("B sees A's drain", || {
+        state_of(&*b, "tomcat1") == Some(drain)
+    })
+    .await;
+    eprintln!("multicast states: B saw A's change after {took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+
+    // Older, published later: ignored by B itself and by A.
+    b.publish_state(
+        "tomcat1",
+        StateChange {
+            state: AdminState::Active,
+            at_ms: t - 5_000,
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(state_of(&*a, "tomcat1"), Some(drain));
+    assert_eq!(state_of(&*b, "tomcat1"), Some(drain));
+
+    // Newer through B wins on A.
+    let stop = StateChange {
+        state: AdminState::Stopped,
+        at_ms: t + 1,
+    };
+    b.publish_state("tomcat1", stop);
+    let took = eventually("A sees B's stop", || state_of(&*a, "tomcat1") == Some(stop)).await;
+    eprintln!("multicast states: A saw B's newer change after {took:?}");
+    let disable = StateChange {
+        state: AdminState::Disabled,
+        at_ms: t + 2,
+    };
+    a.publish_state("tomcat2", disable);
+    eventually("B sees A's disable", || {
+        state_of(&*b, "tomcat2") == Some(disable)
+    })
+    .await;
+
+    // A third balancer started now (the repeats are long over; the
+    // periodic resend is 10 s away): the full-state transfer brings both.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let c = start(&cfgs[2]).await;
+    let took = eventually("the late balancer learns both states", || {
+        state_of(&*c, "tomcat1") == Some(stop) && state_of(&*c, "tomcat2") == Some(disable)
+    })
+    .await;
+    eprintln!(
+        "multicast states: a balancer started later had both states after {:?} (full sync)",
+        started.elapsed()
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(c.stats().syncs >= 1, "{:?}", c.stats());
+
+    // Hand-made datagrams to C: a signed one applies; forged or with an
+    // unknown state number, dropped and counted.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let before = c.stats().rejected;
+    let good = states_datagram(&secret, 77, "tomcat7", 3, unix_ms());
+    sock.send_to(&good, c.local_addr()).unwrap();
+    eventually("signed state applied", || {
+        state_of(&*c, "tomcat7").map(|s| s.state) == Some(AdminState::Stopped)
+    })
+    .await;
+    sock.send_to(&good, c.local_addr()).unwrap(); // replayed
+    let forged = states_datagram(b"not-the-cluster-secret!!", 77, "tomcat8", 3, unix_ms());
+    sock.send_to(&forged, c.local_addr()).unwrap();
+    let unknown = states_datagram(&secret, 77, "tomcat8", 9, unix_ms());
+    sock.send_to(&unknown, c.local_addr()).unwrap();
+    eventually("three bad datagrams counted", || {
+        c.stats().rejected >= before + 3
+    })
+    .await;
+    assert_eq!(state_of(&*c, "tomcat8"), None);
+    for s in [&a, &b] {
+        assert_eq!(s.stats().rejected, 0, "{:?}", s.stats());
+    }
 }

@@ -11,7 +11,12 @@ use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use stickgate::backend::AdminState;
+use stickgate::config::raw::StoreSection;
+use stickgate::config::StoreKind;
+use stickgate::store::redis::RedisStore;
+use stickgate::store::{SessionStore, StateChange};
 
 const COOKIE: &str = "JSESSIONID";
 
@@ -1127,4 +1132,239 @@ async fn cluster_shares_affinity_and_spreads_keys() {
         })
         .await;
     }
+}
+
+// ---------------------------------------------------------------------------
+// 10. Operators' backend states, shared through Redis (library level: two
+//     `RedisStore`s in this process on one real redis-server).
+// ---------------------------------------------------------------------------
+
+/// A store on the standalone Redis at `url`, tracking `routes`.
+async fn state_store(url: &str, routes: &[&str]) -> Arc<RedisStore> {
+    let cfg = StoreSection {
+        kind: StoreKind::Redis,
+        redis_url: Some(url.to_owned()),
+        ..StoreSection::default()
+    };
+    let routes = routes.iter().map(|r| Arc::from(*r)).collect();
+    RedisStore::start(&cfg, Duration::from_secs(600), 10_000, routes)
+        .await
+        .expect("redis store starts")
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn change(state: AdminState, at_ms: u64) -> StateChange {
+    StateChange { state, at_ms }
+}
+
+/// The change `s` reports for `route`.
+fn state_of(s: &dyn SessionStore, route: &str) -> Option<StateChange> {
+    s.states()
+        .into_iter()
+        .find(|(r, _)| &**r == route)
+        .map(|(_, c)| c)
+}
+
+/// Poll `ok` every 5 ms; how long it took, or a panic naming `what`.
+async fn within(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if ok() {
+            return t0.elapsed();
+        }
+        if t0.elapsed() >= limit {
+            panic!("{what}: not within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_states_reach_every_balancer_through_redis() {
+    let redis = Redis::start_isolated();
+    let a = state_store(&redis.url(), &["tomcat1", "tomcat2"]).await;
+    let b = state_store(&redis.url(), &["tomcat1", "tomcat2"]).await;
+
+    // Published on A: A knows at once, B within its 200 ms poll.
+    let t = now_ms();
+    let drain = change(AdminState::Draining, t);
+    a.publish_state("tomcat1", drain);
+    assert_eq!(
+        state_of(&*a, "tomcat1"),
+        Some(drain),
+        "A knows its own change at once"
+    );
+    let took = within(Duration::from_secs(1), "B sees A's drain", || {
+        state_of(&*b, "tomcat1") == Some(drain)
+    })
+    .await;
+    eprintln!(
+        "redis states: B saw A's change after {} ms",
+        took.as_millis()
+    );
+    assert_eq!(
+        redis.cli(&["hget", "stickgate:states", "tomcat1"]),
+        format!("draining:{t}")
+    );
+
+    // An older change published later (by a balancer that has not read
+    // the newer one yet) does not override it, in Redis or anywhere.
+    let c = state_store(&redis.url(), &["tomcat1", "tomcat2"]).await;
+    c.publish_state("tomcat1", change(AdminState::Active, t - 5_000));
+    let took = within(Duration::from_secs(2), "C adopts the newer change", || {
+        state_of(&*c, "tomcat1") == Some(drain)
+    })
+    .await;
+    eprintln!(
+        "redis states: a late, older change gave way to the newer one after {} ms",
+        took.as_millis()
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for s in [&a, &b, &c] {
+        assert_eq!(state_of(&**s, "tomcat1"), Some(drain));
+    }
+    assert_eq!(
+        redis.cli(&["hget", "stickgate:states", "tomcat1"]),
+        format!("draining:{t}")
+    );
+
+    // A newer change from B wins everywhere.
+    let enable = change(AdminState::Active, t + 1);
+    b.publish_state("tomcat1", enable);
+    let took = within(Duration::from_secs(1), "A and C see B's enable", || {
+        state_of(&*a, "tomcat1") == Some(enable) && state_of(&*c, "tomcat1") == Some(enable)
+    })
+    .await;
+    eprintln!(
+        "redis states: A and C saw B's newer change after {} ms",
+        took.as_millis()
+    );
+
+    // Garbage in the hash is skipped, never fatal; a balancer that knows
+    // the route's real state writes it back over the garbage.
+    let stop = change(AdminState::Stopped, t + 2);
+    a.publish_state("tomcat2", stop);
+    within(Duration::from_secs(1), "B sees the stop", || {
+        state_of(&*b, "tomcat2") == Some(stop)
+    })
+    .await;
+    redis.cli(&["hset", "stickgate:states", "tomcat2", "paused:nope"]);
+    redis.cli(&["hset", "stickgate:states", "tomcat9", "stopped"]);
+    let repaired = within(Duration::from_secs(2), "garbage replaced", || {
+        redis.cli(&["hget", "stickgate:states", "tomcat2"]) == format!("stopped:{}", t + 2)
+    })
+    .await;
+    eprintln!(
+        "redis states: a malformed value was written over after {} ms",
+        repaired.as_millis()
+    );
+    within(Duration::from_secs(1), "every store has the stop", || {
+        [&a, &b, &c]
+            .iter()
+            .all(|s| state_of(&***s, "tomcat2") == Some(stop))
+    })
+    .await;
+    for s in [&a, &b, &c] {
+        assert_eq!(state_of(&**s, "tomcat9"), None);
+        assert!(s.status().healthy, "{:?}", s.status());
+    }
+
+    // Reload: B now has tomcat3 too; a state set for it through a
+    // balancer is tracked by B from then on (and counted).
+    assert!(!b.counts().iter().any(|(r, _)| &**r == "tomcat3"));
+    let t3: Vec<Arc<str>> = ["tomcat1", "tomcat2", "tomcat3"]
+        .iter()
+        .map(|r| Arc::from(*r))
+        .collect();
+    let disable = change(AdminState::Disabled, t + 3);
+    c.set_routes(&t3);
+    c.publish_state("tomcat3", disable);
+    assert_eq!(state_of(&*c, "tomcat3"), Some(disable));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        state_of(&*b, "tomcat3"),
+        None,
+        "B does not track tomcat3 before its reload"
+    );
+    b.set_routes(&t3);
+    let took = within(
+        Duration::from_secs(1),
+        "B tracks tomcat3 after its reload",
+        || state_of(&*b, "tomcat3") == Some(disable),
+    )
+    .await;
+    eprintln!(
+        "redis states: B picked up a new route's state {} ms after set_routes",
+        took.as_millis()
+    );
+    assert!(b.counts().iter().any(|(r, _)| &**r == "tomcat3"));
+    assert_eq!(
+        state_of(&*b, "tomcat1"),
+        Some(enable),
+        "kept across the reload"
+    );
+    // Routes dropped by a reload are no longer reported.
+    b.set_routes(&t3[1..]);
+    assert_eq!(state_of(&*b, "tomcat1"), None);
+    assert!(!b.counts().iter().any(|(r, _)| &**r == "tomcat1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_state_set_during_a_redis_outage_reaches_the_others_afterwards() {
+    let mut redis = Redis::start_isolated();
+    let port = redis.port;
+    let url = redis.url();
+    let a = state_store(&url, &["tomcat1", "tomcat2"]).await;
+    let b = state_store(&url, &["tomcat1", "tomcat2"]).await;
+    let before = change(AdminState::Draining, now_ms());
+    a.publish_state("tomcat2", before);
+    within(Duration::from_secs(1), "B sees the first change", || {
+        state_of(&*b, "tomcat2") == Some(before)
+    })
+    .await;
+
+    redis.proc.kill();
+    let killed = Instant::now();
+    let noticed = within(Duration::from_secs(5), "A notices the outage", || {
+        !a.status().healthy
+    })
+    .await;
+    // The operator acts while Redis is down: A shows it at once.
+    let stop = change(AdminState::Stopped, now_ms());
+    a.publish_state("tomcat1", stop);
+    assert_eq!(state_of(&*a, "tomcat1"), Some(stop));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(state_of(&*b, "tomcat1"), None, "nothing to carry it yet");
+
+    // Redis comes back empty on the same port.
+    let _redis2 = tokio::task::spawn_blocking(move || Redis::start_on(port))
+        .await
+        .unwrap();
+    let restarted = Instant::now();
+    let took = within(
+        Duration::from_secs(10),
+        "B sees the change made during the outage",
+        || state_of(&*b, "tomcat1") == Some(stop),
+    )
+    .await;
+    eprintln!(
+        "redis states: outage noticed {} ms after the kill, Redis down {} ms; B saw the change \
+         made during the outage {} ms after Redis restarted",
+        noticed.as_millis(),
+        (restarted - killed).as_millis(),
+        took.as_millis()
+    );
+    // The earlier change, lost with Redis's data, is written back too.
+    assert_eq!(
+        redis_cli(port, &["hget", "stickgate:states", "tomcat2"]),
+        format!("draining:{}", before.at_ms)
+    );
+    assert_eq!(state_of(&*b, "tomcat2"), Some(before));
+    assert_eq!(state_of(&*a, "tomcat1"), Some(stop));
 }

@@ -9,9 +9,11 @@ use http::{Request, StatusCode};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-/// Start the active checker of one backend. It stops by itself once the
-/// backend is dropped (removed by a reload, or shutdown).
+/// Start the active checker of one backend, replacing the one it had (a
+/// reload with new health settings). It stops by itself once the backend
+/// is dropped (removed by a reload, or shutdown) or a newer checker starts.
 pub fn spawn_checker(backend: &Arc<Backend>, cfg: Arc<HealthSection>) {
+    let generation = backend.checker_generation.fetch_add(1, Ordering::AcqRel) + 1;
     if !cfg.enabled {
         return;
     }
@@ -22,6 +24,9 @@ pub fn spawn_checker(backend: &Arc<Backend>, cfg: Arc<HealthSection>) {
         loop {
             tick.tick().await;
             let Some(b) = weak.upgrade() else { break };
+            if b.checker_generation.load(Ordering::Acquire) != generation {
+                break;
+            }
             let ok = check_once(&b, &cfg).await;
             record(&b, &cfg, ok);
         }
@@ -76,7 +81,7 @@ fn record(b: &Backend, cfg: &HealthSection, verdict: Result<(), String>) {
         Ok(()) => {
             b.fail_streak.store(0, Ordering::Relaxed);
             let ok = b.ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
-            if !b.is_up() && ok >= cfg.rise && b.set_up(true) {
+            if !b.is_up() && ok >= cfg.rise && b.set_up(true, "health check passed") {
                 tracing::info!(
                     backend = b.route(),
                     "backend is up (health check passed {ok} times)"
@@ -86,7 +91,7 @@ fn record(b: &Backend, cfg: &HealthSection, verdict: Result<(), String>) {
         Err(why) => {
             b.ok_streak.store(0, Ordering::Relaxed);
             let fails = b.fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
-            if b.is_up() && fails >= cfg.fall && b.set_up(false) {
+            if b.is_up() && fails >= cfg.fall && b.set_up(false, &why) {
                 b.pool.clear();
                 tracing::warn!(backend = b.route(), reason = %why, "backend is down (health check failed {fails} times)");
             }
@@ -100,7 +105,7 @@ fn record(b: &Backend, cfg: &HealthSection, verdict: Result<(), String>) {
 /// active checker, or a backoff probe when active checks are off.
 pub fn mark_down(backend: &Arc<Backend>, cfg: &Arc<HealthSection>, reason: &str) {
     backend.ok_streak.store(0, Ordering::Relaxed);
-    if backend.set_up(false) {
+    if backend.set_up(false, reason) {
         backend.pool.clear();
         tracing::warn!(
             backend = backend.route(),
@@ -142,7 +147,7 @@ fn spawn_probe(weak: Weak<Backend>, cfg: Arc<HealthSection>) {
             }
             if b.pool.connect_any().await.is_ok() {
                 b.fail_streak.store(0, Ordering::Relaxed);
-                if b.set_up(true) {
+                if b.set_up(true, "probe connected") {
                     tracing::info!(backend = b.route(), "backend is up again (probe connected)");
                 }
                 b.probing.store(false, Ordering::Release);

@@ -7,6 +7,7 @@
 
 pub mod health;
 pub mod pool;
+pub mod stats;
 
 use crate::config::{BackendConfig, InitialState};
 use arc_swap::ArcSwapOption;
@@ -16,25 +17,70 @@ use std::time::Instant;
 
 pub use pool::{Pool, PoolSettings};
 
-/// Administrative state, as an operator (or the config) sets it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// Administrative state, as an operator (or the config) sets it; the
+/// meanings follow mod_jk's activation so migrating operators keep theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AdminState {
     /// Takes new and existing sessions.
     Active = 0,
-    /// Keeps serving its existing sessions, takes no new ones (rolling restarts).
+    /// Rolling restarts: keeps serving its existing sessions until they end
+    /// or expire, takes no new ones while an active backend can.
     Draining = 1,
-    /// Takes no traffic; its sessions fail over.
+    /// mod_jk's "disabled": only requests of sessions it already holds;
+    /// never new sessions, never another node's orphans.
     Disabled = 2,
+    /// mod_jk's "stopped": no traffic at all; its sessions fail over now.
+    Stopped = 3,
 }
 
 impl AdminState {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            0 => AdminState::Active,
-            1 => AdminState::Draining,
-            _ => AdminState::Disabled,
+    /// Every state, in code order.
+    pub const ALL: [AdminState; 4] = [
+        AdminState::Active,
+        AdminState::Draining,
+        AdminState::Disabled,
+        AdminState::Stopped,
+    ];
+
+    /// The state with this code (`state as u8`, also the multicast wire
+    /// number); `None` for a code this build does not know, so a peer's
+    /// garbage is refused, never mapped to some other state.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| *s as u8 == code)
+    }
+
+    /// The state named `name` ([`AdminState::as_str`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// The name used in the API, the config and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Active => "active",
+            AdminState::Draining => "draining",
+            AdminState::Disabled => "disabled",
+            AdminState::Stopped => "stopped",
         }
+    }
+
+    /// The state an admin action (`enable`, `drain`, `disable`, `stop`)
+    /// sets; `None` for an unknown action.
+    pub fn from_action(action: &str) -> Option<Self> {
+        Some(match action {
+            "enable" => AdminState::Active,
+            "drain" => AdminState::Draining,
+            "disable" => AdminState::Disabled,
+            "stop" => AdminState::Stopped,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -44,6 +90,7 @@ impl From<InitialState> for AdminState {
             InitialState::Active => AdminState::Active,
             InitialState::Draining => AdminState::Draining,
             InitialState::Disabled => AdminState::Disabled,
+            InitialState::Stopped => AdminState::Stopped,
         }
     }
 }
@@ -67,9 +114,12 @@ pub struct Backend {
     /// When the health flag last changed (for the status API).
     last_change: std::sync::Mutex<Instant>,
     pub inflight: AtomicU32,
-    pub requests: AtomicU64,
-    pub errors: AtomicU64,
-    pub failovers_in: AtomicU64,
+    /// Traffic and health counters; shared with the backend's successor
+    /// after a reload changes its settings, so counters never reset.
+    pub stats: Arc<stats::Counters>,
+    /// Unix milliseconds of the admin change that set `state` (0 = from the
+    /// config), so the newest change wins when balancers share states.
+    state_at_ms: AtomicU64,
     pub cookie_template: ArcSwapOption<CookieTemplate>,
     pub pool: Pool,
     /// Consecutive good/bad health verdicts (rise/fall), shared by active
@@ -80,6 +130,8 @@ pub struct Backend {
     pub(crate) probing: AtomicBool,
     /// Bumped on every health change, so watchers notice transitions.
     health_epoch: AtomicU64,
+    /// Which active checker is current (see `health::spawn_checker`).
+    pub(crate) checker_generation: AtomicU64,
 }
 
 impl Backend {
@@ -94,15 +146,39 @@ impl Backend {
             up: AtomicBool::new(true),
             last_change: std::sync::Mutex::new(Instant::now()),
             inflight: AtomicU32::new(0),
-            requests: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            failovers_in: AtomicU64::new(0),
+            stats: Arc::default(),
+            state_at_ms: AtomicU64::new(0),
             cookie_template: ArcSwapOption::empty(),
             ok_streak: AtomicU32::new(0),
             fail_streak: AtomicU32::new(0),
             probing: AtomicBool::new(false),
             health_epoch: AtomicU64::new(0),
+            checker_generation: AtomicU64::new(0),
         }
+    }
+
+    /// The successor of `old` after a reload changed its settings: keeps
+    /// what an operator set at run time (unless the file now sets another
+    /// state), its counters, and, when it is still the same server, its
+    /// health and learned cookie attributes, so a weight change neither
+    /// resurrects a dead node, forgets a drain nor resets `/metrics`.
+    pub fn succeed(old: &Backend, config: BackendConfig, pool: PoolSettings) -> Self {
+        let same_server = old.config.authority == config.authority && old.config.tls == config.tls;
+        let keep_state = old.config.state == config.state;
+        let mut b = Backend::new(config, pool);
+        b.stats = old.stats.clone();
+        if keep_state {
+            b.state.store(old.state() as u8, Ordering::Relaxed);
+            b.state_at_ms.store(old.state_at_ms(), Ordering::Relaxed);
+        }
+        if same_server {
+            b.up.store(old.is_up(), Ordering::Relaxed);
+            if let (Ok(mut mine), Ok(theirs)) = (b.last_change.lock(), old.last_change.lock()) {
+                *mine = *theirs;
+            }
+            b.cookie_template.store(old.cookie_template.load_full());
+        }
+        b
     }
 
     /// The route (jvmRoute) naming this backend.
@@ -112,12 +188,24 @@ impl Backend {
 
     /// Current administrative state.
     pub fn state(&self) -> AdminState {
-        AdminState::from_u8(self.state.load(Ordering::Relaxed))
+        AdminState::from_code(self.state.load(Ordering::Relaxed)).unwrap_or(AdminState::Stopped)
     }
 
-    /// Change the administrative state (config, admin API).
-    pub fn set_state(&self, s: AdminState) {
-        self.state.store(s as u8, Ordering::Relaxed);
+    /// Change the administrative state as of `at_ms` (Unix milliseconds of
+    /// the operator's action); an older change than the one in force is
+    /// ignored, so replicated changes converge on the newest. Returns
+    /// whether the state changed.
+    pub fn set_state(&self, s: AdminState, at_ms: u64) -> bool {
+        if at_ms < self.state_at_ms.load(Ordering::Acquire) {
+            return false;
+        }
+        self.state_at_ms.store(at_ms, Ordering::Release);
+        self.state.swap(s as u8, Ordering::AcqRel) != s as u8
+    }
+
+    /// When the state in force was set (0 = by the config).
+    pub fn state_at_ms(&self) -> u64 {
+        self.state_at_ms.load(Ordering::Acquire)
     }
 
     /// Whether health checks (active or passive) consider it reachable.
@@ -125,11 +213,12 @@ impl Backend {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Record a health verdict; returns true if this changed the flag, so the
-    /// caller logs each transition once.
-    pub fn set_up(&self, up: bool) -> bool {
+    /// Record a health verdict and why; returns true if this changed the
+    /// flag, so the caller logs each transition once.
+    pub fn set_up(&self, up: bool, reason: &str) -> bool {
         let changed = self.up.swap(up, Ordering::AcqRel) != up;
         if changed {
+            self.stats.health_history.push(up, reason);
             self.health_epoch.fetch_add(1, Ordering::AcqRel);
             if let Ok(mut t) = self.last_change.lock() {
                 *t = Instant::now();
@@ -153,12 +242,19 @@ impl Backend {
 
     /// May serve requests of sessions it already holds.
     pub fn serves_sessions(&self) -> bool {
-        self.is_up() && matches!(self.state(), AdminState::Active | AdminState::Draining)
+        self.is_up() && self.state() != AdminState::Stopped
     }
 
     /// May be given new sessions.
     pub fn takes_new(&self) -> bool {
         self.is_up() && self.state() == AdminState::Active
+    }
+
+    /// May be given a new or orphaned session when no active backend can:
+    /// a draining node is the last resort (a site that is up beats a
+    /// perfect drain), a disabled one never is.
+    pub fn takes_new_as_last_resort(&self) -> bool {
+        self.is_up() && matches!(self.state(), AdminState::Active | AdminState::Draining)
     }
 
     /// Remember the backend's cookie attributes if they changed.

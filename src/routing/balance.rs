@@ -277,7 +277,7 @@ mod tests {
     #[test]
     fn round_robin_skips_ineligible_without_bias() {
         let b = table(&[1, 1, 1]);
-        b[2].set_up(false);
+        b[2].set_up(false, "test");
         let s = Selector::new(Algorithm::WeightedRoundRobin);
         let mut n = [0; 3];
         for _ in 0..100 {

@@ -109,8 +109,12 @@ impl Table {
             .selector
             .pick(&self.backends, |b| b.takes_new(), tried, sessions)
             .or_else(|| {
-                self.selector
-                    .pick(&self.backends, |b| b.serves_sessions(), tried, sessions)
+                self.selector.pick(
+                    &self.backends,
+                    |b| b.takes_new_as_last_resort(),
+                    tried,
+                    sessions,
+                )
             });
         pick.map(|index| Decision {
             index,
@@ -121,7 +125,8 @@ impl Table {
         })
     }
 
-    /// Pick the heir (same domain first, active before draining) and have
+    /// Pick the heir (same domain first, active before draining, never a
+    /// disabled or stopped node) and have
     /// the store agree on it for the whole cluster.
     async fn failover(
         &self,
@@ -138,7 +143,7 @@ impl Table {
                 && if active_only {
                     b.takes_new()
                 } else {
-                    b.serves_sessions()
+                    b.takes_new_as_last_resort()
                 }
         };
         let same_domain = |i: usize| domain.is_some() && self.backends[i].config.domain == domain;
@@ -151,7 +156,9 @@ impl Table {
         let proposed = self.backends[heir].config.route.clone();
         let agreed = store.claim(base, Some(from), proposed).await;
         let index = match self.index_of(&agreed) {
-            Some(i) if usable(i, false) => i,
+            // Another balancer's claim stands if that node still serves
+            // sessions it holds (even disabled: the session is its own now).
+            Some(i) if !tried.has(i) && self.backends[i].serves_sessions() => i,
             _ => {
                 store.bind(base, &self.backends[heir].config.route);
                 heir

@@ -130,6 +130,24 @@ pub fn path_parameter<'a>(path: &'a str, name: &str) -> Option<&'a str> {
     None
 }
 
+/// `path` with the value of its `;name=` parameter replaced by
+/// `with(value)` (failover rewrite, access-log hashing); `None` when the
+/// path has no such parameter.
+pub fn replace_path_parameter(
+    path: &str,
+    name: &str,
+    with: impl FnOnce(&str) -> String,
+) -> Option<String> {
+    let v = path_parameter(path, name)?;
+    let start = v.as_ptr() as usize - path.as_ptr() as usize;
+    Some(format!(
+        "{}{}{}",
+        &path[..start],
+        with(v),
+        &path[start + v.len()..]
+    ))
+}
+
 /// Session ids are credentials: logs only ever show `sid#` and 8 hex
 /// digits of the id's SHA-256, stable so one session's lines can be
 /// followed, and useless for hijacking it.
@@ -142,6 +160,19 @@ pub fn redact(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_parameter_replaced_in_place() {
+        let p = "/app;JSESSIONID=ABC.tomcat1/page?x=1;jsessionid=no";
+        assert_eq!(
+            replace_path_parameter(p, "jsessionid", |v| format!("{v}!")).as_deref(),
+            Some("/app;JSESSIONID=ABC.tomcat1!/page?x=1;jsessionid=no")
+        );
+        assert_eq!(
+            replace_path_parameter("/a?jsessionid=X", "jsessionid", |_| String::new()),
+            None
+        );
+    }
     use http::HeaderValue;
 
     fn headers(cookies: &[&str]) -> HeaderMap {

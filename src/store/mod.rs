@@ -13,10 +13,12 @@ pub mod memory;
 pub mod multicast;
 pub mod redis;
 
+use crate::backend::AdminState;
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use counts::PeakWindow;
 pub use memory::{MemoryStore, SharedView};
@@ -64,6 +66,75 @@ pub enum Cached {
     /// Not in the local cache; the shared store may know it: ask
     /// [`SessionStore::fetch`].
     Unknown,
+}
+
+/// An operator's state change for one backend, as stores replicate it:
+/// the newest `at_ms` (Unix milliseconds) wins everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateChange {
+    pub state: AdminState,
+    pub at_ms: u64,
+}
+
+impl StateChange {
+    /// Whether this change replaces `other`: the newer one wins; within
+    /// the same millisecond the more restrictive state wins (stopped >
+    /// disabled > draining > active), so two balancers acting at once
+    /// still converge on one answer whatever order they hear them in.
+    pub fn supersedes(&self, other: &StateChange) -> bool {
+        (self.at_ms, self.state as u8) > (other.at_ms, other.state as u8)
+    }
+}
+
+/// The newest [`StateChange`] per route, as a replicating store knows it
+/// (its own and its peers'). Bounded: past `cap` routes, changes for new
+/// routes are ignored (no cluster has that many backends; a peer with a
+/// bug cannot grow it without end).
+pub(crate) struct StateBook {
+    map: Mutex<HashMap<Arc<str>, StateChange>>,
+    cap: usize,
+}
+
+impl StateBook {
+    pub(crate) fn new(cap: usize) -> Self {
+        StateBook {
+            map: Mutex::new(HashMap::new()),
+            cap,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, StateChange>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keep `change` for `route` if it supersedes what is known; returns
+    /// whether it did (an equal or older change is ignored).
+    pub(crate) fn merge(&self, route: &Arc<str>, change: StateChange) -> bool {
+        let mut map = self.lock();
+        let full = map.len() >= self.cap;
+        match map.get_mut(&**route) {
+            Some(cur) if change.supersedes(cur) => {
+                *cur = change;
+                true
+            }
+            Some(_) => false,
+            None if !full => {
+                map.insert(route.clone(), change);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The change known for `route`.
+    pub(crate) fn get(&self, route: &str) -> Option<StateChange> {
+        self.lock().get(route).copied()
+    }
+
+    /// Every route's newest change.
+    pub(crate) fn all(&self) -> Vec<(Arc<str>, StateChange)> {
+        self.lock().iter().map(|(r, c)| (r.clone(), *c)).collect()
+    }
 }
 
 /// A future returned by the store for the rare operations that may need to
@@ -133,6 +204,30 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Store-wide figures.
     fn status(&self) -> StoreStatus;
+
+    /// Share an operator's state change with every balancer (fire and
+    /// forget; never blocks the caller; a store without peers does
+    /// nothing). The admin API changes the local backend itself; this is
+    /// how the other balancers learn it, so a drain or stop applies to the
+    /// whole cluster and not only to the balancer the operator asked.
+    fn publish_state(&self, route: &str, change: StateChange) {
+        let _ = (route, change);
+    }
+
+    /// The newest state change known per route, from any balancer
+    /// including this one (local, never waits). The proxy polls this every
+    /// ~200 ms and applies changes newer than what it has, so every
+    /// balancer converges on the operator's last action.
+    fn states(&self) -> Vec<(Arc<str>, StateChange)> {
+        Vec::new()
+    }
+
+    /// The configured routes changed (config reload): track counts (and
+    /// move counters, states) for exactly these from now on, so added
+    /// backends are counted and removed ones stop costing remote work.
+    fn set_routes(&self, routes: &[Arc<str>]) {
+        let _ = routes;
+    }
 }
 
 /// Why a store could not be started; the message says what to fix.
@@ -142,6 +237,15 @@ pub enum StoreError {
     Redis(String),
     #[error("multicast store: {0}")]
     Multicast(String),
+}
+
+/// Wall-clock Unix milliseconds: the timestamps balancers compare when
+/// they replicate (state changes, session ages).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Read a shared secret for peer authentication, refusing files other
@@ -173,4 +277,60 @@ pub fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ch(state: AdminState, at_ms: u64) -> StateChange {
+        StateChange { state, at_ms }
+    }
+
+    #[test]
+    fn newest_state_change_wins() {
+        let book = StateBook::new(16);
+        let r: Arc<str> = "tomcat1".into();
+        assert!(book.merge(&r, ch(AdminState::Draining, 100)));
+        assert!(
+            !book.merge(&r, ch(AdminState::Active, 99)),
+            "older change ignored"
+        );
+        assert!(
+            !book.merge(&r, ch(AdminState::Draining, 100)),
+            "same change again is no change"
+        );
+        assert_eq!(book.get("tomcat1"), Some(ch(AdminState::Draining, 100)));
+        assert!(book.merge(&r, ch(AdminState::Active, 101)));
+        assert_eq!(book.get("tomcat1"), Some(ch(AdminState::Active, 101)));
+        // Same millisecond: the more restrictive state wins, in any order.
+        assert!(book.merge(&r, ch(AdminState::Stopped, 101)));
+        assert!(!book.merge(&r, ch(AdminState::Active, 101)));
+        assert_eq!(book.get("tomcat1"), Some(ch(AdminState::Stopped, 101)));
+        assert_eq!(book.all(), vec![(r, ch(AdminState::Stopped, 101))]);
+    }
+
+    #[test]
+    fn state_book_is_bounded() {
+        let book = StateBook::new(2);
+        for r in ["a", "b", "c"] {
+            book.merge(&Arc::from(r), ch(AdminState::Stopped, 1));
+        }
+        assert_eq!(book.all().len(), 2);
+        assert_eq!(book.get("c"), None);
+        // Known routes still take newer changes.
+        assert!(book.merge(&Arc::from("a"), ch(AdminState::Active, 2)));
+    }
+
+    #[test]
+    fn admin_states_decode_only_known_values() {
+        for s in AdminState::ALL {
+            assert_eq!(AdminState::from_code(s as u8), Some(s));
+            assert_eq!(AdminState::from_name(s.as_str()), Some(s));
+        }
+        assert_eq!(AdminState::from_code(4), None);
+        assert_eq!(AdminState::from_code(255), None);
+        assert_eq!(AdminState::from_name("Active"), None);
+        assert_eq!(AdminState::from_name(""), None);
+    }
 }

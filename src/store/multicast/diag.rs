@@ -2,16 +2,8 @@
 //! redacted with `routing::session::redact`, like everywhere else).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Wall-clock milliseconds since the Unix epoch (message timestamps; peers
-/// compare them, so balancer clocks must agree within the freshness window).
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::store::unix_ms;
 
 /// Lets one event through per period; the rest are only counted.
 #[derive(Default)]

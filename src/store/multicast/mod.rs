@@ -16,8 +16,12 @@
 //! * **Ordering** (`versions`): each record carries a per-session version;
 //!   higher wins, ties are broken deterministically, so concurrent writers
 //!   converge.
+//! * **Backend states** (`node`): an operator's drain/disable/stop/enable
+//!   made through one balancer is sent to every peer (repeated with the
+//!   next heartbeats and every 10 s, since datagrams get lost); the newest
+//!   change per route wins.
 //! * **Full state** (`sync`): on first hearing a peer, a balancer asks it
-//!   over TCP for its whole state; a restarted balancer gets every session
+//!   over TCP for its whole state (sessions and backend states); a restarted balancer gets every session
 //!   back from any survivor, and a healed partition resynchronises. Peers
 //!   answer a newcomer's first heartbeat with one of their own, so this
 //!   starts within milliseconds. Until the first transfer arrives (or no
@@ -62,8 +66,8 @@ mod versions;
 mod wire;
 
 use super::{
-    read_key_file, Cached, MemoryStore, SessionCounts, SessionStore, StoreError, StoreFuture,
-    StoreStatus,
+    read_key_file, Cached, MemoryStore, SessionCounts, SessionStore, StateChange, StoreError,
+    StoreFuture, StoreStatus,
 };
 use crate::config::raw::StoreSection;
 use diag::get;
@@ -181,6 +185,7 @@ impl MulticastStore {
             node.spawn(transport::receive(node.clone(), m, false));
         }
         node.spawn(transport::send_records(node.clone(), out_rx));
+        node.spawn(transport::send_states(node.clone()));
         node.spawn(sync::serve(node.clone(), tcp));
         node.spawn(transport::heartbeats(node.clone()));
 
@@ -290,6 +295,20 @@ impl SessionStore for MulticastStore {
             ..self.node.mem.status()
         }
     }
+
+    /// Remembered at once and sent to every peer (multicast and unicast)
+    /// by a background task; never waits.
+    fn publish_state(&self, route: &str, change: StateChange) {
+        self.node.publish_state(route, change);
+    }
+
+    fn states(&self) -> Vec<(Arc<str>, StateChange)> {
+        self.node.states.all()
+    }
+
+    // `set_routes`: nothing to do. Counts come from the memory store, which
+    // counts every route it sees, and state changes are kept for any route
+    // (bounded) so a backend added back by a reload keeps its last one.
 }
 
 #[cfg(test)]

@@ -4,25 +4,33 @@
 //! Local writes (`bind`, `forget`, `claim`) change the memory store first
 //! and then queue a record for the sender task without waiting; remote
 //! records go through [`judge`] under the same per-session lock.
+//!
+//! Operators' backend state changes are kept per route in a [`StateBook`]
+//! (newest `at_ms` wins), sent when made and repeated with the next
+//! heartbeats (datagrams get lost), all of them every few seconds, and
+//! handed to a joining peer with the full state.
 
-use super::auth::{self, Key, Reject, ReplayGuard};
+use super::auth::{self, Key, Reject, ReplayGuard, MAX_SKEW_MS};
 use super::diag::{bump, unix_ms, Stats, LOG_EVERY_MS};
 use super::membership::{Heard, Membership};
 use super::versions::{judge, Meta, Verdict, Versions};
-use super::wire::{self, Body, Header, Record, MAX_DATAGRAM};
+use super::wire::{self, Body, Header, Record, StateRecord, MAX_DATAGRAM};
 use crate::routing::session::redact;
-use crate::store::{MemoryStore, SessionStore};
-use std::collections::HashSet;
+use crate::store::{MemoryStore, SessionStore, StateBook, StateChange};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 /// Distinct route names interned from the wire (more than any cluster has).
-const MAX_ROUTE_NAMES: usize = 4096;
+pub const MAX_ROUTE_NAMES: usize = 4096;
+
+/// Times a state change is sent: when made and with the next heartbeats.
+const STATE_SENDS: u8 = 3;
 
 /// Everything the background tasks share.
 pub struct Node {
@@ -40,6 +48,12 @@ pub struct Node {
     pub mem: Arc<MemoryStore>,
     pub versions: Versions,
     routes: Mutex<HashSet<Arc<str>>>,
+    /// Newest operator state change per route (own and peers').
+    pub states: StateBook,
+    /// Routes whose change is still to be sent, with the sends left.
+    states_due: Mutex<HashMap<Arc<str>, u8>>,
+    /// Wakes the state sender when a change is published here.
+    pub states_kick: Notify,
     outbox: mpsc::Sender<Record>,
     pub members: Mutex<Membership>,
     replay: Mutex<ReplayGuard>,
@@ -97,6 +111,9 @@ impl Node {
             mem: p.mem,
             versions: Versions::new(max_records),
             routes: Mutex::new(HashSet::new()),
+            states: StateBook::new(MAX_ROUTE_NAMES),
+            states_due: Mutex::new(HashMap::new()),
+            states_kick: Notify::new(),
             outbox: p.outbox,
             members: Mutex::new(Membership::new(p.drop_time)),
             replay: Mutex::new(ReplayGuard::default()),
@@ -340,6 +357,71 @@ impl Node {
             .collect()
     }
 
+    // ---- operators' state changes ----
+
+    /// A change made through this balancer: remember it and have the
+    /// sender tell every peer (now, and again with the next heartbeats).
+    pub fn publish_state(&self, route: &str, change: StateChange) {
+        let route = self.intern(route.into());
+        let rec = StateRecord { route, change };
+        if rec.fits() && self.states.merge(&rec.route, change) {
+            lock(&self.states_due).insert(rec.route, STATE_SENDS);
+            self.states_kick.notify_one();
+        }
+    }
+
+    /// A peer's state change: kept if newer than what we know. A change
+    /// dated further in the future than clocks may disagree would outrank
+    /// every later action: refused (`false`).
+    pub fn apply_state(&self, rec: StateRecord) -> bool {
+        if rec.change.at_ms > unix_ms().saturating_add(MAX_SKEW_MS) {
+            return false;
+        }
+        let route = self.intern(rec.route);
+        if self.states.merge(&route, rec.change) {
+            tracing::debug!(route = %route, state = %rec.change.state, at_ms = rec.change.at_ms, "multicast store: backend state from a peer");
+        }
+        true
+    }
+
+    /// Peers' state changes from one message; refused ones are counted
+    /// (once per message) like other bad messages.
+    pub fn apply_states(&self, states: Vec<StateRecord>, from: SocketAddr) {
+        let mut refused = false;
+        for s in states {
+            refused |= !self.apply_state(s);
+        }
+        if refused {
+            self.reject(Reject::Future, from);
+        }
+    }
+
+    /// The changes still to be sent (each send counts down its repeats).
+    pub fn take_due_states(&self) -> Vec<StateRecord> {
+        let mut due = lock(&self.states_due);
+        let mut out = Vec::with_capacity(due.len());
+        due.retain(|route, left| {
+            if let Some(change) = self.states.get(route) {
+                out.push(StateRecord {
+                    route: route.clone(),
+                    change,
+                });
+            }
+            *left = left.saturating_sub(1);
+            *left > 0
+        });
+        out
+    }
+
+    /// Every known change (periodic refresh, full-state transfer).
+    pub fn state_records(&self) -> Vec<StateRecord> {
+        self.states
+            .all()
+            .into_iter()
+            .map(|(route, change)| StateRecord { route, change })
+            .collect()
+    }
+
     // ---- messages ----
 
     /// Sign a message with a fresh timestamp and nonce.
@@ -386,6 +468,7 @@ impl Node {
                     self.apply(r);
                 }
             }
+            Ok(Some((_, Body::States(states)))) => self.apply_states(states, from),
             Ok(Some(_)) => self.reject(Reject::Unexpected, from),
         }
     }

@@ -6,11 +6,18 @@
 //! and a `SyncEnd` with the total. Frames are length-prefixed (u32,
 //! big-endian) and each is a signed message like a datagram. Sizes, counts
 //! and time are bounded on both sides.
+//!
+//! After `SyncEnd` come `SyncStates` frames (operators' backend state
+//! changes, so a restarted balancer learns those made while it was away),
+//! then the connection closes. They follow the end marker so that a peer
+//! built before they existed, which stops reading at `SyncEnd`, still gets
+//! a complete transfer.
 
 use super::auth::{self, Reject};
 use super::diag::{bump, unix_ms, LOG_EVERY_MS};
 use super::node::Node;
-use super::wire::{self, Body, FRAME_RECORD_BUDGET, HEADER_LEN, MAX_FRAME};
+use super::node::MAX_ROUTE_NAMES;
+use super::wire::{self, Body, FRAME_RECORD_BUDGET, FRAME_STATE_BUDGET, HEADER_LEN, MAX_FRAME};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -177,6 +184,20 @@ async fn answer(node: &Arc<Node>, mut stream: TcpStream) -> Result<Option<u64>, 
         total,
     });
     timeout(IO_TIMEOUT, write_frame(&mut stream, &end)).await??;
+    // A requester that predates state changes has stopped reading and may
+    // have closed: a failure from here on is not a failed transfer.
+    for states in wire::state_batches(node.state_records(), FRAME_STATE_BUDGET) {
+        let frame = node.seal(&Body::SyncStates {
+            request: h.nonce,
+            states,
+        });
+        if !matches!(
+            timeout(IO_TIMEOUT, write_frame(&mut stream, &frame)).await,
+            Ok(Ok(()))
+        ) {
+            return Ok(Some(total));
+        }
+    }
     let _ = stream.shutdown().await;
     Ok(Some(total))
 }
@@ -255,9 +276,40 @@ async fn fetch(node: &Node, peer: u64, addr: SocketAddr) -> Result<u64, SyncErro
                 }
             }
             Body::SyncEnd { request: r, total } if r == request && total == count => {
+                fetch_states(node, &mut stream, peer, addr, request).await?;
                 return Ok(count);
             }
             _ => return Err(Reject::Unexpected.into()),
         }
     }
+}
+
+/// The `SyncStates` frames after `SyncEnd`, until the peer closes (a peer
+/// that predates them closes right away).
+async fn fetch_states(
+    node: &Node,
+    stream: &mut TcpStream,
+    peer: u64,
+    addr: SocketAddr,
+    request: u64,
+) -> Result<(), SyncError> {
+    let mut count = 0usize;
+    while let Some(frame) = timeout(IO_TIMEOUT, read_frame(stream)).await?? {
+        let (h, body) = wire::open(&node.key, &frame, MAX_FRAME)?;
+        if h.node != peer {
+            return Err(Reject::Unexpected.into());
+        }
+        auth::check_fresh(h.ts_ms, unix_ms())?;
+        match body {
+            Body::SyncStates { request: r, states } if r == request => {
+                count += states.len();
+                if count > MAX_ROUTE_NAMES {
+                    return Err(SyncError::TooMany);
+                }
+                node.apply_states(states, addr);
+            }
+            _ => return Err(Reject::Unexpected.into()),
+        }
+    }
+    Ok(())
 }

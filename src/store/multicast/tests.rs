@@ -260,3 +260,115 @@ async fn messages_are_authenticated_fresh_and_unique() {
     n.on_datagram(&seal(&n.key, 2, now, 7, &Body::SyncRequest), from, true);
     assert_eq!(super::diag::get(&n.stats.rejected), 7);
 }
+
+#[tokio::test]
+async fn state_changes_merge_newest_and_refuse_bad_ones() {
+    use super::wire::{seal, Body, StateRecord, MAX_DATAGRAM};
+    use crate::backend::AdminState;
+    use crate::store::StateChange;
+    let r = Rig::new(Duration::from_secs(60)).await;
+    let n = &r.node;
+    let ch = |state, at_ms| StateChange { state, at_ms };
+    let srec = |route: &str, state, at_ms| StateRecord {
+        route: route.into(),
+        change: ch(state, at_ms),
+    };
+    let now = super::diag::unix_ms();
+    let from: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+
+    // Local publish: known at once, due for three sends.
+    n.publish_state("t1", ch(AdminState::Draining, now - 10));
+    assert_eq!(n.states.get("t1"), Some(ch(AdminState::Draining, now - 10)));
+    for _ in 0..3 {
+        assert_eq!(n.take_due_states().len(), 1);
+    }
+    assert!(n.take_due_states().is_empty(), "repeats are bounded");
+    // An older local publish changes nothing and sends nothing.
+    n.publish_state("t1", ch(AdminState::Stopped, now - 20));
+    assert!(n.take_due_states().is_empty());
+
+    // From a peer: newer wins, older is ignored.
+    let msg = |nonce, states| seal(&n.key, 2, now, nonce, &Body::States(states));
+    n.on_datagram(
+        &msg(1, vec![srec("t1", AdminState::Active, now - 30)]),
+        from,
+        true,
+    );
+    assert_eq!(n.states.get("t1"), Some(ch(AdminState::Draining, now - 10)));
+    n.on_datagram(
+        &msg(
+            2,
+            vec![
+                srec("t1", AdminState::Stopped, now - 5),
+                srec("t2", AdminState::Disabled, now - 5),
+            ],
+        ),
+        from,
+        true,
+    );
+    assert_eq!(n.states.get("t1"), Some(ch(AdminState::Stopped, now - 5)));
+    assert_eq!(n.states.get("t2"), Some(ch(AdminState::Disabled, now - 5)));
+    assert_eq!(super::diag::get(&n.stats.rejected), 0);
+
+    // A change dated an hour ahead would outrank every later action:
+    // refused and counted; the good one beside it still applies.
+    n.on_datagram(
+        &msg(
+            3,
+            vec![
+                srec("t1", AdminState::Active, now + 3_600_000),
+                srec("t3", AdminState::Draining, now),
+            ],
+        ),
+        from,
+        true,
+    );
+    assert_eq!(n.states.get("t1"), Some(ch(AdminState::Stopped, now - 5)));
+    assert_eq!(n.states.get("t3"), Some(ch(AdminState::Draining, now)));
+    assert_eq!(super::diag::get(&n.stats.rejected), 1);
+
+    // Replayed, stale and forged state messages are dropped and counted.
+    let good = msg(4, vec![srec("t4", AdminState::Stopped, now)]);
+    n.on_datagram(&good, from, true);
+    n.on_datagram(&good, from, true);
+    let stale = seal(
+        &n.key,
+        2,
+        now - 31_000,
+        5,
+        &Body::States(vec![srec("t5", AdminState::Stopped, now - 31_000)]),
+    );
+    n.on_datagram(&stale, from, true);
+    let other = Key::new(b"fedcba9876543210").unwrap();
+    let forged = seal(
+        &other,
+        2,
+        now,
+        6,
+        &Body::States(vec![srec("t6", AdminState::Stopped, now)]),
+    );
+    n.on_datagram(&forged, from, true);
+    // A full-state frame is not accepted as a datagram.
+    let sync = seal(
+        &n.key,
+        2,
+        now,
+        7,
+        &Body::SyncStates {
+            request: 1,
+            states: vec![srec("t7", AdminState::Stopped, now)],
+        },
+    );
+    n.on_datagram(&sync, from, true);
+    assert_eq!(super::diag::get(&n.stats.rejected), 5);
+    let mut routes: Vec<String> = n
+        .states
+        .all()
+        .into_iter()
+        .map(|(r, _)| r.to_string())
+        .collect();
+    routes.sort();
+    assert_eq!(routes, ["t1", "t2", "t3", "t4"]);
+    assert!(n.accept(&good, MAX_DATAGRAM).is_err());
+    assert_eq!(n.state_records().len(), 4);
+}

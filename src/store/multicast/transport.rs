@@ -3,7 +3,10 @@
 
 use super::diag::{bump, unix_ms, LOG_EVERY_MS};
 use super::node::Node;
-use super::wire::{Body, Record, DATAGRAM_RECORD_BUDGET, MAX_DATAGRAM};
+use super::wire::{
+    state_batches, Body, Record, StateRecord, DATAGRAM_RECORD_BUDGET, DATAGRAM_STATE_BUDGET,
+    MAX_DATAGRAM,
+};
 use crate::store::SessionStore;
 use std::io;
 use std::sync::atomic::Ordering;
@@ -44,6 +47,14 @@ impl Node {
             if self.stats.send_log.ready(unix_ms(), LOG_EVERY_MS) {
                 tracing::warn!(error = %e, send_errors_total = n, "multicast store: cannot send to peers (multicast route/interface or firewall?)");
             }
+        }
+    }
+
+    /// Send state changes to the group and the unicast targets, in as
+    /// many datagrams as they need.
+    pub async fn broadcast_states(&self, states: Vec<StateRecord>) {
+        for batch in state_batches(states, DATAGRAM_STATE_BUDGET) {
+            self.broadcast(&Body::States(batch)).await;
         }
     }
 }
@@ -105,6 +116,20 @@ pub async fn send_records(node: Arc<Node>, mut rx: mpsc::Receiver<Record>) {
     }
 }
 
+/// Send operators' state changes as soon as they are published here.
+pub async fn send_states(node: Arc<Node>) {
+    loop {
+        node.states_kick.notified().await;
+        let due = node.take_due_states();
+        node.broadcast_states(due).await;
+    }
+}
+
+/// Every known state change is sent again this often, so a peer that
+/// missed one (lost datagrams, a partition shorter than `drop_time`)
+/// catches up without a full-state transfer.
+const STATES_REFRESH: Duration = Duration::from_secs(10);
+
 /// Longest warm-up, even while a full-state transfer is still running.
 const WARMUP_LIMIT: Duration = Duration::from_secs(10);
 
@@ -121,9 +146,21 @@ pub async fn heartbeats(node: Arc<Node>) {
         .saturating_mul(2)
         .saturating_add(node.touch_every_ms);
     let mut last_sweep = Instant::now();
+    let mut last_states = Instant::now();
     loop {
         tick.tick().await;
         node.heartbeat_now().await;
+        if last_states.elapsed() >= STATES_REFRESH {
+            last_states = Instant::now();
+            // Repeats are covered by sending everything.
+            let _ = node.take_due_states();
+            node.broadcast_states(node.state_records()).await;
+        } else {
+            let due = node.take_due_states();
+            if !due.is_empty() {
+                node.broadcast_states(due).await;
+            }
+        }
         node.expire_peers();
         if !node.is_warm() {
             // Nobody answered within two heartbeats (we are the first), or

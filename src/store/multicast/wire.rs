@@ -13,10 +13,23 @@
 //! flags u8 (bit 0: tombstone) | version u64 | idle_ms u32 | id_len u16 | id | [route_len u8 | route]
 //! ```
 //!
+//! and an operator's backend state change inside a `States`/`SyncStates`
+//! payload (after a u16 count) is
+//!
+//! ```text
+//! route_len u8 | route | state u8 (AdminState: 0 active .. 3 stopped) | at_ms u64
+//! ```
+//!
+//! The state kinds were added without a version bump: a peer that does not
+//! know them drops them as malformed, and a full-state transfer sends them
+//! after `SyncEnd`, where such a peer has stopped reading.
+//!
 //! Session ids are credentials: the tag protects their integrity, not their
 //! secrecy (see [`super::auth`]).
 
 use super::auth::{Key, Reject, TAG_LEN};
+use crate::backend::AdminState;
+use crate::store::StateChange;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -43,6 +56,8 @@ pub enum Kind {
     SyncRequest = 3,
     SyncRecords = 4,
     SyncEnd = 5,
+    States = 6,
+    SyncStates = 7,
 }
 
 impl Kind {
@@ -53,6 +68,8 @@ impl Kind {
             3 => Kind::SyncRequest,
             4 => Kind::SyncRecords,
             5 => Kind::SyncEnd,
+            6 => Kind::States,
+            7 => Kind::SyncStates,
             _ => return None,
         })
     }
@@ -98,6 +115,25 @@ impl Record {
     }
 }
 
+/// An operator's state change for one backend, as replicated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateRecord {
+    pub route: Arc<str>,
+    pub change: StateChange,
+}
+
+impl StateRecord {
+    /// Bytes this entry takes in a payload.
+    pub fn encoded_len(&self) -> usize {
+        1 + self.route.len() + 1 + 8
+    }
+
+    /// Whether it can be sent at all (route names have a length limit).
+    pub fn fits(&self) -> bool {
+        !self.route.is_empty() && self.route.len() <= MAX_ROUTE
+    }
+}
+
 /// A decoded payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
@@ -115,6 +151,13 @@ pub enum Body {
     },
     /// End of the answer: `total` records were sent.
     SyncEnd { request: u64, total: u64 },
+    /// Operators' backend state changes (sent when made, and repeated).
+    States(Vec<StateRecord>),
+    /// After `SyncEnd`: the state changes the answering peer knows.
+    SyncStates {
+        request: u64,
+        states: Vec<StateRecord>,
+    },
 }
 
 impl Body {
@@ -125,6 +168,8 @@ impl Body {
             Body::SyncRequest => Kind::SyncRequest,
             Body::SyncRecords { .. } => Kind::SyncRecords,
             Body::SyncEnd { .. } => Kind::SyncEnd,
+            Body::States(_) => Kind::States,
+            Body::SyncStates { .. } => Kind::SyncStates,
         }
     }
 }
@@ -133,6 +178,10 @@ impl Body {
 pub const DATAGRAM_RECORD_BUDGET: usize = MAX_DATAGRAM - HEADER_LEN - TAG_LEN - 2;
 /// Room for records in a `SyncRecords` frame.
 pub const FRAME_RECORD_BUDGET: usize = MAX_FRAME - HEADER_LEN - TAG_LEN - 8 - 4 - 2;
+/// Room for state changes in a `States` datagram.
+pub const DATAGRAM_STATE_BUDGET: usize = MAX_DATAGRAM - HEADER_LEN - TAG_LEN - 2;
+/// Room for state changes in a `SyncStates` frame.
+pub const FRAME_STATE_BUDGET: usize = MAX_FRAME - HEADER_LEN - TAG_LEN - 8 - 2;
 
 /// Encode and sign a message.
 pub fn seal(key: &Key, node: u64, ts_ms: u64, nonce: u64, body: &Body) -> Vec<u8> {
@@ -173,6 +222,11 @@ pub fn seal(key: &Key, node: u64, ts_ms: u64, nonce: u64, body: &Body) -> Vec<u8
             out.extend_from_slice(&request.to_be_bytes());
             out.extend_from_slice(&total.to_be_bytes());
         }
+        Body::States(states) => put_states(&mut out, states),
+        Body::SyncStates { request, states } => {
+            out.extend_from_slice(&request.to_be_bytes());
+            put_states(&mut out, states);
+        }
     }
     let tag = key.tag(&out);
     out.extend_from_slice(&tag);
@@ -195,6 +249,19 @@ fn put_records(out: &mut Vec<u8>, records: &[Record]) {
             out.push(route.len() as u8);
             out.extend_from_slice(route.as_bytes());
         }
+    }
+}
+
+/// State changes that do not [`StateRecord::fits`] must have been filtered
+/// out; the count saturates like [`put_records`]'.
+fn put_states(out: &mut Vec<u8>, states: &[StateRecord]) {
+    let n = states.len().min(u16::MAX as usize);
+    out.extend_from_slice(&(n as u16).to_be_bytes());
+    for s in &states[..n] {
+        out.push(s.route.len() as u8);
+        out.extend_from_slice(s.route.as_bytes());
+        out.push(s.change.state as u8);
+        out.extend_from_slice(&s.change.at_ms.to_be_bytes());
     }
 }
 
@@ -250,6 +317,11 @@ pub fn open(key: &Key, bytes: &[u8], max_len: usize) -> Result<(Header, Body), R
             request: r.u64()?,
             total: r.u64()?,
         },
+        Kind::States => Body::States(get_states(&mut r)?),
+        Kind::SyncStates => Body::SyncStates {
+            request: r.u64()?,
+            states: get_states(&mut r)?,
+        },
     };
     if !r.0.is_empty() {
         return Err(Reject::Malformed);
@@ -288,6 +360,26 @@ fn get_records(r: &mut Reader<'_>) -> Result<Vec<Record>, Reject> {
             route,
             version,
             idle_ms,
+        });
+    }
+    Ok(out)
+}
+
+fn get_states(r: &mut Reader<'_>) -> Result<Vec<StateRecord>, Reject> {
+    let n = r.u16()? as usize;
+    // Each entry takes at least 11 bytes.
+    let mut out = Vec::with_capacity(n.min(r.0.len() / 11));
+    for _ in 0..n {
+        let len = r.u8()? as usize;
+        if len == 0 {
+            return Err(Reject::Malformed);
+        }
+        let route = Arc::from(r.text(len)?);
+        let state = AdminState::from_code(r.u8()?).ok_or(Reject::Malformed)?;
+        let at_ms = r.u64()?;
+        out.push(StateRecord {
+            route,
+            change: StateChange { state, at_ms },
         });
     }
     Ok(out)
@@ -345,10 +437,39 @@ pub fn batches(records: Vec<Record>, budget: usize) -> Vec<Vec<Record>> {
     out
 }
 
+/// Split state changes into groups whose encoded size stays within
+/// `budget`.
+pub fn state_batches(states: Vec<StateRecord>, budget: usize) -> Vec<Vec<StateRecord>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut size = 0;
+    for s in states.into_iter().filter(StateRecord::fits) {
+        let len = s.encoded_len();
+        if !cur.is_empty() && size + len > budget {
+            out.push(std::mem::take(&mut cur));
+            size = 0;
+        }
+        size += len;
+        cur.push(s);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::AdminState;
     use rand::{Rng, RngCore};
+
+    fn st(route: &str, state: AdminState, at_ms: u64) -> StateRecord {
+        StateRecord {
+            route: route.into(),
+            change: StateChange { state, at_ms },
+        }
+    }
 
     fn key() -> Key {
         Key::new(b"test-secret-0123456789").unwrap()
@@ -387,6 +508,17 @@ mod tests {
             Body::SyncEnd {
                 request: 9,
                 total: 12,
+            },
+            Body::States(vec![
+                st("tomcat1", AdminState::Draining, 1_732_350_000_123),
+                st(&"r".repeat(MAX_ROUTE), AdminState::Stopped, u64::MAX),
+                st("x", AdminState::Active, 0),
+                st("y", AdminState::Disabled, 1),
+            ]),
+            Body::States(vec![]),
+            Body::SyncStates {
+                request: 9,
+                states: vec![st("tomcat2", AdminState::Stopped, 5)],
             },
         ]
     }
@@ -509,6 +641,52 @@ mod tests {
         let tag = k.tag(&msg);
         msg.extend_from_slice(&tag);
         assert_eq!(open(&k, &msg, MAX_FRAME), Err(Reject::Malformed));
+    }
+
+    #[test]
+    fn state_encoding_and_limits() {
+        let k = key();
+        let one = st("tomcat1", AdminState::Draining, 7);
+        let bytes = seal(&k, 1, 1, 1, &Body::States(vec![one.clone()]));
+        assert_eq!(bytes.len(), HEADER_LEN + 2 + one.encoded_len() + TAG_LEN);
+        // An unknown state number or an empty route is refused even when
+        // signed (a peer with the key and a bug).
+        let state_at = HEADER_LEN + 2 + 1 + "tomcat1".len();
+        for (at, v) in [(state_at, 4u8), (state_at, 0xFF), (HEADER_LEN + 2, 0)] {
+            let mut msg = bytes[..bytes.len() - TAG_LEN].to_vec();
+            msg[at] = v;
+            if at == HEADER_LEN + 2 {
+                // Zero-length route: drop the route bytes too.
+                msg.drain(at + 1..at + 1 + "tomcat1".len());
+            }
+            let tag = k.tag(&msg);
+            msg.extend_from_slice(&tag);
+            assert_eq!(
+                open(&k, &msg, MAX_DATAGRAM),
+                Err(Reject::Malformed),
+                "{at} {v}"
+            );
+        }
+        // Many routes split into datagrams that fit; unfit ones are left out.
+        let mut many: Vec<StateRecord> = (0..300)
+            .map(|i| {
+                st(
+                    &format!("node-with-a-long-name-{i}"),
+                    AdminState::Stopped,
+                    i,
+                )
+            })
+            .collect();
+        many.push(st("", AdminState::Stopped, 1));
+        many.push(st(&"r".repeat(MAX_ROUTE + 1), AdminState::Stopped, 1));
+        let groups = state_batches(many, DATAGRAM_STATE_BUDGET);
+        assert!(groups.len() > 1);
+        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 300);
+        for g in groups {
+            let bytes = seal(&k, 1, 1, 1, &Body::States(g));
+            assert!(bytes.len() <= MAX_DATAGRAM, "{}", bytes.len());
+            assert!(open(&k, &bytes, MAX_DATAGRAM).is_ok());
+        }
     }
 
     /// Fuzz-ish: random bytes, truncations, bit flips and oversized input

@@ -17,21 +17,31 @@
 //! version; TTL = idle timeout, so Redis expires idle sessions itself), and
 //! `<prefix>r:<route>`, a sorted set of that route's session keys scored by
 //! expiry time, which gives cluster-wide per-route counts.
+//!
+//! Operators' backend state changes live in one hash, `<prefix>states`:
+//! field = route, value = `"<state>:<at_ms>"` (e.g.
+//! `draining:1732350000123`), written only if newer than what it holds
+//! ([`scripts::STATE_SET`]) and read back every 200 ms by every balancer.
+//! Each balancer also keeps the newest change it knows locally and writes
+//! it again wherever Redis has something older or nothing (Redis restarted
+//! empty, or the change was made during an outage), so an operator's action
+//! is never lost to a Redis outage.
 
 mod conn;
 mod scripts;
 
 use super::{
-    Cached, MemoryStore, PeakWindow, SessionCounts, SessionStore, StoreError, StoreFuture,
-    StoreStatus,
+    unix_ms, Cached, MemoryStore, PeakWindow, SessionCounts, SessionStore, StateBook, StateChange,
+    StoreError, StoreFuture, StoreStatus,
 };
 use crate::config::raw::StoreSection;
+use arc_swap::ArcSwap;
 use conn::Conn;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
 
 /// A write for Redis, applied in the background.
 enum Op {
@@ -61,6 +71,13 @@ struct RouteCount {
     window: PeakWindow,
 }
 
+/// The configured routes and their counts; swapped whole on a config
+/// reload so the hot path reads it without a lock.
+type Routes = HashMap<Arc<str>, Arc<RouteCount>>;
+
+/// Routes whose state changes are remembered (far more than any cluster).
+const MAX_STATE_ROUTES: usize = 4096;
+
 /// Session affinity in Redis with a local cache (`kind = "redis"`).
 pub struct RedisStore {
     cache: Arc<MemoryStore>,
@@ -75,19 +92,20 @@ pub struct RedisStore {
     healthy: AtomicBool,
     errors: AtomicU64,
     dropped: AtomicU64,
-    routes: HashMap<Arc<str>, RouteCount>,
+    routes: ArcSwap<Routes>,
     endpoints: Vec<String>,
     invalidations: AtomicU64,
+    /// Newest state change per route known here (own and read from Redis).
+    states: StateBook,
+    /// Routes whose known change Redis may not have yet; written by
+    /// [`write_states`] when `states_kick` fires.
+    states_due: Mutex<HashSet<Arc<str>>>,
+    states_kick: Arc<Notify>,
+    /// A malformed value in the states hash was logged (once).
+    states_malformed: AtomicBool,
 }
 
 const TICK: Duration = Duration::from_secs(1);
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 impl RedisStore {
     /// Connect and start the writer, health and count tasks. `routes` are
@@ -116,12 +134,18 @@ impl RedisStore {
             healthy: AtomicBool::new(true),
             errors: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
-            routes: routes
-                .into_iter()
-                .map(|r| (r, RouteCount::default()))
-                .collect(),
+            routes: ArcSwap::from_pointee(
+                routes
+                    .into_iter()
+                    .map(|r| (r, Arc::new(RouteCount::default())))
+                    .collect(),
+            ),
             endpoints: Conn::describe(cfg),
             invalidations: AtomicU64::new(0),
+            states: StateBook::new(MAX_STATE_ROUTES),
+            states_due: Mutex::new(HashSet::new()),
+            states_kick: Arc::new(Notify::new()),
+            states_malformed: AtomicBool::new(false),
         });
         if let Err(e) = store.ping().await {
             store.healthy.store(false, Ordering::Relaxed);
@@ -130,6 +154,10 @@ impl RedisStore {
         tokio::spawn(writer(Arc::downgrade(&store), rx));
         tokio::spawn(monitor(Arc::downgrade(&store)));
         tokio::spawn(follow_moves(Arc::downgrade(&store)));
+        tokio::spawn(write_states(
+            Arc::downgrade(&store),
+            store.states_kick.clone(),
+        ));
         Ok(store)
     }
 
@@ -158,13 +186,119 @@ impl RedisStore {
         format!("{}m:{route}", self.prefix)
     }
 
+    /// The hash of every route's newest operator state change.
+    fn states_key(&self) -> String {
+        format!("{}states", self.prefix)
+    }
+
     /// The configured route's shared name, so answers from Redis allocate
     /// nothing for known routes.
     fn intern(&self, route: &str) -> Arc<str> {
         self.routes
+            .load()
             .get_key_value(route)
             .map(|(k, _)| k.clone())
             .unwrap_or_else(|| route.into())
+    }
+
+    /// Have [`write_states`] write these routes' known changes to Redis.
+    fn states_due(&self, routes: impl IntoIterator<Item = Arc<str>>) {
+        self.states_due
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(routes);
+        self.states_kick.notify_one();
+    }
+
+    /// Write the due state changes (each only if newer than Redis's); the
+    /// ones that fail stay due and are retried.
+    async fn write_due_states(&self) {
+        if !self.healthy.load(Ordering::Relaxed) {
+            return;
+        }
+        let due: Vec<Arc<str>> = {
+            let mut due = self.states_due.lock().unwrap_or_else(|e| e.into_inner());
+            due.drain().collect()
+        };
+        let key = self.states_key();
+        for (i, route) in due.iter().enumerate() {
+            let Some(change) = self.states.get(route) else {
+                continue;
+            };
+            let q = async {
+                let mut h = self.conn.handle().await?;
+                scripts::STATE_SET
+                    .key(&key)
+                    .arg(&**route)
+                    .arg(change.state.as_str())
+                    .arg(change.at_ms)
+                    .invoke_async::<i64>(&mut h)
+                    .await
+            };
+            let result =
+                match tokio::time::timeout(self.timeout.max(Duration::from_secs(1)), q).await {
+                    Ok(r) => r,
+                    Err(_) => Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))),
+                };
+            match result {
+                Ok(written) => {
+                    tracing::debug!(route = %route, state = %change.state, at_ms = change.at_ms, written = written == 1, "backend state published to redis");
+                }
+                Err(e) => {
+                    // Keep this one and the rest for the next attempt (the
+                    // monitor kicks again when Redis answers).
+                    self.states_due
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(due[i..].iter().cloned());
+                    self.failed(&e).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Merge the states hash read from Redis into the local view, and mark
+    /// for writing every configured route where this balancer knows a
+    /// newer change than Redis has (lost in an outage or a Redis restart).
+    fn merge_states(&self, remote: &HashMap<Vec<u8>, Vec<u8>>) {
+        let routes = self.routes.load();
+        let mut stored: HashMap<&str, StateChange> = HashMap::new();
+        for (route, value) in remote {
+            let parsed = std::str::from_utf8(route).ok().and_then(|r| {
+                let v = std::str::from_utf8(value).ok()?;
+                Some((r, parse_state(v)?))
+            });
+            let Some((route, change)) = parsed else {
+                if !self.states_malformed.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(
+                        key = %self.states_key(),
+                        route = %String::from_utf8_lossy(route).escape_debug(),
+                        value = %String::from_utf8_lossy(value).escape_debug(),
+                        "ignoring a malformed backend state in redis (logged once)"
+                    );
+                }
+                continue;
+            };
+            stored.insert(route, change);
+            if let Some((r, _)) = routes.get_key_value(route) {
+                self.states.merge(r, change);
+            }
+        }
+        let behind: Vec<Arc<str>> = routes
+            .keys()
+            .filter(|r| {
+                self.states.get(r).is_some_and(|mine| {
+                    stored
+                        .get(&***r)
+                        .is_none_or(|theirs| mine.supersedes(theirs))
+                })
+            })
+            .cloned()
+            .collect();
+        if !behind.is_empty() {
+            self.states_due(behind);
+        }
     }
 
     fn enqueue(&self, op: Op) {
@@ -322,7 +456,8 @@ impl RedisStore {
     async fn refresh_counts(&self) -> redis::RedisResult<()> {
         let mut h = self.conn.handle().await?;
         let now = unix_ms();
-        for (route, count) in &self.routes {
+        let routes = self.routes.load_full();
+        for (route, count) in routes.iter() {
             let key = self.route_key(route);
             redis::cmd("ZREMRANGEBYSCORE")
                 .arg(&key)
@@ -401,13 +536,16 @@ async fn follow_moves(store: Weak<RedisStore>) {
         let Ok(mut h) = s.conn.handle().await else {
             continue;
         };
-        for route in s.routes.keys() {
+        let limit = s.timeout.max(Duration::from_millis(500));
+        let routes = s.routes.load_full();
+        seen.retain(|r, _| routes.contains_key(r));
+        let mut answered = true;
+        for route in routes.keys() {
             let mut cmd = redis::cmd("GET");
             cmd.arg(s.moved_key(route));
             let q = cmd.query_async::<Option<i64>>(&mut h);
-            let Ok(Ok(n)) =
-                tokio::time::timeout(s.timeout.max(Duration::from_millis(500)), q).await
-            else {
+            let Ok(Ok(n)) = tokio::time::timeout(limit, q).await else {
+                answered = false;
                 break;
             };
             let n = n.unwrap_or(0);
@@ -419,7 +557,50 @@ async fn follow_moves(store: Weak<RedisStore>) {
                 _ => {}
             }
         }
+        if !answered {
+            continue;
+        }
+        // Operators' state changes made through any balancer.
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(s.states_key());
+        let q = cmd.query_async::<HashMap<Vec<u8>, Vec<u8>>>(&mut h);
+        match tokio::time::timeout(limit, q).await {
+            Ok(Ok(remote)) => s.merge_states(&remote),
+            // Not a hash (someone else's key): never fatal.
+            Ok(Err(e))
+                if !e.is_io_error()
+                    && !e.is_timeout()
+                    && !s.states_malformed.swap(true, Ordering::Relaxed) =>
+            {
+                tracing::debug!(key = %s.states_key(), error = %e, "cannot read backend states from redis (logged once)");
+            }
+            _ => {}
+        }
     }
+}
+
+/// Write operators' state changes to Redis as they are published (and
+/// again after an outage), until the store is dropped.
+async fn write_states(store: Weak<RedisStore>, kick: Arc<Notify>) {
+    loop {
+        // Also wake up now and then: to notice the store is gone, and to
+        // retry changes a transient error left due.
+        let _ = tokio::time::timeout(TICK, kick.notified()).await;
+        let Some(s) = store.upgrade() else { return };
+        s.write_due_states().await;
+    }
+}
+
+/// A value of the states hash: `"<state>:<at_ms>"`; `None` if malformed.
+fn parse_state(value: &str) -> Option<StateChange> {
+    let (name, at) = value.split_once(':')?;
+    if at.is_empty() || !at.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(StateChange {
+        state: crate::backend::AdminState::from_name(name)?,
+        at_ms: at.parse().ok()?,
+    })
 }
 
 /// Every second: check Redis answers, resynchronise after an outage, and
@@ -438,6 +619,9 @@ async fn monitor(store: Weak<RedisStore>) {
                     written = n,
                     "redis store reachable again; local sessions written back"
                 );
+                // Operator state changes made (or lost) meanwhile.
+                let routes: Vec<Arc<str>> = s.states.all().into_iter().map(|(r, _)| r).collect();
+                s.states_due(routes);
             }
             Ok(()) => {}
             Err(e) => {
@@ -610,6 +794,7 @@ impl SessionStore for RedisStore {
 
     fn sessions(&self, route: &str) -> u64 {
         self.routes
+            .load()
             .get(route)
             .map(|c| c.current.load(Ordering::Relaxed))
             .unwrap_or_else(|| self.cache.sessions(route))
@@ -617,6 +802,7 @@ impl SessionStore for RedisStore {
 
     fn counts(&self) -> Vec<(Arc<str>, SessionCounts)> {
         self.routes
+            .load()
             .iter()
             .map(|(r, c)| {
                 let current = c.current.load(Ordering::Relaxed);
@@ -638,6 +824,7 @@ impl SessionStore for RedisStore {
             kind: "redis",
             sessions: self
                 .routes
+                .load()
                 .values()
                 .map(|c| c.current.load(Ordering::Relaxed))
                 .sum(),
@@ -647,6 +834,74 @@ impl SessionStore for RedisStore {
             peers: self.endpoints.clone(),
             invalidations: self.invalidations.load(Ordering::Relaxed),
             ..local
+        }
+    }
+
+    /// Remembered at once (so this balancer's [`SessionStore::states`]
+    /// shows it even while Redis is down), then written by the background
+    /// writer; if Redis is unreachable it is written when it answers again.
+    fn publish_state(&self, route: &str, change: StateChange) {
+        let route = self.intern(route);
+        if self.states.merge(&route, change) {
+            self.states_due([route]);
+        }
+    }
+
+    /// The newest change known for each configured route.
+    fn states(&self) -> Vec<(Arc<str>, StateChange)> {
+        let routes = self.routes.load();
+        self.states
+            .all()
+            .into_iter()
+            .filter(|(r, _)| routes.contains_key(r))
+            .collect()
+    }
+
+    /// Counts already tracked for routes that stay are kept; added routes
+    /// start at zero (the next refresh reads them from Redis).
+    fn set_routes(&self, routes: &[Arc<str>]) {
+        let old = self.routes.load();
+        let new: Routes = routes
+            .iter()
+            .map(|r| (r.clone(), old.get(r).cloned().unwrap_or_default()))
+            .collect();
+        self.routes.store(Arc::new(new));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::AdminState;
+
+    #[test]
+    fn state_values_parse_strictly() {
+        assert_eq!(
+            parse_state("draining:1732350000123"),
+            Some(StateChange {
+                state: AdminState::Draining,
+                at_ms: 1_732_350_000_123
+            })
+        );
+        assert_eq!(
+            parse_state("active:0").map(|c| c.state),
+            Some(AdminState::Active)
+        );
+        for bad in [
+            "",
+            "draining",
+            "draining:",
+            ":123",
+            "paused:123",
+            "Draining:123",
+            "draining:12a",
+            "draining:-1",
+            "draining:+1",
+            "draining: 1",
+            "draining:1:2",
+            "draining:99999999999999999999999",
+        ] {
+            assert_eq!(parse_state(bad), None, "{bad:?}");
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Lua scripts run atomically by Redis. Each touches exactly one key (the
-//! session's), so they also work on Redis Cluster.
+//! session's, or the shared states hash), so they also work on Redis
+//! Cluster.
 //!
 //! A session record is a hash: `r` route, `c` created (unix ms), `s` last
 //! seen (unix ms), `v` version (incremented on every rebind), with a TTL of
@@ -63,6 +64,32 @@ pub static FORGET: LazyLock<Script> = LazyLock::new(|| {
 local old = redis.call('HGET', KEYS[1], 'r')
 redis.call('DEL', KEYS[1])
 return old
+",
+    )
+});
+
+/// Publish an operator's state change: KEYS[1] = the states hash, ARGV =
+/// route, state name, at_ms. The field becomes `"<state>:<at_ms>"` only if
+/// that is newer than what is stored (same millisecond: the more
+/// restrictive state wins, as in `StateChange::supersedes`), so a late or
+/// repeated publish never undoes a newer action. A malformed stored value
+/// is overwritten. Returns 1 if written, 0 if a newer (or the same) change
+/// was kept.
+pub static STATE_SET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local rank = {active = 0, draining = 1, disabled = 2, stopped = 3}
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local s, t = string.match(cur, '^(%l+):(%d+)$')
+  local ct, nt = tonumber(t), tonumber(ARGV[3])
+  if s and rank[s] and ct then
+    if ct > nt then return 0 end
+    if ct == nt and rank[s] >= rank[ARGV[2]] then return 0 end
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. ARGV[3])
+return 1
 ",
     )
 });
