@@ -6,12 +6,16 @@
 //! [`backend`] pool, and rewrites the response. [`store`] remembers which
 //! session lives where; [`admin`] shows it all.
 
+pub mod access_log;
 pub mod admin;
 pub mod backend;
 pub mod body;
 pub mod config;
 pub mod demo;
+pub mod drill;
+pub mod import;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod store;
@@ -55,17 +59,15 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, Store
 }
 
 /// Run the balancer until `shutdown` resolves, then drain gracefully.
-/// `source` is the config file, re-read on SIGHUP to reload certificates.
+/// `source` is the config file, re-read on SIGHUP and `POST /reload`.
 pub async fn run(
     config: Config,
     source: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let listeners = server::Listeners {
-        plain: server::bind_all(&config.server.listen).await?,
-        tls: server::bind_all(&config.server.tls_listen).await?,
-    };
-    let admin = match config.admin_listen {
+    let plain = server::bind_all(&config.server.listen).await?;
+    let tls_listeners = server::bind_all(&config.server.tls_listen).await?;
+    let admin_listener = match config.admin.listen {
         Some(a) => Some(server::bind(a)?),
         None => None,
     };
@@ -76,56 +78,36 @@ pub async fn run(
         (Some(tls::server_config(r.clone())?), Some(r))
     };
     let store = build_store(&config).await?;
+    let (listen, tls_listen) = (
+        config.server.listen.clone(),
+        config.server.tls_listen.clone(),
+    );
     let server_cfg = config.server.clone();
+    let admin_rules = config.admin.clone();
+    let access_log = access_log::AccessLogger::open(config.access_log.as_ref());
     let runtime = proxy::Runtime::start(config, store);
-    let proxy = proxy::Proxy::new(runtime);
+    let proxy = proxy::Proxy::new(runtime, access_log);
+    proxy.follow_states();
     let stats = Arc::new(server::ServerStats::default());
-    for l in listeners.plain.iter().chain(&listeners.tls) {
-        if let Ok(a) = l.local_addr() {
-            tracing::info!(addr = %a, "listening");
-        }
+    let server = server::Server::new(proxy.clone(), stats.clone(), server_cfg, tls);
+    for (l, a) in plain.into_iter().zip(listen) {
+        server.add(l, a, server::Side::Plain);
     }
-    let admin_task = admin.map(|l| {
+    for (l, a) in tls_listeners.into_iter().zip(tls_listen) {
+        server.add(l, a, server::Side::Tls);
+    }
+    let reloader = reload::Reloader::new(source, proxy.clone(), server.clone(), resolver);
+    let admin_task = admin_listener.map(|l| {
         if let Ok(a) = l.local_addr() {
             tracing::info!(addr = %a, "admin API listening");
         }
-        tokio::spawn(admin::serve(proxy.clone(), stats.clone(), l))
+        let admin = admin::Admin::new(proxy.clone(), stats.clone(), reloader.clone(), admin_rules);
+        tokio::spawn(admin::serve(admin, l))
     });
-    let reload_task = match (resolver, source) {
-        (Some(r), Some(path)) => Some(tokio::spawn(reload_certificates_on_sighup(r, path))),
-        _ => None,
-    };
-    server::serve(proxy, listeners, tls, server_cfg, stats, shutdown).await;
-    for t in admin_task.into_iter().chain(reload_task) {
+    let reload_task = tokio::spawn(reload::on_sighup(reloader));
+    server.run_until(shutdown).await;
+    for t in admin_task.into_iter().chain([reload_task]) {
         t.abort();
     }
     Ok(())
-}
-
-/// SIGHUP: re-read the config file and swap in its certificates; new
-/// handshakes use them, open connections are untouched. A bad file leaves
-/// the old certificates in place and logs why.
-async fn reload_certificates_on_sighup(resolver: Arc<tls::SniResolver>, path: PathBuf) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            let result = config::load(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|c| {
-                    resolver
-                        .reload(&c.server.certificate)
-                        .map_err(|e| e.to_string())
-                });
-            match result {
-                Ok(()) => tracing::info!(config = %path.display(), "certificates reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "certificate reload failed; keeping the old certificates")
-                }
-            }
-        }
-    }
 }

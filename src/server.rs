@@ -4,19 +4,20 @@
 use crate::body::ResponseBody;
 use crate::config::raw::ServerSection;
 use crate::proxy::{ClientInfo, Proxy};
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 /// Bind every configured address; the error names the address that failed.
@@ -60,16 +61,178 @@ pub struct ServerStats {
     pub tls_handshake_failures: AtomicU64,
 }
 
-/// The bound listeners: plain HTTP and TLS.
-pub struct Listeners {
-    pub plain: Vec<TcpListener>,
-    pub tls: Vec<TcpListener>,
+/// Which protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    Plain,
+    Tls,
 }
 
-#[derive(Clone)]
-enum Kind {
-    Plain,
-    Tls(TlsAcceptor),
+/// One accepting listener; its stop signal ends the accept loop only,
+/// never the connections it accepted.
+struct Accepter {
+    /// The address as configured (port 0 stays 0), to match on reload.
+    configured: SocketAddr,
+    side: Side,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The client-facing listeners and every connection they accepted.
+/// Listeners can be added and removed while running (config reload)
+/// without touching the others; shutdown is graceful for all.
+pub struct Server {
+    proxy: Arc<Proxy>,
+    stats: Arc<ServerStats>,
+    /// Settings new connections use; replaced on reload.
+    cfg: ArcSwap<ServerSection>,
+    tls: ArcSwapOption<TlsAcceptor>,
+    accepters: Mutex<Vec<Accepter>>,
+    /// Connections hold a receiver; a send asks them all to finish.
+    drain: watch::Sender<()>,
+}
+
+impl Server {
+    /// A server with no listeners yet.
+    pub fn new(
+        proxy: Arc<Proxy>,
+        stats: Arc<ServerStats>,
+        cfg: Arc<ServerSection>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Arc<Self> {
+        Arc::new(Server {
+            proxy,
+            stats,
+            cfg: ArcSwap::new(cfg),
+            tls: ArcSwapOption::new(tls.map(|c| Arc::new(TlsAcceptor::from(c)))),
+            accepters: Mutex::new(Vec::new()),
+            drain: watch::channel(()).0,
+        })
+    }
+
+    /// Settings for connections accepted from now on (reload).
+    pub fn set_config(&self, cfg: Arc<ServerSection>, tls: Option<Arc<rustls::ServerConfig>>) {
+        self.cfg.store(cfg);
+        if let Some(t) = tls {
+            self.tls.store(Some(Arc::new(TlsAcceptor::from(t))));
+        }
+    }
+
+    /// The configured addresses currently listening on `side`.
+    pub fn addresses(&self, side: Side) -> Vec<SocketAddr> {
+        self.lock()
+            .iter()
+            .filter(|a| a.side == side)
+            .map(|a| a.configured)
+            .collect()
+    }
+
+    /// Start accepting on a bound listener.
+    pub fn add(self: &Arc<Self>, listener: TcpListener, configured: SocketAddr, side: Side) {
+        if let Ok(a) = listener.local_addr() {
+            tracing::info!(addr = %a, tls = side == Side::Tls, "listening");
+        }
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok((stream, peer)) => me.accept(side, stream, peer),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed; retrying");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    },
+                    _ = &mut stopped => break,
+                }
+            }
+        });
+        self.lock().push(Accepter {
+            configured,
+            side,
+            stop,
+            task,
+        });
+    }
+
+    /// Stop accepting on one listener (the first with this configured
+    /// address); its open connections go on until they end.
+    pub async fn remove(&self, configured: SocketAddr, side: Side) {
+        let found = {
+            let mut all = self.lock();
+            all.iter()
+                .position(|a| a.configured == configured && a.side == side)
+                .map(|i| all.remove(i))
+        };
+        if let Some(a) = found {
+            let _ = a.stop.send(());
+            let _ = a.task.await;
+            tracing::info!(addr = %configured, "stopped listening");
+        }
+    }
+
+    /// Wait for `shutdown`, then stop accepting and give in-flight requests
+    /// up to `shutdown_timeout` to finish.
+    pub async fn run_until(&self, shutdown: impl Future<Output = ()>) {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        let all: Vec<Accepter> = std::mem::take(&mut *self.lock());
+        for a in all {
+            let _ = a.stop.send(());
+            let _ = a.task.await;
+        }
+        let limit = self.cfg.load().shutdown_timeout;
+        let _ = self.drain.send(());
+        tokio::select! {
+            _ = self.drain.closed() => tracing::info!("all connections closed"),
+            _ = tokio::time::sleep(limit) => {
+                tracing::warn!(timeout = ?limit, "shutdown deadline reached; closing remaining connections");
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Accepter>> {
+        self.accepters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn accept(self: &Arc<Self>, side: Side, stream: TcpStream, peer: SocketAddr) {
+        let cfg = self.cfg.load_full();
+        let _ = stream.set_nodelay(true);
+        if let Some(ka) = cfg.tcp_keepalive.to_socket() {
+            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&ka);
+        }
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let ctx = Ctx {
+            proxy: self.proxy.clone(),
+            cfg,
+            stats: self.stats.clone(),
+            drain: self.drain.subscribe(),
+        };
+        match (side, self.tls.load_full()) {
+            (Side::Plain, _) => {
+                let info = ClientInfo { peer, https: false };
+                let h2c = ctx.cfg.h2c;
+                serve_io(ctx, TokioIo::new(stream), info, h2c);
+            }
+            (Side::Tls, Some(acceptor)) => {
+                tokio::spawn(async move {
+                    let limit = ctx.cfg.header_timeout;
+                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let info = ClientInfo { peer, https: true };
+                            serve_io(ctx, TokioIo::new(tls), info, true);
+                        }
+                        Ok(Err(e)) => handshake_failed(&ctx, peer, &e.to_string()),
+                        Err(_) => handshake_failed(&ctx, peer, "timed out"),
+                    }
+                });
+            }
+            (Side::Tls, None) => {
+                tracing::warn!(%peer, "TLS listener without certificates; connection closed")
+            }
+        }
+    }
 }
 
 /// What every connection task needs.
@@ -77,92 +240,8 @@ struct Ctx {
     proxy: Arc<Proxy>,
     cfg: Arc<ServerSection>,
     stats: Arc<ServerStats>,
-}
-
-/// Serve the listeners until `shutdown` resolves, then stop accepting and
-/// give in-flight requests up to `shutdown_timeout` to finish.
-pub async fn serve(
-    proxy: Arc<Proxy>,
-    listeners: Listeners,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    cfg: Arc<ServerSection>,
-    stats: Arc<ServerStats>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let graceful = Arc::new(GracefulShutdown::new());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut accepters = Vec::new();
-    let tls_kind = tls.map(|c| Kind::Tls(TlsAcceptor::from(c)));
-    let all = listeners.plain.into_iter().map(|l| (l, Kind::Plain)).chain(
-        listeners
-            .tls
-            .into_iter()
-            .filter_map(|l| Some((l, tls_kind.clone()?))),
-    );
-    for (l, kind) in all {
-        let ctx = Arc::new(Ctx {
-            proxy: proxy.clone(),
-            cfg: cfg.clone(),
-            stats: stats.clone(),
-        });
-        let graceful = graceful.clone();
-        let mut stop = stop_rx.clone();
-        accepters.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    r = l.accept() => match r {
-                        Ok((stream, peer)) => accept(&ctx, &kind, stream, peer, graceful.watcher()),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed; retrying");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        }
-                    },
-                    _ = stop.changed() => break,
-                }
-            }
-        }));
-    }
-    shutdown.await;
-    tracing::info!("shutting down: no new connections, finishing in-flight requests");
-    let _ = stop_tx.send(true);
-    for a in accepters {
-        let _ = a.await;
-    }
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(cfg.shutdown_timeout) => {
-            tracing::warn!(timeout = ?cfg.shutdown_timeout, "shutdown deadline reached; closing remaining connections");
-        }
-    }
-}
-
-fn accept(ctx: &Arc<Ctx>, kind: &Kind, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
-    let _ = stream.set_nodelay(true);
-    if let Some(ka) = ctx.cfg.tcp_keepalive.to_socket() {
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&ka);
-    }
-    ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
-    match kind {
-        Kind::Plain => {
-            let info = ClientInfo { peer, https: false };
-            serve_io(ctx, TokioIo::new(stream), info, ctx.cfg.h2c, watcher);
-        }
-        Kind::Tls(acceptor) => {
-            let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
-            tokio::spawn(async move {
-                let limit = ctx.cfg.header_timeout;
-                match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let info = ClientInfo { peer, https: true };
-                        serve_io(&ctx, TokioIo::new(tls), info, true, watcher);
-                    }
-                    Ok(Err(e)) => handshake_failed(&ctx, peer, &e.to_string()),
-                    Err(_) => handshake_failed(&ctx, peer, "timed out"),
-                }
-            });
-        }
-    }
+    /// Changes when the server shuts down; held until the connection ends.
+    drain: watch::Receiver<()>,
 }
 
 fn handshake_failed(ctx: &Ctx, peer: SocketAddr, why: &str) {
@@ -175,7 +254,7 @@ fn handshake_failed(ctx: &Ctx, peer: SocketAddr, why: &str) {
     }
 }
 
-fn serve_io<I>(ctx: &Ctx, io: TokioIo<I>, info: ClientInfo, h2: bool, watcher: Watcher)
+fn serve_io<I>(ctx: Ctx, io: TokioIo<I>, info: ClientInfo, h2: bool)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -205,11 +284,20 @@ where
         .enable_connect_protocol();
     let builder = if h2 { builder } else { builder.http1_only() };
     let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
-    let conn = watcher.watch(conn);
+    let mut drain = ctx.drain;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        let mut conn = std::pin::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = drain.changed() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
             log_conn_error(info.peer, &*e);
         }
+        drop(drain);
     });
 }
 

@@ -14,13 +14,60 @@ use std::time::Duration;
 pub struct Config {
     pub server: Arc<ServerSection>,
     pub websocket: Arc<super::raw::WebsocketSection>,
-    pub admin_listen: Option<SocketAddr>,
+    pub admin: AdminRules,
+    /// Access log destination and format; `None` when off.
+    pub access_log: Option<AccessLog>,
     pub session: SessionRules,
     pub store: Arc<StoreSection>,
     pub health: Arc<HealthSection>,
     pub upstream: Arc<UpstreamSection>,
     pub algorithm: Algorithm,
     pub backends: Vec<BackendConfig>,
+}
+
+/// Checked admin settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminRules {
+    pub listen: Option<SocketAddr>,
+    pub token: Option<AdminToken>,
+}
+
+/// The admin bearer token, read once at load; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(Arc<str>);
+
+impl AdminToken {
+    /// A token from its text (tests, code-built configs).
+    pub fn new(text: &str) -> Self {
+        AdminToken(text.into())
+    }
+
+    /// Whether `presented` is the token, compared in constant time so the
+    /// answer's timing tells an attacker nothing about the prefix.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let want = self.0.as_bytes();
+        if presented.len() != want.len() {
+            return false;
+        }
+        want.iter()
+            .zip(presented)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    /// `None` = standard error.
+    pub path: Option<std::path::PathBuf>,
+    pub format: super::raw::AccessLogFormat,
 }
 
 /// Session naming rules, precomputed for the request path.
@@ -36,7 +83,7 @@ pub struct SessionRules {
 }
 
 /// A checked backend definition.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackendConfig {
     pub route: Arc<str>,
     /// `host:port` as written in the URL, used for connecting and for Host
@@ -180,7 +227,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Problem> {
     Ok(Config {
         server: Arc::new(raw.server),
         websocket: Arc::new(raw.websocket),
-        admin_listen: raw.admin.listen,
+        admin: check_admin(&raw.admin)?,
+        access_log: check_access_log(&raw.log)?,
         session,
         store: Arc::new(raw.store),
         health: Arc::new(raw.health),
@@ -234,16 +282,67 @@ fn check_server(s: &ServerSection) -> Result<(), Problem> {
     check_keepalive("server.tcp_keepalive", &s.tcp_keepalive)
 }
 
-fn check_admin(a: &AdminSection) -> Result<(), Problem> {
+fn check_admin(a: &AdminSection) -> Result<AdminRules, Problem> {
+    let token = match &a.token_file {
+        Some(path) => {
+            let t = crate::store::read_key_file(path).map_err(|e| bad("admin.token_file", e))?;
+            let t = String::from_utf8(t).map_err(|_| {
+                bad(
+                    "admin.token_file",
+                    "the token must be text (e.g. `head -c 32 /dev/urandom | base64`)",
+                )
+            })?;
+            Some(AdminToken(t.into()))
+        }
+        None => None,
+    };
     if let Some(addr) = a.listen {
-        if !addr.ip().is_loopback() {
+        if !addr.ip().is_loopback() && token.is_none() {
             return Err(bad(
                 "admin.listen",
-                format!("{addr} is not a loopback address; the admin API has no authentication yet, keep it on 127.0.0.1 or ::1"),
+                format!("{addr} is not a loopback address; set admin.token_file so the admin API requires a token, or listen on 127.0.0.1"),
             ));
         }
     }
-    Ok(())
+    Ok(AdminRules {
+        listen: a.listen,
+        token,
+    })
+}
+
+fn check_access_log(l: &super::raw::LogSection) -> Result<Option<AccessLog>, Problem> {
+    let Some(target) = l.access_log.as_deref() else {
+        return Ok(None);
+    };
+    let path =
+        match target.trim() {
+            "" => return Err(bad(
+                "log.access_log",
+                "is empty; remove it to turn the access log off, or use \"-\" for standard error",
+            )),
+            "-" | "stderr" => None,
+            p => {
+                let p = std::path::PathBuf::from(p);
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&p)
+                    .map_err(|e| {
+                        bad(
+                            "log.access_log",
+                            format!(
+                                "{}: {e} (check the directory exists and is writable)",
+                                p.display()
+                            ),
+                        )
+                    })?;
+                Some(p)
+            }
+        };
+    Ok(Some(AccessLog {
+        path,
+        format: l.access_log_format,
+    }))
 }
 
 fn check_session(s: &super::raw::SessionSection) -> Result<SessionRules, Problem> {

@@ -8,8 +8,10 @@ pub mod raw;
 
 mod checked;
 
-pub use checked::{redact_url, BackendConfig, Config, Keepalive, SessionRules};
-pub use raw::{Algorithm, InitialState, StoreKind};
+pub use checked::{
+    redact_url, AccessLog, AdminRules, AdminToken, BackendConfig, Config, Keepalive, SessionRules,
+};
+pub use raw::{AccessLogFormat, Algorithm, InitialState, StoreKind};
 
 use std::path::{Path, PathBuf};
 

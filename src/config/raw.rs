@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Root of the configuration file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     #[serde(default)]
@@ -19,6 +19,8 @@ pub struct RawConfig {
     pub websocket: WebsocketSection,
     #[serde(default)]
     pub admin: AdminSection,
+    #[serde(default)]
+    pub log: LogSection,
     #[serde(default)]
     pub session: SessionSection,
     #[serde(default)]
@@ -34,7 +36,7 @@ pub struct RawConfig {
 }
 
 /// Client-facing listeners and their protections.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     pub listen: Vec<SocketAddr>,
@@ -88,7 +90,7 @@ impl Default for ServerSection {
 }
 
 /// One certificate chain and key, PEM (`[[server.certificate]]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertFiles {
     pub cert: PathBuf,
@@ -96,7 +98,7 @@ pub struct CertFiles {
 }
 
 /// WebSocket tunnels.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebsocketSection {
     /// A tunnel with no frame in either direction for this long is closed.
@@ -120,7 +122,7 @@ impl Default for WebsocketSection {
 
 /// TCP keepalive probes, so idle connections through NAT/firewalls survive
 /// and dead peers are noticed.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeepaliveSection {
     pub enabled: bool,
@@ -142,23 +144,48 @@ impl Default for KeepaliveSection {
     }
 }
 
-/// Admin listener (status API).
-#[derive(Debug, Deserialize)]
+/// Admin listener (status page, API, metrics).
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSection {
     pub listen: Option<SocketAddr>,
+    /// File holding the bearer token every admin request must present;
+    /// required when `listen` is not a loopback address.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
         Self {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+            token_file: None,
         }
     }
 }
 
+/// Logging that is not tracing's diagnostic stream.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// Access log: off when absent; `"-"` (or `"stderr"`) for standard
+    /// error, else a file path appended to (reopened on reload).
+    pub access_log: Option<String>,
+    /// `"combined"` (Apache/nginx style plus route and session hash) or
+    /// `"json"` (one object per line).
+    pub access_log_format: AccessLogFormat,
+}
+
+/// Line format of the access log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    #[default]
+    Combined,
+    Json,
+}
+
 /// How sessions are named and how long they live.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionSection {
     pub cookie: String,
@@ -189,7 +216,7 @@ impl Default for SessionSection {
 
 /// Which session-affinity store backs the balancer, and how it reaches
 /// the balancers it shares sessions with.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
     pub kind: StoreKind,
@@ -262,7 +289,7 @@ impl Default for StoreSection {
 }
 
 /// Redis Sentinel settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SentinelSection {
     pub master: String,
@@ -279,7 +306,7 @@ pub enum StoreKind {
 }
 
 /// Active health checks and passive failure detection.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthSection {
     pub enabled: bool,
@@ -320,7 +347,7 @@ impl Default for HealthSection {
 }
 
 /// How the balancer talks to backends.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamSection {
     #[serde(with = "humantime_serde")]
@@ -361,7 +388,7 @@ impl Default for UpstreamSection {
 }
 
 /// How new sessions are spread.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BalanceSection {
     pub algorithm: Algorithm,
@@ -388,7 +415,7 @@ pub enum Algorithm {
 }
 
 /// One application node.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendSection {
     pub route: String,
@@ -419,4 +446,5 @@ pub enum InitialState {
     Active,
     Draining,
     Disabled,
+    Stopped,
 }

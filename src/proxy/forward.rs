@@ -177,7 +177,10 @@ pub async fn run(
     let mut stale_retry = true;
     let mut last: Option<Failure> = None;
     let mut sent_id: Option<String> = None;
-    for _ in 0..up.retries + 2 {
+    for n in 0..up.retries + 2 {
+        if n > 0 {
+            rt.stats.retries.fetch_add(1, Ordering::Relaxed);
+        }
         let decision = match rt.table.decide(&*rt.store, session, &tried).await {
             Ok(d) => d,
             Err(e) => return Err(last.unwrap_or(e.into())),
@@ -209,7 +212,7 @@ pub async fn run(
                 ) {
                     return Err(miss.failure);
                 }
-                backend.errors.fetch_add(1, Ordering::Relaxed);
+                backend.stats.errors.fetch_add(1, Ordering::Relaxed);
                 if miss.mark_down {
                     health::mark_down(&backend, &rt.config.health, &miss.failure.to_string());
                 }
@@ -312,14 +315,13 @@ fn absolute_uri(req: &mut Request<UpstreamBody>, backend: &Backend) {
 }
 
 fn rewrite_path_parameter(req: &mut Request<UpstreamBody>, param: &str, new: &str) {
-    let Some(pq) = req.uri().path_and_query().map(|p| p.as_str().to_owned()) else {
+    let Some(pq) = req.uri().path_and_query() else {
         return;
     };
-    let Some(v) = session::path_parameter(&pq, param) else {
+    let Some(rebuilt) = session::replace_path_parameter(pq.as_str(), param, |_| new.to_owned())
+    else {
         return;
     };
-    let start = v.as_ptr() as usize - pq.as_ptr() as usize;
-    let rebuilt = format!("{}{}{}", &pq[..start], new, &pq[start + v.len()..]);
     if let Ok(u) = rebuilt.parse::<Uri>() {
         *req.uri_mut() = u;
     }
@@ -388,7 +390,7 @@ async fn attempt(
         }
     };
     let mut exchange = Exchange::begin(backend.clone(), permit);
-    backend.requests.fetch_add(1, Ordering::Relaxed);
+    backend.stats.requests.fetch_add(1, Ordering::Relaxed);
     let conn = match backend.pool.checkout().await {
         Ok(c) => c,
         Err(source) => {

@@ -72,19 +72,22 @@ fn has_token(h: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
 }
 
 /// Route the upgrade, and on success start the tunnel; never fails (errors
-/// become responses).
+/// become responses). Also says which backend answered and why, when one
+/// did (access log, counters).
 pub async fn handle(
     rt: &Arc<Runtime>,
     mut parts: Parts,
     session: Option<&SessionId<'_>>,
     client: ClientInfo,
     kind: Kind,
-) -> Response<ResponseBody> {
+    started: std::time::Instant,
+) -> (Response<ResponseBody>, Option<Served>) {
     let Some(on_client) = parts.extensions.remove::<OnUpgrade>() else {
-        return error_response(
+        let r = error_response(
             StatusCode::NOT_IMPLEMENTED,
             "501 not implemented: this connection cannot be upgraded\n",
         );
+        return (r, None);
     };
     // Extended CONNECT: the backend speaks HTTP/1.1, so the balancer makes
     // the handshake key and checks the answer itself.
@@ -100,7 +103,7 @@ pub async fn handle(
                 }
                 None => tracing::warn!(error = %f, "websocket upgrade failed"),
             }
-            return f.response();
+            return (f.response(), None);
         }
     };
     let Upgrading {
@@ -115,29 +118,40 @@ pub async fn handle(
         if kind == Kind::ExtendedConnect && response.status().is_success() {
             // A 2xx would open an h2 tunnel toward a backend that did not
             // switch protocols.
-            return error_response(
+            let r = error_response(
                 StatusCode::BAD_GATEWAY,
                 "502 bad gateway: backend did not accept the WebSocket upgrade\n",
             );
+            return (r, None);
         }
+        let served = (backend.clone(), reason.clone());
         let done = Done {
             response,
             exchange,
             backend,
             reason,
         };
-        return finish(rt, done, session, client).await;
+        return (
+            finish(rt, done, session, client, started).await,
+            Some(served),
+        );
     }
     if let Some(k) = &key {
         let want = derive_accept_key(k.as_bytes());
         let got = response.headers().get(header::SEC_WEBSOCKET_ACCEPT);
         if got.is_none_or(|v| v.as_bytes() != want.as_bytes()) {
-            return error_response(
+            let r = error_response(
                 StatusCode::BAD_GATEWAY,
                 "502 bad gateway: backend sent a wrong Sec-WebSocket-Accept\n",
             );
+            return (r, None);
         }
     }
+    backend
+        .stats
+        .traffic
+        .record(response.status().as_u16(), started.elapsed());
+    let served = (backend.clone(), reason.clone());
     let on_backend = hyper::upgrade::on(&mut response);
     let out = client_response(
         rt,
@@ -199,8 +213,11 @@ pub async fn handle(
             ),
         }
     });
-    out
+    (out, Some(served))
 }
+
+/// The backend that answered an upgrade and why it was chosen.
+pub type Served = (Arc<crate::backend::Backend>, crate::routing::Reason);
 
 /// Who a tunnel belongs to, for its log lines.
 struct Label {
@@ -275,7 +292,7 @@ async fn connect(
             Err(Miss::Upstream(source)) => (Failure::Upstream { route, source }, true),
             Err(Miss::Timeout(after)) => (Failure::Timeout { route, after }, true),
         };
-        backend.errors.fetch_add(1, Ordering::Relaxed);
+        backend.stats.errors.fetch_add(1, Ordering::Relaxed);
         if mark_down {
             health::mark_down(&backend, &rt.config.health, &failure.to_string());
         }
@@ -309,7 +326,7 @@ async fn attempt(
 ) -> Result<Answered, Miss> {
     let permit = backend.pool.permit().await.map_err(Miss::Queue)?;
     let exchange = Exchange::begin(backend.clone(), permit);
-    backend.requests.fetch_add(1, Ordering::Relaxed);
+    backend.stats.requests.fetch_add(1, Ordering::Relaxed);
     let mut sender = backend.pool.connect().await.map_err(Miss::Connect)?;
     let mut req = Request::new(UpstreamBody::Empty);
     *req.method_mut() = Method::GET;
@@ -340,7 +357,7 @@ async fn client_response(
     headers::strip_hop_by_hop(&mut h);
     h.remove(header::CONTENT_LENGTH);
     if reason.failed_over_from().is_some() {
-        backend.failovers_in.fetch_add(1, Ordering::Relaxed);
+        backend.stats.failovers_in.fetch_add(1, Ordering::Relaxed);
     }
     let x = rewrite::Exchange {
         table: &rt.table,

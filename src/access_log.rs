@@ -1,0 +1,278 @@
+//! Access log (off by default): one line per request, written by a
+//! background task so a slow disk never slows a request; when the queue is
+//! full lines are dropped and counted, never waited for. Session ids are
+//! credentials: the log carries their hash, and a `;jsessionid=` path
+//! parameter is replaced by it too.
+
+use crate::config::{AccessLog, AccessLogFormat};
+use crate::proxy::ClientInfo;
+use crate::routing::session::{redact, replace_path_parameter};
+use crate::routing::Reason;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+
+/// Lines waiting for the writer before new ones are dropped.
+const QUEUE: usize = 16 * 1024;
+
+/// A running access log.
+pub struct AccessLogger {
+    tx: mpsc::Sender<String>,
+    format: AccessLogFormat,
+    /// The settings it was opened with (a reload with other settings opens
+    /// a new one).
+    pub settings: AccessLog,
+    dropped: Arc<AtomicU64>,
+}
+
+/// What the log needs from the request head, copied before the request
+/// moves upstream (only when the log is on).
+pub struct Head {
+    started: SystemTime,
+    client: ClientInfo,
+    method: http::Method,
+    target: String,
+    version: http::Version,
+    user_agent: Option<String>,
+    referer: Option<String>,
+}
+
+/// Which backend answered and why (absent when the balancer answered).
+pub struct Served<'a> {
+    pub route: Option<&'a str>,
+    pub reason: Option<&'a Reason>,
+    pub session: Option<&'a str>,
+}
+
+impl Head {
+    /// Copy the request line and the headers the log shows; the session
+    /// path parameter named `param` is hashed in the copy.
+    pub fn capture(parts: &http::request::Parts, client: ClientInfo, param: Option<&str>) -> Self {
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let target = param
+            .and_then(|p| replace_path_parameter(pq, p, redact))
+            .unwrap_or_else(|| pq.to_owned());
+        let header = |h| {
+            parts
+                .headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Head {
+            started: SystemTime::now(),
+            client,
+            method: parts.method.clone(),
+            target,
+            version: parts.version,
+            user_agent: header(http::header::USER_AGENT),
+            referer: header(http::header::REFERER),
+        }
+    }
+}
+
+impl AccessLogger {
+    /// Start the writer for `settings`; `None` when the log is off.
+    pub fn open(settings: Option<&AccessLog>) -> Option<Arc<Self>> {
+        let settings = settings?.clone();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let path = settings.path.clone();
+        tokio::spawn(writer(rx, path, dropped.clone()));
+        Some(Arc::new(AccessLogger {
+            tx,
+            format: settings.format,
+            settings,
+            dropped,
+        }))
+    }
+
+    /// Lines dropped because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Queue one line.
+    pub fn write(&self, head: Head, status: http::StatusCode, served: Served<'_>, took: Duration) {
+        let line = match self.format {
+            AccessLogFormat::Combined => combined(&head, status, &served, took),
+            AccessLogFormat::Json => json(&head, status, &served, took),
+        };
+        if self.tx.try_send(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn reason_text(r: Option<&Reason>) -> String {
+    match r {
+        Some(Reason::Sticky) => "sticky".into(),
+        Some(Reason::New) => "new".into(),
+        Some(Reason::Failover { from }) => format!("failover:{from}"),
+        None => "-".into(),
+    }
+}
+
+/// Apache/nginx "combined" plus route, routing reason, hashed session and
+/// time to the response head, so existing log tools parse the front.
+fn combined(h: &Head, status: http::StatusCode, s: &Served<'_>, took: Duration) -> String {
+    let quote = |v: &Option<String>| v.as_deref().unwrap_or("-").replace('"', "\\\"");
+    format!(
+        "{} - - [{}] \"{} {} {:?}\" {} - \"{}\" \"{}\" route={} reason={} session={} ms={:.3}\n",
+        h.client.peer.ip(),
+        humantime::format_rfc3339_millis(h.started),
+        h.method,
+        h.target.replace('"', "%22"),
+        h.version,
+        status.as_u16(),
+        quote(&h.referer),
+        quote(&h.user_agent),
+        s.route.unwrap_or("-"),
+        reason_text(s.reason),
+        s.session.map(redact).as_deref().unwrap_or("-"),
+        took.as_secs_f64() * 1000.0,
+    )
+}
+
+fn json(h: &Head, status: http::StatusCode, s: &Served<'_>, took: Duration) -> String {
+    let mut line = serde_json::json!({
+        "time": humantime::format_rfc3339_millis(h.started).to_string(),
+        "client": h.client.peer.ip().to_string(),
+        "https": h.client.https,
+        "method": h.method.as_str(),
+        "target": h.target,
+        "version": format!("{:?}", h.version),
+        "status": status.as_u16(),
+        "route": s.route,
+        "reason": reason_text(s.reason),
+        "session": s.session.map(redact),
+        "ms": (took.as_secs_f64() * 1e6).round() / 1e3,
+        "user_agent": h.user_agent,
+        "referer": h.referer,
+    })
+    .to_string();
+    line.push('\n');
+    line
+}
+
+/// Drain the queue into the file (or stderr), flushing whenever the queue
+/// runs empty; a write error is reported once and lines are counted as
+/// dropped until writing works again.
+async fn writer(
+    mut rx: mpsc::Receiver<String>,
+    path: Option<std::path::PathBuf>,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    let mut failing = false;
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let lines = std::mem::take(&mut batch);
+        let n = lines.len() as u64;
+        let path = path.clone();
+        let result = tokio::task::spawn_blocking(move || write_lines(path.as_deref(), &lines))
+            .await
+            .unwrap_or_else(|e| Err((n, std::io::Error::other(e.to_string()))));
+        match result {
+            Ok(()) => failing = false,
+            Err((n, e)) if !failing => {
+                failing = true;
+                dropped.fetch_add(n, Ordering::Relaxed);
+                tracing::error!(error = %e, "access log write failed; dropping lines until it works again");
+            }
+            Err((n, _)) => {
+                dropped.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn write_lines(
+    path: Option<&std::path::Path>,
+    lines: &[String],
+) -> Result<(), (u64, std::io::Error)> {
+    let n = lines.len() as u64;
+    let write = |w: &mut dyn Write| -> std::io::Result<()> {
+        for l in lines {
+            w.write_all(l.as_bytes())?;
+        }
+        w.flush()
+    };
+    match path {
+        None => write(&mut std::io::stderr().lock()).map_err(|e| (n, e)),
+        Some(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| (n, e))?;
+            write(&mut std::io::BufWriter::new(f)).map_err(|e| (n, e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(uri: &str) -> Head {
+        let req = http::Request::get(uri)
+            .header("user-agent", "curl/8 \"x\"")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let client = ClientInfo {
+            peer: "127.0.0.1:5000".parse().unwrap(),
+            https: false,
+        };
+        Head::capture(&parts, client, Some("jsessionid"))
+    }
+
+    #[test]
+    fn path_parameter_is_hashed() {
+        let h = head("/app;jsessionid=6B941D9A646C9BD5.tomcat1?x=1");
+        assert!(!h.target.contains("6B941D9A"), "{}", h.target);
+        assert!(h.target.starts_with("/app;jsessionid=sid#"), "{}", h.target);
+        assert!(h.target.ends_with("?x=1"), "{}", h.target);
+    }
+
+    #[test]
+    fn combined_line_has_route_reason_and_hashed_session() {
+        let h = head("/");
+        let from: Arc<str> = "tomcat1".into();
+        let reason = Reason::Failover { from };
+        let served = Served {
+            route: Some("tomcat2"),
+            reason: Some(&reason),
+            session: Some("6B941D9A646C9BD5"),
+        };
+        let line = combined(
+            &h,
+            http::StatusCode::OK,
+            &served,
+            Duration::from_micros(1500),
+        );
+        assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+        assert!(
+            line.contains("\"GET / HTTP/1.1\" 200 - \"-\" \"curl/8 \\\"x\\\"\""),
+            "{line}"
+        );
+        assert!(
+            line.contains("route=tomcat2 reason=failover:tomcat1 session=sid#"),
+            "{line}"
+        );
+        assert!(!line.contains("6B941D9A"), "{line}");
+        assert!(line.trim_end().ends_with("ms=1.500"), "{line}");
+        let j: serde_json::Value = serde_json::from_str(&json(
+            &h,
+            http::StatusCode::OK,
+            &served,
+            Duration::from_micros(1500),
+        ))
+        .unwrap();
+        assert_eq!(j["route"], "tomcat2");
+        assert_eq!(j["status"], 200);
+        assert_eq!(j["ms"], 1.5);
+    }
+}
