@@ -97,7 +97,9 @@ Then type here:
 and repeat the curl: the other node answers, same session, hits continue,
 and the cookie's route suffix is rewritten. `start tomcat1` brings it back;
 the session stays where it is now (no flap-back).
-  curl http://127.0.0.1:9901/api/status              # backends, health, sessions
+Status page (drain/stop/enable buttons): http://127.0.0.1:9901/
+  stickgate ctl status | drain tomcat1 | enable tomcat1
+  curl http://127.0.0.1:9901/metrics                 # Prometheus
 Ctrl-C stops everything."
     );
     let mut balancer = tokio::spawn(stickgate::run(cfg, None, crate::shutdown_signal()));

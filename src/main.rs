@@ -46,6 +46,9 @@ enum Command {
         /// Admin API base URL.
         #[arg(long, default_value = "http://127.0.0.1:9901")]
         admin: String,
+        /// File holding the admin token (else env STICKGATE_ADMIN_TOKEN).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         #[command(subcommand)]
         action: cli_ctl::Action,
     },
@@ -54,6 +57,31 @@ enum Command {
         /// Where the balancer listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+    },
+    /// Failover drill: create sessions, take a node out, check every session
+    /// survived. Exit 0 PASS, 1 FAIL, 2 could not run. Plain-http targets only.
+    Drill(stickgate::drill::DrillArgs),
+    /// Print a stickgate config converted from another balancer's config.
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportSource {
+    /// Apache mod_jk: workers.properties [uriworkermap.properties]. The
+    /// config goes to stdout; what has no equivalent is listed as
+    /// `# not carried over:` comments and warnings on stderr.
+    Modjk {
+        /// mod_jk's workers.properties.
+        workers: PathBuf,
+        /// mod_jk's uriworkermap.properties (optional).
+        uriworkermap: Option<PathBuf>,
+        /// The lb (or ajp13) worker to import; default: the first lb worker
+        /// in worker.list.
+        #[arg(long)]
+        worker: Option<String>,
     },
 }
 
@@ -75,10 +103,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
-        Command::Ctl { admin, action } => {
-            runtime().and_then(|rt| rt.block_on(cli_ctl::run(&admin, action)))
-        }
+        Command::Ctl {
+            admin,
+            token_file,
+            action,
+        } => runtime()
+            .and_then(|rt| rt.block_on(cli_ctl::run(&admin, token_file.as_deref(), action))),
         Command::Demo { listen } => runtime().and_then(|rt| rt.block_on(cli_demo::run(listen))),
+        Command::Import { source } => import(source),
+        Command::Drill(args) => return drill(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,6 +147,53 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         cfg.server.listen.len(),
         cfg.server.tls_listen.len()
     );
+    Ok(())
+}
+
+/// Run a drill; the exit code is its verdict (0 PASS, 1 FAIL, 2 not run).
+fn drill(args: &stickgate::drill::DrillArgs) -> ExitCode {
+    let progress = |line: &str| eprintln!("{line}");
+    let result = runtime().and_then(|rt| {
+        Ok(rt.block_on(stickgate::drill::run(args, &progress, shutdown_signal()))?)
+    });
+    match result {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => {
+                        eprintln!("stickgate drill: cannot print the report: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                print!("{}", report.to_text());
+            }
+            if report.pass {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("stickgate drill: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn import(source: ImportSource) -> anyhow::Result<()> {
+    let ImportSource::Modjk {
+        workers,
+        uriworkermap,
+        worker,
+    } = source;
+    let out =
+        stickgate::import::import_modjk(&workers, uriworkermap.as_deref(), worker.as_deref())?;
+    for n in &out.notes {
+        eprintln!("stickgate: warning: {n}");
+    }
+    print!("{}", out.toml);
     Ok(())
 }
 
