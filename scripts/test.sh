@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the drills need
 # (redis-server, whose instances the tests start on free loopback ports;
-# curl, openssl, ss and python3 where the image lacks them), then runs
-# formatting, lint and every test.
+# curl, openssl, ss, python3; Debian's python3-prometheus-client, the real
+# parser the /metrics drill uses; chromium, the headless browser the status
+# page drill drives), then runs formatting, lint and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,8 @@ need curl curl
 need openssl openssl
 need ss iproute2
 need python3 python3
+/usr/bin/python3 -c "import prometheus_client" >/dev/null 2>&1 || need_apt+=(python3-prometheus-client)
+need chromium chromium
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "scripts/test.sh: installing ${need_apt[*]}" >&2
     SUDO=""
