@@ -12,13 +12,45 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free loopback port (bound then released).
+/// A free loopback port (bound then released), chosen below the kernel's
+/// ephemeral range (32768-60999 by default): a port from `bind(:0)` comes
+/// from that range, where the many outgoing connections of a load drill
+/// can take it as their source port before the process under test binds
+/// it. A port is handed out once per test process, so tests running side
+/// by side never get the same one before either has bound it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    for _ in 0..1000 {
+        let port = rand::random_range(10_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && claim(&[port]) {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 10000..32000")
+}
+
+/// Record `ports` as handed out; false if any already was.
+fn claim(ports: &[u16]) -> bool {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    if ports.iter().any(|p| given.contains(p)) {
+        return false;
+    }
+    given.extend_from_slice(ports);
+    true
+}
+
+/// A port for a Redis Cluster node: the node also binds its cluster bus
+/// on port + 10000, so both must be free and below the ephemeral range.
+pub fn free_cluster_port() -> u16 {
+    for _ in 0..1000 {
+        let port = rand::random_range(10_000..22_000);
+        let both = TcpListener::bind(("127.0.0.1", port))
+            .and_then(|_| TcpListener::bind(("127.0.0.1", port + 10_000)));
+        if both.is_ok() && claim(&[port, port + 10_000]) {
+            return port;
+        }
+    }
+    panic!("no free loopback port pair (p, p + 10000) in 10000..32000")
 }
 
 /// A child process killed (SIGKILL) when dropped.
@@ -86,12 +118,25 @@ pub struct Backend {
 
 impl Backend {
     /// Start a demo node on a free port; waits until it listens.
+    /// A port taken between the check and the bind is retried elsewhere.
     pub fn start(route: &str, extra: &[&str]) -> Backend {
-        Self::start_on(route, free_port(), extra)
+        for _ in 0..3 {
+            match Self::try_start_on(route, free_port(), extra) {
+                Ok(b) => return b,
+                Err(line) if line.contains("in use") => continue,
+                Err(line) => panic!("backend {route} failed: {line}"),
+            }
+        }
+        panic!("backend {route}: ports taken three times in a row")
     }
 
     /// Start a demo node on a given port (restarts keep their port).
     pub fn start_on(route: &str, port: u16, extra: &[&str]) -> Backend {
+        Self::try_start_on(route, port, extra)
+            .unwrap_or_else(|line| panic!("backend {route} failed: {line}"))
+    }
+
+    fn try_start_on(route: &str, port: u16, extra: &[&str]) -> Result<Backend, String> {
         let mut child = Command::new(backend_bin())
             .args(["--listen", &format!("127.0.0.1:{port}"), "--route", route])
             .args(extra)
@@ -102,12 +147,15 @@ impl Backend {
         let stderr = child.stderr.take().unwrap();
         let mut line = String::new();
         BufReader::new(stderr).read_line(&mut line).unwrap();
-        assert!(line.contains("listening"), "backend {route} failed: {line}");
-        Backend {
+        let proc = Proc { child };
+        if !line.contains("listening") {
+            return Err(line);
+        }
+        Ok(Backend {
             route: route.into(),
             port,
-            proc: Proc { child },
-        }
+            proc,
+        })
     }
 
     /// `[[backend]]` TOML for this node.
@@ -141,6 +189,19 @@ impl Gate {
 
     /// Like `start`, with extra `[server]` keys.
     pub fn start_with(body: &str, server_extra: &str) -> Gate {
+        // Another test may bind the port between our check and stickgate's
+        // bind: that start is retried on new ports, any other failure is not.
+        for _ in 0..3 {
+            match Self::try_start(body, server_extra) {
+                Ok(g) => return g,
+                Err(logs) if logs.contains("Address already in use") => continue,
+                Err(logs) => panic!("stickgate did not listen: {logs}"),
+            }
+        }
+        panic!("stickgate did not listen: ports taken three times in a row")
+    }
+
+    fn try_start(body: &str, server_extra: &str) -> Result<Gate, String> {
         let port = free_port();
         let admin_port = free_port();
         let toml = format!(
@@ -165,11 +226,19 @@ impl Gate {
             dir,
             log,
         };
+        let mut gate = gate;
+        // The admin listener too: a test's first call may be to the API, and
+        // a lost admin port only shows as the process exiting after the
+        // proxy port already answered.
         wait_for(Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
+            let up = |p: u16| TcpStream::connect(("127.0.0.1", p)).is_ok();
+            (up(port) && up(admin_port)) || !gate.is_running()
         })
-        .unwrap_or_else(|_| panic!("stickgate did not listen: {}", gate.logs()));
-        gate
+        .map_err(|_| gate.logs())?;
+        if !gate.is_running() {
+            return Err(gate.logs());
+        }
+        Ok(gate)
     }
 
     /// `http://127.0.0.1:port`.
@@ -782,7 +851,7 @@ impl RedisCluster {
         let mut dirs = Vec::new();
         for _ in 0..n {
             let dir = tempdir();
-            let port = free_port();
+            let port = free_cluster_port();
             let conf = dir.join(format!("nodes-{port}.conf"));
             let proc = spawn_redis(
                 port,
@@ -879,7 +948,60 @@ pub fn route_of(r: &Resp) -> String {
         .to_owned()
 }
 
+/// A new session through the gate: (route that took it, cookie value).
+pub async fn new_session(c: &HttpClient, gate: &Gate) -> (String, String) {
+    let r = hit(c, gate, None).await;
+    assert_eq!(r.status, 200, "new session: {:?}", r.body);
+    let id = r
+        .set_cookie("JSESSIONID")
+        .unwrap_or_else(|| panic!("no session cookie: {:?}", r.headers));
+    (route_of(&r), id)
+}
+
+/// How many of `n` new sessions through the gate landed on `route`.
+pub async fn new_sessions_on(c: &HttpClient, gate: &Gate, n: usize, route: &str) -> usize {
+    let mut on = 0;
+    for _ in 0..n {
+        if new_session(c, gate).await.0 == route {
+            on += 1;
+        }
+    }
+    on
+}
+
 /// The session's hit count a demo node answered with.
 pub fn hits_of(r: &Resp) -> u64 {
     r.json()["hits"].as_u64().unwrap()
 }
+
+// ---------------------------------------------------------------------------
+// Admin API helpers for the admin-API and reload drills.
+// ---------------------------------------------------------------------------
+
+/// `http://127.0.0.1:<admin port><path>`.
+pub fn admin_url(gate: &Gate, path: &str) -> String {
+    format!("http://127.0.0.1:{}{path}", gate.admin_port)
+}
+
+/// `POST <path>` with an empty body on the gate's admin listener.
+pub async fn admin_post(gate: &Gate, path: &str) -> Resp {
+    request(
+        &client(),
+        "POST",
+        &admin_url(gate, path),
+        None,
+        Bytes::new(),
+    )
+    .await
+}
+
+/// `GET <path>` on the gate's admin listener.
+pub async fn admin_get(gate: &Gate, path: &str) -> Resp {
+    request(&client(), "GET", &admin_url(gate, path), None, Bytes::new()).await
+}
+
+/// Health settings for drills that need live nodes to stay up on a busy
+/// machine (a 2 s timeout, down after 3 failed checks) while a dead one is
+/// still seen within about a second (connection refused fails at once).
+pub const STEADY_HEALTH: &str =
+    "[health]\ninterval = \"200ms\"\ntimeout = \"2s\"\nrise = 1\nfall = 3\n";
