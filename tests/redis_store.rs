@@ -1275,6 +1275,32 @@ async fn backend_states_reach_every_balancer_through_redis() {
         assert!(s.status().healthy, "{:?}", s.status());
     }
 
+    // A value dated an hour ahead (a balancer whose clock ran ahead, or a
+    // forged write) would outrank every real action for that hour: no
+    // store adopts it, and the real state is written back over it.
+    let ahead = now_ms() + 3_600_000;
+    redis.cli(&[
+        "hset",
+        "stickgate:states",
+        "tomcat2",
+        &format!("active:{ahead}"),
+    ]);
+    let repaired = within(Duration::from_secs(2), "future value replaced", || {
+        redis.cli(&["hget", "stickgate:states", "tomcat2"]) == format!("stopped:{}", t + 2)
+    })
+    .await;
+    eprintln!(
+        "redis states: a future-dated value was written over after {} ms",
+        repaired.as_millis()
+    );
+    for s in [&a, &b, &c] {
+        assert_eq!(
+            state_of(&**s, "tomcat2"),
+            Some(stop),
+            "future value adopted"
+        );
+    }
+
     // Reload: B now has tomcat3 too; a state set for it through a
     // balancer is tracked by B from then on (and counted).
     assert!(!b.counts().iter().any(|(r, _)| &**r == "tomcat3"));

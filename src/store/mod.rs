@@ -76,7 +76,19 @@ pub struct StateChange {
     pub at_ms: u64,
 }
 
+/// How far ahead of our clock a replicated state change may be dated.
+/// Balancer clocks must be NTP-synced; a change dated later than this
+/// (a clock far ahead, or a forged record) would outrank every later
+/// operator action until that time, so it is refused.
+pub const MAX_STATE_SKEW_MS: u64 = 30_000;
+
 impl StateChange {
+    /// Whether this change is dated too far ahead of `now_ms` to be
+    /// trusted (see [`MAX_STATE_SKEW_MS`]).
+    pub fn is_from_the_future(&self, now_ms: u64) -> bool {
+        self.at_ms > now_ms.saturating_add(MAX_STATE_SKEW_MS)
+    }
+
     /// Whether this change replaces `other`: the newer one wins; within
     /// the same millisecond the more restrictive state wins (stopped >
     /// disabled > draining > active), so two balancers acting at once

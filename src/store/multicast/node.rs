@@ -10,7 +10,7 @@
 //! heartbeats (datagrams get lost), all of them every few seconds, and
 //! handed to a joining peer with the full state.
 
-use super::auth::{self, Key, Reject, ReplayGuard, MAX_SKEW_MS};
+use super::auth::{self, Key, Reject, ReplayGuard};
 use super::diag::{bump, unix_ms, Stats, LOG_EVERY_MS};
 use super::membership::{Heard, Membership};
 use super::versions::{judge, Meta, Verdict, Versions};
@@ -374,7 +374,7 @@ impl Node {
     /// dated further in the future than clocks may disagree would outrank
     /// every later action: refused (`false`).
     pub fn apply_state(&self, rec: StateRecord) -> bool {
-        if rec.change.at_ms > unix_ms().saturating_add(MAX_SKEW_MS) {
+        if rec.change.is_from_the_future(unix_ms()) {
             return false;
         }
         let route = self.intern(rec.route);

@@ -32,7 +32,7 @@ mod scripts;
 
 use super::{
     unix_ms, Cached, MemoryStore, PeakWindow, SessionCounts, SessionStore, StateBook, StateChange,
-    StoreError, StoreFuture, StoreStatus,
+    StoreError, StoreFuture, StoreStatus, MAX_STATE_SKEW_MS,
 };
 use crate::config::raw::StoreSection;
 use arc_swap::ArcSwap;
@@ -232,6 +232,7 @@ impl RedisStore {
                     .arg(&**route)
                     .arg(change.state.as_str())
                     .arg(change.at_ms)
+                    .arg(unix_ms().saturating_add(MAX_STATE_SKEW_MS))
                     .invoke_async::<i64>(&mut h)
                     .await
             };
@@ -261,21 +262,25 @@ impl RedisStore {
     /// Merge the states hash read from Redis into the local view, and mark
     /// for writing every configured route where this balancer knows a
     /// newer change than Redis has (lost in an outage or a Redis restart).
+    /// A value dated too far ahead of our clock counts as malformed: it is
+    /// ignored and our own change for that route written over it.
     fn merge_states(&self, remote: &HashMap<Vec<u8>, Vec<u8>>) {
         let routes = self.routes.load();
+        let now = unix_ms();
         let mut stored: HashMap<&str, StateChange> = HashMap::new();
         for (route, value) in remote {
             let parsed = std::str::from_utf8(route).ok().and_then(|r| {
                 let v = std::str::from_utf8(value).ok()?;
                 Some((r, parse_state(v)?))
             });
+            let parsed = parsed.filter(|(_, c)| !c.is_from_the_future(now));
             let Some((route, change)) = parsed else {
                 if !self.states_malformed.swap(true, Ordering::Relaxed) {
-                    tracing::debug!(
+                    tracing::warn!(
                         key = %self.states_key(),
                         route = %String::from_utf8_lossy(route).escape_debug(),
                         value = %String::from_utf8_lossy(value).escape_debug(),
-                        "ignoring a malformed backend state in redis (logged once)"
+                        "ignoring a malformed or future-dated backend state in redis (logged once); check the balancers' clocks (NTP)"
                     );
                 }
                 continue;

@@ -69,12 +69,14 @@ return old
 });
 
 /// Publish an operator's state change: KEYS[1] = the states hash, ARGV =
-/// route, state name, at_ms. The field becomes `"<state>:<at_ms>"` only if
-/// that is newer than what is stored (same millisecond: the more
-/// restrictive state wins, as in `StateChange::supersedes`), so a late or
-/// repeated publish never undoes a newer action. A malformed stored value
-/// is overwritten. Returns 1 if written, 0 if a newer (or the same) change
-/// was kept.
+/// route, state name, at_ms, ceiling_ms. The field becomes
+/// `"<state>:<at_ms>"` only if that is newer than what is stored (same
+/// millisecond: the more restrictive state wins, as in
+/// `StateChange::supersedes`), so a late or repeated publish never undoes
+/// a newer action. A malformed stored value, or one dated after the
+/// writer's ceiling (its clock plus the allowed skew: a balancer whose
+/// clock ran ahead, or a forged value), is overwritten. Returns 1 if
+/// written, 0 if a newer (or the same) change was kept.
 pub static STATE_SET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -83,7 +85,7 @@ local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
   local s, t = string.match(cur, '^(%l+):(%d+)$')
   local ct, nt = tonumber(t), tonumber(ARGV[3])
-  if s and rank[s] and ct then
+  if s and rank[s] and ct and ct <= tonumber(ARGV[4]) then
     if ct > nt then return 0 end
     if ct == nt and rank[s] >= rank[ARGV[2]] then return 0 end
   end
