@@ -83,7 +83,6 @@ pub async fn run(
         config.server.tls_listen.clone(),
     );
     let server_cfg = config.server.clone();
-    let admin_rules = config.admin.clone();
     let access_log = access_log::AccessLogger::open(config.access_log.as_ref());
     let runtime = proxy::Runtime::start(config, store);
     let proxy = proxy::Proxy::new(runtime, access_log);
@@ -101,7 +100,7 @@ pub async fn run(
         if let Ok(a) = l.local_addr() {
             tracing::info!(addr = %a, "admin API listening");
         }
-        let admin = admin::Admin::new(proxy.clone(), stats.clone(), reloader.clone(), admin_rules);
+        let admin = admin::Admin::new(proxy.clone(), stats.clone(), reloader.clone());
         tokio::spawn(admin::serve(admin, l))
     });
     let reload_task = tokio::spawn(reload::on_sighup(reloader));

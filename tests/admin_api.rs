@@ -490,6 +490,76 @@ async fn token_is_required_when_configured() {
     assert_one_line_failure(&o, "ctl with a wrong token");
 }
 
+/// `POST /reload` with `auth` as the Authorization header.
+async fn reload_with(gate: &Gate, auth: &str) -> Resp {
+    request_with(
+        &client(),
+        "POST",
+        &admin_url(gate, "/reload"),
+        &[("authorization", auth)],
+        Bytes::new(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn reload_rotates_the_token_but_keeps_it_while_the_listener_stays() {
+    let dir = tempdir();
+    let token_file = write_mode(&dir, "admin.token", TOKEN, 0o600);
+    let b1 = Backend::start("tomcat1", &[]);
+    let gate = Gate::start(&format!(
+        "token_file = \"{}\"\n{STEADY_HEALTH}{}",
+        token_file.display(),
+        b1.toml()
+    ));
+    let (old, new) = (
+        format!("Bearer {TOKEN}"),
+        format!("Bearer {}", TOKEN.to_lowercase()),
+    );
+    let status_with = |auth: String| {
+        let gate = &gate;
+        async move {
+            admin_get_with(gate, "/api/status", &[("authorization", &auth)])
+                .await
+                .status
+        }
+    };
+
+    // The operator writes a new token and reloads with the old one.
+    std::fs::write(&token_file, TOKEN.to_lowercase()).unwrap();
+    let r = reload_with(&gate, &old).await;
+    assert_eq!(r.status, 200, "reload: {:?}", r.body);
+    assert_eq!(r.json()["warnings"], serde_json::json!([]), "{:?}", r.body);
+    assert_eq!(
+        status_with(old.clone()).await,
+        401,
+        "old token still accepted"
+    );
+    assert_eq!(status_with(new.clone()).await, 200, "new token refused");
+
+    // A new admin address (and no token there) cannot take effect without
+    // a restart, so the running listener keeps its token too.
+    let cfg = gate.dir.join("stickgate.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text
+        .replace(
+            &format!(":{}\"", gate.admin_port),
+            &format!(":{}\"", free_port()),
+        )
+        .replace(&format!("token_file = \"{}\"", token_file.display()), "");
+    std::fs::write(&cfg, text).unwrap();
+    let r = reload_with(&gate, &new).await;
+    assert_eq!(r.status, 200, "reload: {:?}", r.body);
+    let warnings = r.json()["warnings"].to_string();
+    assert!(warnings.contains("admin.listen changed"), "{warnings}");
+    let r = admin_get(&gate, "/api/status").await;
+    assert_eq!(
+        r.status, 401,
+        "the token was dropped from the running listener"
+    );
+    assert_eq!(status_with(new).await, 200);
+}
+
 /// `stickgate check --config <dir>/<name>` with `admin` as the [admin] body.
 fn check(dir: &std::path::Path, name: &str, admin: &str) -> Out {
     let cfg = dir.join(name);

@@ -22,7 +22,7 @@ pub mod status;
 
 use crate::backend::AdminState;
 use crate::body::ResponseBody;
-use crate::config::{AdminRules, AdminToken};
+use crate::config::AdminToken;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
 use crate::server::ServerStats;
@@ -45,7 +45,6 @@ pub struct Admin {
     pub proxy: Arc<Proxy>,
     pub stats: Arc<ServerStats>,
     pub reloader: Arc<Reloader>,
-    token: Option<AdminToken>,
     started: Instant,
 }
 
@@ -56,18 +55,13 @@ impl std::fmt::Debug for Admin {
 }
 
 impl Admin {
-    /// Admin state for a running balancer.
-    pub fn new(
-        proxy: Arc<Proxy>,
-        stats: Arc<ServerStats>,
-        reloader: Arc<Reloader>,
-        rules: AdminRules,
-    ) -> Arc<Self> {
+    /// Admin state for a running balancer. The token is read from the
+    /// config in force on every request, so a reload rotates it.
+    pub fn new(proxy: Arc<Proxy>, stats: Arc<ServerStats>, reloader: Arc<Reloader>) -> Arc<Self> {
         Arc::new(Admin {
             proxy,
             stats,
             reloader,
-            token: rules.token,
             started: Instant::now(),
         })
     }
@@ -90,7 +84,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response<ResponseBod
 /// Requests the admin API refuses before looking at the path.
 fn guard(admin: &Admin, req: &Request<Incoming>) -> Option<Response<ResponseBody>> {
     let h = req.headers();
-    if let Some(token) = &admin.token {
+    let runtime = admin.proxy.runtime();
+    let token = &runtime.config.admin.token;
+    if let Some(token) = token {
         if !authorized(token, h.get(http::header::AUTHORIZATION)) {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
@@ -107,7 +103,7 @@ fn guard(admin: &Admin, req: &Request<Incoming>) -> Option<Response<ResponseBody
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if admin.token.is_none() && !ip_or_localhost(host) {
+    if token.is_none() && !ip_or_localhost(host) {
         return Some(error(
             StatusCode::FORBIDDEN,
             format!("Host {host:?} refused: without admin.token_file the admin API only answers requests addressed to an IP or localhost (DNS rebinding guard)"),

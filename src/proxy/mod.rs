@@ -83,7 +83,7 @@ impl Runtime {
     /// in-flight requests carry on), changed ones succeed their old self,
     /// new ones start fresh. The store stays; settings that only a restart
     /// can change are reported in the returned warnings.
-    pub fn reloaded(&self, config: Config) -> (Arc<Self>, Vec<String>) {
+    pub fn reloaded(&self, mut config: Config) -> (Arc<Self>, Vec<String>) {
         let mut warnings = Vec::new();
         if config.store != self.config.store {
             warnings.push("[store] changed: the running store is kept; restart stickgate to apply the new store settings".to_owned());
@@ -92,11 +92,17 @@ impl Runtime {
         if a.idle_timeout != b.idle_timeout || a.max_sessions != b.max_sessions {
             warnings.push("session.idle_timeout / session.max_sessions changed: they belong to the store; restart stickgate to apply them".to_owned());
         }
-        if config.admin != self.config.admin {
+        if config.admin.listen != self.config.admin.listen {
+            // The listener keeps its address, so it keeps the token rules
+            // checked for that address too: a new loopback address without
+            // a token must not open the old public listener.
             warnings.push(
-                "[admin] changed: the admin listener and token stay as they are until a restart"
+                "admin.listen changed: the admin listener and its token stay as they are until a restart"
                     .to_owned(),
             );
+            config.admin = self.config.admin.clone();
+        } else if config.admin.token != self.config.admin.token {
+            tracing::info!("admin token replaced by reload");
         }
         let pool = PoolSettings::from_upstream(&config.upstream);
         let same_pool = config.upstream == self.config.upstream;
