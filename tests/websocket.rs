@@ -305,8 +305,11 @@ async fn keepalive_pings_and_idle_timeout() {
     );
     eprintln!("pings in 75 s: {pings}; idle tunnel closed after {closed_after:?}");
     assert!(pings >= 3, "got {pings} pings in 75 s");
+    // The gate's idle clock starts when the last frame passed through it,
+    // a moment before this client read it: a close a few ms short of 30 s
+    // as this client counts is right (CI saw 29.9957 s once).
     assert!(
-        closed_after >= Duration::from_secs(30) && closed_after < Duration::from_secs(40),
+        closed_after >= Duration::from_millis(29_500) && closed_after < Duration::from_secs(40),
         "idle close after {closed_after:?}"
     );
 }
