@@ -29,6 +29,44 @@ fn file_err(file: &Path, problem: impl Into<String>) -> TlsError {
     }
 }
 
+/// What a client-side TLS connection (to an https backend, or the drill to
+/// an https listener) trusts: the certificates of `ca_file` (a private
+/// CA), else the system's roots.
+pub fn trust_roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let Some(path) = ca_file else {
+        for c in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(c);
+        }
+        return Ok(roots);
+    };
+    let bad =
+        |e: &dyn std::fmt::Display| file_err(path, format!("cannot read CA certificates: {e}"));
+    for c in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+        roots.add(c.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(file_err(
+            path,
+            "no PEM certificate in it; give the CA's certificate file",
+        ));
+    }
+    Ok(roots)
+}
+
+/// A client config builder (ring, TLS 1.3 and 1.2) trusting `roots`; the
+/// caller adds a client certificate or none.
+pub fn client_builder(
+    roots: rustls::RootCertStore,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, TlsError>
+{
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_root_certificates(roots))
+}
+
 /// Load one PEM certificate chain and its key (RSA, ECDSA or Ed25519).
 pub fn load_pair(files: &CertFiles) -> Result<CertifiedKey, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)

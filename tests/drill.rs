@@ -297,3 +297,62 @@ fn unreachable_admin_is_a_setup_error() {
         run.stderr
     );
 }
+
+#[tokio::test]
+async fn drill_goes_through_the_https_listener() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let b1 = Backend::start("tomcat1", &["--redis", &url]);
+    let b2 = Backend::start("tomcat2", &["--redis", &url]);
+    let dir = tempdir();
+    let ca = common::tls::Ca::new(&dir);
+    let leaf = ca.leaf(&dir, "gate", &["localhost"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let (gate, tls_port) =
+        common::tls::tls_gate(&[leaf], &format!("{}{}", b1.toml(), b2.toml()), "");
+    let target = format!("https://localhost:{tls_port}");
+    let admin = format!("http://127.0.0.1:{}", gate.admin_port);
+    let ca_file = ca.pem.to_str().unwrap();
+    let base = ["--target", &target, "--admin", &admin, "--sessions", "40"];
+
+    let run = drill(
+        &[
+            &base[..],
+            &["--ca-file", ca_file, "--stop", "tomcat1", "--json"],
+        ]
+        .concat(),
+    );
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    let r = run.json();
+    assert_eq!(
+        (r["kept"].as_u64(), r["errors"].as_u64()),
+        (Some(40), Some(0)),
+        "{r}"
+    );
+    assert_eq!(r["data"]["continued"], 40, "{r}");
+
+    // Without the CA the certificate is not trusted: every request fails,
+    // and the drill says why instead of reporting lost sessions.
+    let run = drill(&[&base[..], &["--stop", "tomcat1"]].concat());
+    assert_eq!(run.code, Some(2), "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains("invalid peer certificate: UnknownIssuer"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(gate.backend_status("tomcat1").await["state"], "active");
+
+    let run = drill(
+        &[
+            &base[..],
+            &["--ca-file", "/nonexistent/ca.pem", "--stop", "tomcat1"],
+        ]
+        .concat(),
+    );
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--ca-file: /nonexistent/ca.pem"),
+        "{}",
+        run.stderr
+    );
+}

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -342,30 +342,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 /// rustls client settings for an https backend: system roots or its CA
 /// file, optional client certificate; one connector per ALPN protocol.
 fn tls_client(cfg: &BackendConfig) -> Result<Tls, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &cfg.ca_file {
-        Some(path) => {
-            for c in CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?
-            {
-                let c = c.map_err(|e| format!("{}: {e}", path.display()))?;
-                roots
-                    .add(c)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for c in found.certs {
-                let _ = roots.add(c);
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
+    let roots = crate::tls::trust_roots(cfg.ca_file.as_deref()).map_err(|e| e.to_string())?;
+    let builder = crate::tls::client_builder(roots).map_err(|e| e.to_string())?;
     let mut config = match &cfg.client_cert {
         Some(files) => {
             let ck = crate::tls::load_pair(files).map_err(|e| e.to_string())?;

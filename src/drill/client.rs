@@ -9,10 +9,13 @@ use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_rustls::TlsConnector;
 
 /// Largest response body kept for inspection; the drill only needs the
 /// JSON fields of small pages, and a bound keeps memory flat when `--path`
@@ -21,22 +24,39 @@ const MAX_BODY: usize = 1 << 20;
 
 /// Where the drill sends its requests: parsed once so every worker connects
 /// the same way and sends the same `Host`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Target {
     host: String,
     port: u16,
     authority: String,
     path: String,
+    /// For an `https://` target: the connector (trusting `--ca-file` or
+    /// the system's roots) and the name the certificate must carry.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("authority", &self.authority)
+            .field("path", &self.path)
+            .field("https", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Target {
-    /// `url` must be `http://host[:port][/]`; `path` is what is requested.
-    pub(crate) fn parse(url: &str, path: &str) -> Result<Self, DrillError> {
+    /// `url` must be `http[s]://host[:port][/]`; `path` is what is
+    /// requested; an https target trusts `ca_file`'s CA, else the system's
+    /// roots, and checks the certificate against the URL's host.
+    pub(crate) fn parse(url: &str, path: &str, ca_file: Option<&Path>) -> Result<Self, DrillError> {
         let bad = || DrillError::BadTarget(url.to_owned());
         let uri: http::Uri = url.parse().map_err(|_| bad())?;
-        if uri.scheme_str() != Some("http") {
-            return Err(bad());
-        }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(bad()),
+        };
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(DrillError::TargetPath(url.to_owned()));
         }
@@ -44,13 +64,46 @@ impl Target {
         if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
             return Err(DrillError::BadPath(path.to_owned()));
         }
+        let host = auth.host().trim_matches(['[', ']']).to_owned();
+        let tls = match (https, ca_file) {
+            (true, ca_file) => Some(tls_connector(&host, ca_file)?),
+            (false, Some(_)) => return Err(DrillError::CaFileWithoutHttps(url.to_owned())),
+            (false, None) => None,
+        };
         Ok(Target {
-            host: auth.host().trim_matches(['[', ']']).to_owned(),
-            port: auth.port_u16().unwrap_or(80),
+            port: auth.port_u16().unwrap_or(if https { 443 } else { 80 }),
+            host,
             authority: auth.as_str().to_owned(),
             path: path.to_owned(),
+            tls,
         })
     }
+}
+
+/// The TLS side of an https target: HTTP/1.1 by ALPN, like a browser
+/// keeping one connection per tab.
+fn tls_connector(
+    host: &str,
+    ca_file: Option<&Path>,
+) -> Result<(TlsConnector, ServerName<'static>), DrillError> {
+    let roots = crate::tls::trust_roots(ca_file)?;
+    let mut config = crate::tls::client_builder(roots)?.with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|_| DrillError::BadTarget(host.to_owned()))?;
+    Ok((TlsConnector::from(Arc::new(config)), name))
+}
+
+/// HTTP/1.1 on an open stream; the connection task runs on its own.
+async fn handshake<S>(stream: S, authority: &str) -> Result<SendRequest<Empty<Bytes>>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake with {authority} failed: {e}"))?;
+    tokio::spawn(conn);
+    Ok(sender)
 }
 
 /// One collected answer and when it arrived (for time-to-failover).
@@ -76,11 +129,14 @@ impl Conn {
             .await
             .map_err(|e| format!("cannot connect to {}: {e}", t.authority))?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let Some((connector, name)) = &t.tls else {
+            return handshake(stream, &t.authority).await;
+        };
+        let stream = connector
+            .connect(name.clone(), stream)
             .await
-            .map_err(|e| format!("HTTP handshake with {} failed: {e}", t.authority))?;
-        tokio::spawn(conn);
-        Ok(sender)
+            .map_err(|e| format!("TLS handshake with {} failed: {e}", t.authority))?;
+        handshake(stream, &t.authority).await
     }
 
     /// `GET path` with `cookie` as the `Cookie` header. A request that
@@ -268,29 +324,42 @@ mod tests {
 
     #[test]
     fn targets_are_plain_http_roots() {
-        let t = Target::parse("http://127.0.0.1:8080", "/").unwrap();
+        let t = Target::parse("http://127.0.0.1:8080", "/", None).unwrap();
         assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 8080));
         assert_eq!(t.authority, "127.0.0.1:8080");
-        let t = Target::parse("http://[::1]/", "/app/?x=1").unwrap();
+        assert!(t.tls.is_none());
+        let t = Target::parse("http://[::1]/", "/app/?x=1", None).unwrap();
         assert_eq!(
             (t.host.as_str(), t.port, t.path.as_str()),
             ("::1", 80, "/app/?x=1")
         );
+        let t = Target::parse("https://gate.example", "/", None).unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("gate.example", 443));
+        assert!(t.tls.is_some());
         assert!(matches!(
-            Target::parse("https://gate:443", "/"),
+            Target::parse("ftp://gate", "/", None),
             Err(DrillError::BadTarget(_))
         ));
         assert!(matches!(
-            Target::parse("127.0.0.1:8080", "/"),
+            Target::parse("127.0.0.1:8080", "/", None),
             Err(DrillError::BadTarget(_))
         ));
         assert!(matches!(
-            Target::parse("http://gate/app", "/"),
+            Target::parse("http://gate/app", "/", None),
             Err(DrillError::TargetPath(_))
         ));
         assert!(matches!(
-            Target::parse("http://gate", "app"),
+            Target::parse("http://gate", "app", None),
             Err(DrillError::BadPath(_))
+        ));
+        let missing = Path::new("/nonexistent/ca.pem");
+        assert!(matches!(
+            Target::parse("http://gate", "/", Some(missing)),
+            Err(DrillError::CaFileWithoutHttps(_))
+        ));
+        assert!(matches!(
+            Target::parse("https://gate", "/", Some(missing)),
+            Err(DrillError::Tls(_))
         ));
     }
 }

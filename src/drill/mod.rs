@@ -8,9 +8,9 @@
 //! now serves it. The result is a report and an exit code (0 PASS, 1 FAIL,
 //! 2 could not run).
 //!
-//! Plain `http://` targets only: an https listener would need the drill to
-//! carry its own trust settings, so drill a plain listener of the balancer
-//! (loopback is enough) instead.
+//! The target may be `http://` or `https://` (the balancer's TLS listener,
+//! trusting `--ca-file` or the system's roots), so the drill goes the way
+//! browsers do, `Secure` cookies included.
 
 mod client;
 mod report;
@@ -40,10 +40,13 @@ const POLL_EVERY: Duration = Duration::from_millis(200);
         .args(["stop", "wait_for_kill"])
 ))]
 pub struct DrillArgs {
-    /// The balancer's URL, plain http only (https listeners are not
-    /// supported: drill a plain-http listener, e.g. on loopback).
+    /// The balancer's URL: http://host[:port] or https://host[:port].
     #[arg(long, value_name = "URL")]
     pub target: String,
+    /// PEM file of the CA that signed an https target's certificate
+    /// (default: the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// The balancer's admin API.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9901")]
     pub admin: String,
@@ -108,9 +111,16 @@ pub enum DrillError {
     /// The admin API could not be reached or refused (token, address).
     #[error(transparent)]
     Admin(#[from] ClientError),
-    /// `--target` is not a plain-http URL.
-    #[error("--target {0:?} is not a URL like http://127.0.0.1:8080 (plain http only; https targets are not supported: drill a plain-http listener)")]
+    /// `--target` is not an http or https URL.
+    #[error("--target {0:?} is not a URL like http://127.0.0.1:8080 or https://gate.example")]
     BadTarget(String),
+    /// `--ca-file` given for a plain-http target, where it would be
+    /// silently ignored.
+    #[error("--ca-file is for an https --target; {0:?} is plain http")]
+    CaFileWithoutHttps(String),
+    /// `--ca-file` could not be used.
+    #[error("--ca-file: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// `--target` carries a path, which belongs in `--path`.
     #[error(
         "--target {0:?} has a path or query; give the balancer's root URL and the page in --path"
@@ -323,7 +333,7 @@ pub async fn run(
         (None, Some(r)) => (r.clone(), TakeOut::WaitForKill),
         (None, None) => unreachable!("clap requires --stop or --wait-for-kill"),
     };
-    let target = Target::parse(&args.target, &args.path)?;
+    let target = Target::parse(&args.target, &args.path, args.ca_file.as_deref())?;
     if args.separator.is_empty() {
         return Err(DrillError::BadSeparator);
     }

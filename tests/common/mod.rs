@@ -2,6 +2,8 @@
 //! on free loopback ports, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
