@@ -7,6 +7,7 @@ use crate::access_log::AccessLogger;
 use crate::config::{self, Config, ConfigError};
 use crate::proxy::{Proxy, Runtime};
 use crate::server::{self, BindError, Server, Side};
+use crate::store::unix_ms;
 use crate::tls::{self, SniResolver, TlsError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +42,11 @@ pub struct ReloadStats {
     pub ok: u64,
     pub failed: u64,
     pub last_error: Option<String>,
+    /// When the last refused reload happened (Unix seconds): with
+    /// `last_ok_unix` it tells whether `last_error` is still the news.
+    pub last_error_unix: Option<u64>,
+    /// When the last reload was applied (Unix seconds).
+    pub last_ok_unix: Option<u64>,
 }
 
 /// Owns what a reload touches; one reload runs at a time.
@@ -53,6 +59,8 @@ pub struct Reloader {
     ok: AtomicU64,
     failed: AtomicU64,
     last_error: Mutex<Option<String>>,
+    last_error_unix: AtomicU64,
+    last_ok_unix: AtomicU64,
 }
 
 impl Reloader {
@@ -72,6 +80,8 @@ impl Reloader {
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            last_error_unix: AtomicU64::new(0),
+            last_ok_unix: AtomicU64::new(0),
         })
     }
 
@@ -86,6 +96,8 @@ impl Reloader {
             ok: self.ok.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+            last_error_unix: nonzero(&self.last_error_unix),
+            last_ok_unix: nonzero(&self.last_ok_unix),
         }
     }
 
@@ -97,6 +109,7 @@ impl Reloader {
         match &result {
             Ok(r) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
+                self.last_ok_unix.store(unix_ms() / 1000, Ordering::Relaxed);
                 for w in &r.warnings {
                     tracing::warn!("reload: {w}");
                 }
@@ -104,6 +117,8 @@ impl Reloader {
             }
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
+                self.last_error_unix
+                    .store(unix_ms() / 1000, Ordering::Relaxed);
                 if let Ok(mut l) = self.last_error.lock() {
                     *l = Some(e.to_string());
                 }
@@ -229,6 +244,11 @@ pub async fn on_sighup(reloader: Arc<Reloader>) {
             let _ = reloader.reload().await;
         }
     }
+}
+
+/// A time kept as Unix seconds, 0 meaning never.
+fn nonzero(t: &AtomicU64) -> Option<u64> {
+    Some(t.load(Ordering::Relaxed)).filter(|&t| t != 0)
 }
 
 #[cfg(test)]

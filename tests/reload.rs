@@ -241,6 +241,8 @@ async fn invalid_file_is_refused_then_fixed_with_sighup() {
         (s["reloads"]["ok"].as_u64(), s["reloads"]["failed"].as_u64()),
         (Some(0), Some(1))
     );
+    assert!(s["reloads"]["last_error_unix"].as_u64().is_some(), "{s}");
+    assert_eq!(s["reloads"]["last_ok_unix"], serde_json::Value::Null);
     assert!(
         s["reloads"]["last_error"]
             .as_str()
@@ -293,6 +295,12 @@ async fn invalid_file_is_refused_then_fixed_with_sighup() {
         if s["reloads"]["ok"] == 1 {
             assert_eq!(s["reloads"]["failed"], 2);
             assert_eq!(s["backends"][1]["weight"], 3, "{s}");
+            // The last error stays on record, dated before the success.
+            let (bad, good) = (
+                &s["reloads"]["last_error_unix"],
+                &s["reloads"]["last_ok_unix"],
+            );
+            assert!(bad.as_u64().unwrap() <= good.as_u64().unwrap(), "{s}");
             break;
         }
         assert!(
