@@ -323,7 +323,7 @@ mod tests {
     }
 
     #[test]
-    fn targets_are_plain_http_roots() {
+    fn targets_are_http_or_https_roots() {
         let t = Target::parse("http://127.0.0.1:8080", "/", None).unwrap();
         assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 8080));
         assert_eq!(t.authority, "127.0.0.1:8080");
