@@ -419,38 +419,34 @@ impl<'a> Reader<'a> {
 
 /// Split records into groups whose encoded size stays within `budget`.
 pub fn batches(records: Vec<Record>, budget: usize) -> Vec<Vec<Record>> {
-    let mut out = Vec::new();
-    let mut cur = Vec::new();
-    let mut size = 0;
-    for r in records {
-        let len = r.encoded_len();
-        if !cur.is_empty() && size + len > budget {
-            out.push(std::mem::take(&mut cur));
-            size = 0;
-        }
-        size += len;
-        cur.push(r);
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
+    group_by_size(records, budget, Record::encoded_len)
 }
 
 /// Split state changes into groups whose encoded size stays within
 /// `budget`.
 pub fn state_batches(states: Vec<StateRecord>, budget: usize) -> Vec<Vec<StateRecord>> {
+    let states = states.into_iter().filter(StateRecord::fits);
+    group_by_size(states, budget, StateRecord::encoded_len)
+}
+
+/// Consecutive groups of `items` whose `len`s add up to at most `budget`
+/// (an item larger than the budget gets a group of its own).
+fn group_by_size<T>(
+    items: impl IntoIterator<Item = T>,
+    budget: usize,
+    len: impl Fn(&T) -> usize,
+) -> Vec<Vec<T>> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
     let mut size = 0;
-    for s in states.into_iter().filter(StateRecord::fits) {
-        let len = s.encoded_len();
-        if !cur.is_empty() && size + len > budget {
+    for item in items {
+        let n = len(&item);
+        if !cur.is_empty() && size + n > budget {
             out.push(std::mem::take(&mut cur));
             size = 0;
         }
-        size += len;
-        cur.push(s);
+        size += n;
+        cur.push(item);
     }
     if !cur.is_empty() {
         out.push(cur);
