@@ -7,6 +7,7 @@ use crate::backend::Backend;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub struct Progress {
     start: Instant,
     last_ms: AtomicU64,
     waiting_on_client: AtomicBool,
+    /// The whole body went upstream (its end was read from the client).
+    complete: AtomicBool,
 }
 
 impl Progress {
@@ -41,7 +44,15 @@ impl Progress {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
             waiting_on_client: AtomicBool::new(false),
+            complete: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the body was sent to its end. A connection whose request
+    /// body stopped half-way (the backend answered early) still expects
+    /// the rest, so it must never carry another request.
+    pub fn complete(&self) -> bool {
+        self.complete.load(Ordering::Relaxed)
     }
 
     fn touch(&self) {
@@ -71,10 +82,13 @@ impl Body for UpstreamBody {
         match self.get_mut() {
             UpstreamBody::Client(b) => Pin::new(b).poll_frame(cx),
             UpstreamBody::Tracked(b, p) => {
-                let r = Pin::new(b).poll_frame(cx);
+                let r = Pin::new(&mut *b).poll_frame(cx);
                 p.waiting_on_client.store(r.is_pending(), Ordering::Relaxed);
                 if r.is_ready() {
                     p.touch();
+                    if matches!(r, Poll::Ready(None)) || b.is_end_stream() {
+                        p.complete.store(true, Ordering::Relaxed);
+                    }
                 }
                 r
             }
@@ -104,6 +118,9 @@ impl Body for UpstreamBody {
 pub struct Exchange {
     backend: Arc<Backend>,
     sender: Option<Sender>,
+    /// The request body's progress, when it had one: the connection is
+    /// reusable only if that body was sent to its end.
+    request_body: Option<Arc<Progress>>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -114,18 +131,24 @@ impl Exchange {
         Exchange {
             backend,
             sender: None,
+            request_body: None,
             _permit: permit,
         }
     }
 
-    /// Attach the connection that carries the request.
-    pub fn set_sender(&mut self, sender: Sender) {
+    /// Attach the connection that carries the request, and the progress of
+    /// the request body it carried (if any).
+    pub fn set_sender(&mut self, sender: Sender, request_body: Option<Arc<Progress>>) {
         self.sender = Some(sender);
+        self.request_body = request_body;
     }
 
-    /// The response was read completely: the connection may be reused.
+    /// The response was read completely: the connection may be reused,
+    /// unless the request body never reached its end (pool hygiene: the
+    /// backend answered early and the connection is mid-request).
     fn finish(&mut self) {
-        if let Some(s) = self.sender.take() {
+        let Some(s) = self.sender.take() else { return };
+        if self.request_body.as_ref().is_none_or(|p| p.complete()) {
             self.backend.pool.checkin(s);
         }
     }
@@ -137,10 +160,62 @@ impl Drop for Exchange {
     }
 }
 
+/// Why a response body stopped short. The client sees an aborted
+/// response (connection reset or h2 stream error), never a clean end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("backend response body failed: {0}")]
+    Upstream(#[from] hyper::Error),
+    #[error("backend paused its response body for longer than {0:?} (upstream.body_timeout)")]
+    Stalled(Duration),
+}
+
+/// The idle timer of a streaming response body: armed only when the
+/// backend makes the body wait, so a response that arrives in one go
+/// never allocates a timer.
+pub struct IdleTimer {
+    limit: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl IdleTimer {
+    /// A timer that fires after `limit` without progress.
+    pub fn new(limit: Duration) -> Self {
+        IdleTimer {
+            limit,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// The body made progress: the next wait starts a new period.
+    fn progress(&mut self) {
+        self.armed = false;
+    }
+
+    /// The body is waiting: true once the wait exceeded the limit.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = tokio::time::Instant::now() + self.limit;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            sleep.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
 /// Response body sent to the client.
 pub enum ResponseBody {
     /// Streamed from a backend.
-    Upstream { body: Incoming, exchange: Exchange },
+    Upstream {
+        body: Incoming,
+        exchange: Exchange,
+        idle: IdleTimer,
+    },
     /// Generated by the balancer (errors, admin API).
     Full(Option<Bytes>),
 }
@@ -159,20 +234,31 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ResponseBody::Upstream { body, exchange } => {
-                let r = Pin::new(&mut *body).poll_frame(cx);
-                if let Poll::Ready(None) = r {
-                    exchange.finish();
+            ResponseBody::Upstream {
+                body,
+                exchange,
+                idle,
+            } => match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Pending if idle.stalled(cx) => {
+                    Poll::Ready(Some(Err(BodyError::Stalled(idle.limit))))
                 }
-                r
-            }
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(None) => {
+                    exchange.finish();
+                    Poll::Ready(None)
+                }
+                Poll::Ready(Some(r)) => {
+                    idle.progress();
+                    Poll::Ready(Some(r.map_err(BodyError::from)))
+                }
+            },
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }
@@ -195,7 +281,7 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let ResponseBody::Upstream { body, exchange } = self {
+        if let ResponseBody::Upstream { body, exchange, .. } = self {
             if body.is_end_stream() {
                 exchange.finish();
             }

@@ -194,6 +194,34 @@ impl prometheus_client::collector::Collector for Collector {
                 )
             }),
         )?;
+        for (name, help, pick) in [
+            (
+                "stickgate_backend_rescue_probes",
+                "Probes sent because a request waited health.suspect_after for its answer",
+                (|b| &b.stats.rescue_probes)
+                    as fn(&crate::backend::Backend) -> &std::sync::atomic::AtomicU64,
+            ),
+            (
+                "stickgate_backend_rescue_probes_failed",
+                "Rescue probes that failed and marked the backend down",
+                |b| &b.stats.rescue_probes_failed,
+            ),
+            (
+                "stickgate_backend_rescued",
+                "Requests waiting on the backend when it went down (re-dispatched, or 504)",
+                |b| &b.stats.rescued,
+            ),
+        ] {
+            family(
+                &mut enc,
+                name,
+                help,
+                c,
+                backends
+                    .iter()
+                    .map(|b| (route(b), counter(pick(b).load(Ordering::Relaxed)))),
+            )?;
+        }
         family(
             &mut enc,
             "stickgate_backend_health_transitions",

@@ -25,6 +25,11 @@ pub struct BackendStatus {
     pub requests: u64,
     pub errors: u64,
     pub failovers_in: u64,
+    /// Hung-node rescue probes sent / failed, and requests that were
+    /// waiting on this backend when it went down (re-dispatched or 504).
+    pub rescue_probes: u64,
+    pub rescue_probes_failed: u64,
+    pub rescued: u64,
     pub idle_connections: usize,
     pub sessions: SessionCounts,
     /// Sessions still on a node taken out of rotation (`None` while
@@ -102,6 +107,9 @@ pub fn backend(b: &Backend, sessions: SessionCounts) -> BackendStatus {
         requests: b.stats.requests.load(Ordering::Relaxed),
         errors: b.stats.errors.load(Ordering::Relaxed),
         failovers_in: b.stats.failovers_in.load(Ordering::Relaxed),
+        rescue_probes: b.stats.rescue_probes.load(Ordering::Relaxed),
+        rescue_probes_failed: b.stats.rescue_probes_failed.load(Ordering::Relaxed),
+        rescued: b.stats.rescued.load(Ordering::Relaxed),
         idle_connections: b.pool.idle_count(),
         sessions_remaining: out_of_rotation.then_some(sessions.current),
         drained: out_of_rotation && sessions.current == 0,

@@ -118,19 +118,75 @@ pub fn mark_down(backend: &Arc<Backend>, cfg: &Arc<HealthSection>, reason: &str)
     }
 }
 
-/// Passive 5xx counting: `fall` consecutive 5xx answers mark it down.
+/// Passive failure counting: a request that failed on a backend without
+/// proving it unreachable (a response timeout: the node may just be slow
+/// on that URL) counts toward `fall`; `fall` consecutive failures mark it
+/// down. Slow is not dead: one timeout never ejects a node.
+pub fn note_failure(backend: &Arc<Backend>, cfg: &Arc<HealthSection>, reason: &str) {
+    let n = backend.passive_streak.fetch_add(1, Ordering::Relaxed) + 1;
+    if n >= cfg.fall {
+        backend.passive_streak.store(0, Ordering::Relaxed);
+        mark_down(
+            backend,
+            cfg,
+            &format!("{n} consecutive failures, the last: {reason}"),
+        );
+    }
+}
+
+/// Passive counting from a response: with `passive_5xx`, `fall`
+/// consecutive 5xx answers mark the backend down; any other answer ends a
+/// streak of failures (timeouts included).
 pub fn note_status(backend: &Arc<Backend>, cfg: &Arc<HealthSection>, status: StatusCode) {
-    if !cfg.passive_5xx {
+    if cfg.passive_5xx && status.is_server_error() {
+        note_failure(backend, cfg, "5xx answer");
+    } else if backend.passive_streak.load(Ordering::Relaxed) != 0 {
+        backend.passive_streak.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Hung-node rescue: a request has waited `suspect_after` for its response
+/// head on this backend. Probe it now on a fresh connection (the health
+/// check, bounded by `health.timeout`); if the probe fails the backend is
+/// marked down at once, which wakes every request waiting on it (see
+/// [`Backend::watch_down`]). At most one probe is in flight per backend,
+/// and after a passing probe the next waits `suspect_after`, so a backend
+/// that is merely slow on some URL costs one cheap check now and then.
+pub fn suspect(backend: &Arc<Backend>, cfg: &Arc<HealthSection>) {
+    if cfg.suspect_after.is_zero() {
         return;
     }
-    if status.is_server_error() {
-        let n = backend.fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= cfg.fall {
-            mark_down(backend, cfg, "consecutive 5xx answers");
-        }
-    } else if backend.fail_streak.load(Ordering::Relaxed) != 0 {
-        backend.fail_streak.store(0, Ordering::Relaxed);
+    let now = backend.born.elapsed().as_millis() as u64;
+    let ok_at = backend.rescue_ok_ms.load(Ordering::Relaxed);
+    if ok_at != 0 && now < ok_at + cfg.suspect_after.as_millis() as u64 {
+        return;
     }
+    if backend.rescue_probing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    backend.stats.rescue_probes.fetch_add(1, Ordering::Relaxed);
+    let (b, cfg) = (backend.clone(), cfg.clone());
+    tokio::spawn(async move {
+        match check_once(&b, &cfg).await {
+            Ok(()) => {
+                let at = b.born.elapsed().as_millis() as u64;
+                b.rescue_ok_ms.store(at.max(1), Ordering::Relaxed);
+                tracing::debug!(
+                    backend = b.route(),
+                    "rescue probe passed: backend is slow, not hung"
+                );
+            }
+            Err(why) => {
+                b.stats.rescue_probes_failed.fetch_add(1, Ordering::Relaxed);
+                mark_down(
+                    &b,
+                    &cfg,
+                    &format!("rescue probe failed while a request waited: {why}"),
+                );
+            }
+        }
+        b.rescue_probing.store(false, Ordering::Release);
+    });
 }
 
 /// With active checks off, re-admit a failed backend once it accepts TCP
@@ -210,6 +266,41 @@ mod tests {
         assert!(!b.is_up(), "earlier successes must not re-admit at once");
         record(&b, &h, Ok(()));
         assert!(b.is_up());
+    }
+
+    #[test]
+    fn timeouts_mark_down_only_after_fall_in_a_row() {
+        let b = backend();
+        let h = Arc::new(health(2, 3));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            note_failure(&b, &h, "timeout");
+            note_failure(&b, &h, "timeout");
+            note_status(&b, &h, StatusCode::OK);
+            note_failure(&b, &h, "timeout");
+            note_failure(&b, &h, "timeout");
+            assert!(b.is_up(), "an answer in between restarts the count");
+            note_failure(&b, &h, "timeout");
+            assert!(!b.is_up(), "fall=3 failures in a row");
+        });
+    }
+
+    #[test]
+    fn going_down_wakes_watchers() {
+        let b = backend();
+        let mut rx = b.watch_down();
+        assert!(!rx.has_changed().unwrap());
+        b.set_up(false, "test");
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        b.set_up(true, "test");
+        assert!(
+            !rx.has_changed().unwrap(),
+            "coming up is no news to waiters"
+        );
     }
 
     #[test]

@@ -126,12 +126,25 @@ pub struct Backend {
     /// and passive checks so a passive failure restarts the rise count.
     pub(crate) ok_streak: AtomicU32,
     pub(crate) fail_streak: AtomicU32,
+    /// Consecutive failed requests (timeouts, and 5xx with `passive_5xx`);
+    /// any other answer resets it (see `health::note_failure`).
+    pub(crate) passive_streak: AtomicU32,
     /// A backoff probe task is running (active checks off).
     pub(crate) probing: AtomicBool,
     /// Bumped on every health change, so watchers notice transitions.
     health_epoch: AtomicU64,
     /// Which active checker is current (see `health::spawn_checker`).
     pub(crate) checker_generation: AtomicU64,
+    /// Bumped each time the backend goes down, so requests waiting on it
+    /// for a response head learn it at once (see [`Backend::watch_down`]).
+    down: tokio::sync::watch::Sender<u64>,
+    /// A hung-node rescue probe is in flight (at most one per backend).
+    pub(crate) rescue_probing: AtomicBool,
+    /// When the last rescue probe passed (ms on `Backend::born`), so a
+    /// merely slow backend is not probed more than once per `suspect_after`.
+    pub(crate) rescue_ok_ms: AtomicU64,
+    /// Origin of the millisecond clocks above.
+    pub(crate) born: Instant,
 }
 
 impl Backend {
@@ -151,9 +164,14 @@ impl Backend {
             cookie_template: ArcSwapOption::empty(),
             ok_streak: AtomicU32::new(0),
             fail_streak: AtomicU32::new(0),
+            passive_streak: AtomicU32::new(0),
             probing: AtomicBool::new(false),
             health_epoch: AtomicU64::new(0),
             checker_generation: AtomicU64::new(0),
+            down: tokio::sync::watch::Sender::new(0),
+            rescue_probing: AtomicBool::new(false),
+            rescue_ok_ms: AtomicU64::new(0),
+            born: Instant::now(),
         }
     }
 
@@ -218,6 +236,9 @@ impl Backend {
     pub fn set_up(&self, up: bool, reason: &str) -> bool {
         let changed = self.up.swap(up, Ordering::AcqRel) != up;
         if changed {
+            if !up {
+                self.down.send_modify(|n| *n += 1);
+            }
             self.stats.health_history.push(up, reason);
             self.health_epoch.fetch_add(1, Ordering::AcqRel);
             if let Ok(mut t) = self.last_change.lock() {
@@ -225,6 +246,21 @@ impl Backend {
             }
         }
         changed
+    }
+
+    /// A receiver that changes when this backend next goes down. Only
+    /// requests that already waited `health.suspect_after` subscribe, so
+    /// the fast path never touches the channel; subscribe first, then
+    /// check [`Backend::is_up`], and no transition can slip between.
+    pub fn watch_down(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.down.subscribe()
+    }
+
+    /// Whether a rescue probe passed after `t` (see `health::suspect`).
+    pub fn probed_ok_since(&self, t: Instant) -> bool {
+        let at = self.rescue_ok_ms.load(Ordering::Relaxed);
+        let since = t.saturating_duration_since(self.born).as_millis() as u64;
+        at != 0 && at >= since
     }
 
     /// Counter of health changes (see `health_epoch`).

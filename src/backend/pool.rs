@@ -173,7 +173,7 @@ impl Pool {
         if self.http2 {
             let shared = self.shared_h2.lock().ok().and_then(|s| s.clone());
             if let Some(mut s) = shared.filter(|s| !s.is_closed()) {
-                if s.ready().await.is_ok() {
+                if self.ready_within(s.ready()).await {
                     return Ok(Conn {
                         sender: Sender::H2(s),
                         reused: true,
@@ -190,7 +190,7 @@ impl Pool {
             });
         }
         while let Some(mut sender) = self.take_idle() {
-            if sender.ready().await.is_ok() {
+            if self.ready_within(sender.ready()).await {
                 return Ok(Conn {
                     sender: Sender::H1(sender),
                     reused: true,
@@ -201,6 +201,19 @@ impl Pool {
             sender: Sender::H1(s),
             reused: false,
         })
+    }
+
+    /// Whether a pooled connection became ready within the connect timeout:
+    /// every wait on an upstream connection is bounded, and one that is
+    /// not ready by then is dropped rather than waited on.
+    async fn ready_within(
+        &self,
+        ready: impl std::future::Future<Output = Result<(), hyper::Error>>,
+    ) -> bool {
+        matches!(
+            tokio::time::timeout(self.settings.connect_timeout, ready).await,
+            Ok(Ok(()))
+        )
     }
 
     /// A fresh connection in the backend's protocol, bypassing the pool

@@ -26,6 +26,13 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// Orphaned sessions it took over.
     pub failovers_in: AtomicU64,
+    /// Hung-node rescue probes sent because a request waited too long.
+    pub rescue_probes: AtomicU64,
+    /// Rescue probes that failed (each marked the backend down).
+    pub rescue_probes_failed: AtomicU64,
+    /// Requests that waited on it when it went down and were re-dispatched
+    /// to an heir (idempotent) or answered 504 (the others).
+    pub rescued: AtomicU64,
     /// Answers by status class and latency.
     pub traffic: TrafficStats,
     pub health_history: HealthHistory,

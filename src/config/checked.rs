@@ -415,6 +415,7 @@ fn check_upstream(u: &UpstreamSection) -> Result<(), Problem> {
         ));
     }
     nonzero("upstream.response_timeout", u.response_timeout)?;
+    nonzero("upstream.body_timeout", u.body_timeout)?;
     nonzero("upstream.queue_timeout", u.queue_timeout)?;
     if u.retries > 7 {
         return Err(bad("upstream.retries", "must be 0..=7"));

@@ -327,6 +327,13 @@ pub struct HealthSection {
     pub probe_backoff: Duration,
     #[serde(with = "humantime_serde")]
     pub probe_backoff_max: Duration,
+    /// Hung-node rescue: a request that has waited this long for its
+    /// response head makes the balancer probe its backend at once (the
+    /// health `path` on a fresh connection, bounded by `timeout`); a failed
+    /// probe marks the backend down now and its waiting idempotent requests
+    /// go to the heir. `"0s"` turns the rescue off.
+    #[serde(with = "humantime_serde")]
+    pub suspect_after: Duration,
 }
 
 impl Default for HealthSection {
@@ -342,6 +349,7 @@ impl Default for HealthSection {
             passive_5xx: false,
             probe_backoff: Duration::from_secs(1),
             probe_backoff_max: Duration::from_secs(30),
+            suspect_after: Duration::from_millis(500),
         }
     }
 }
@@ -352,9 +360,21 @@ impl Default for HealthSection {
 pub struct UpstreamSection {
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Time allowed for the response headers once the request is sent.
+    /// First-byte timer: time allowed for the response head once the
+    /// request body is sent (a hung or overloaded backend). Its expiry
+    /// fails that request (504) and counts toward `health.fall`; it never
+    /// marks the backend down by itself.
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// Idle timer of a response body: the longest pause between two chunks
+    /// a backend may make once its head arrived; then the client's response
+    /// is aborted (never ended cleanly) and the connection is not reused.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Replay an idempotent request on another backend after its
+    /// `response_timeout` expired (HAProxy's `retry-on response-timeout`).
+    /// Off by default: a slow URL must not turn into load on every node.
+    pub retry_on_response_timeout: bool,
     /// Idle pooled connections are dropped after this; keep it below the
     /// backends' keep-alive timeout (Tomcat: 20 s).
     #[serde(with = "humantime_serde")]
@@ -377,6 +397,8 @@ impl Default for UpstreamSection {
         Self {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            retry_on_response_timeout: false,
             pool_idle_timeout: Duration::from_secs(15),
             pool_max_idle: 1024,
             max_connections: 0,

@@ -268,6 +268,20 @@ impl Node {
         if path == "/upload" {
             return self.upload(&parts.method, body).await;
         }
+        if path == "/early" {
+            // Tomcat answers some requests before reading their body, then
+            // swallows the rest in the background; so does this endpoint,
+            // so drills can check the balancer never reuses such a
+            // connection while the body is still on its way.
+            tokio::spawn(drain(body));
+            return json(
+                StatusCode::OK,
+                &UploadBody {
+                    route: &self.cfg.route,
+                    bytes: 0,
+                },
+            );
+        }
         if let Err(err) = drain(body).await {
             return body_failure(&err);
         }
@@ -275,6 +289,7 @@ impl Node {
             "/health" => text(StatusCode::OK, "ok"),
             "/headers" => headers_response(&parts.headers, parts.uri.path_and_query()),
             "/download" => download(query.as_deref()),
+            "/stall" => stalling_download(query.as_deref()),
             "/slow" => match parse_query_u64(query.as_deref(), "ms") {
                 Ok(ms) => {
                     tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -660,7 +675,12 @@ fn headers_response(
 fn download(query: Option<&str>) -> Response<RespBody> {
     match parse_query_u64(query, "bytes") {
         Ok(len) => {
-            let mut resp = Response::new(Filler { remaining: len }.boxed());
+            let filler = Filler {
+                remaining: len,
+                stall: None,
+                sleep: None,
+            };
+            let mut resp = Response::new(filler.boxed());
             resp.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
@@ -673,10 +693,36 @@ fn download(query: Option<&str>) -> Response<RespBody> {
     }
 }
 
+/// `/stall?bytes=N&after=A&ms=M`: like `/download`, but pauses `M` ms once
+/// `A` bytes went out, so drills can watch the balancer's response-body
+/// idle timer (the client must see an aborted response, never a clean
+/// short one).
+fn stalling_download(query: Option<&str>) -> Response<RespBody> {
+    let parsed = ["bytes", "after", "ms"].map(|n| parse_query_u64(query, n));
+    match parsed {
+        [Ok(len), Ok(after), Ok(ms)] => {
+            let stall = Some((len.saturating_sub(after), Duration::from_millis(ms)));
+            let filler = Filler {
+                remaining: len,
+                stall,
+                sleep: None,
+            };
+            let mut resp = Response::new(filler.boxed());
+            resp.headers_mut()
+                .insert(CONTENT_LENGTH, HeaderValue::from(len));
+            resp
+        }
+        [Err(msg), ..] | [_, Err(msg), _] | [.., Err(msg)] => text(StatusCode::BAD_REQUEST, msg),
+    }
+}
+
 /// A body of `remaining` filler bytes with an exact size hint, so hyper
 /// sends a Content-Length and memory use stays at one static chunk.
 struct Filler {
     remaining: u64,
+    /// Pause once `remaining` drops to this many bytes (`/stall`).
+    stall: Option<(u64, Duration)>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Body for Filler {
@@ -685,12 +731,27 @@ impl Body for Filler {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
-        let len = usize::try_from(self.remaining).map_or(CHUNK_LEN, |r| r.min(CHUNK_LEN));
+        if let Some((at, pause)) = self.stall {
+            if self.remaining <= at {
+                let sleep = self
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(pause)));
+                if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.stall = None;
+            }
+        }
+        let mut len = usize::try_from(self.remaining).map_or(CHUNK_LEN, |r| r.min(CHUNK_LEN));
+        if let Some((at, _)) = self.stall {
+            let before = usize::try_from(self.remaining - at).unwrap_or(CHUNK_LEN);
+            len = len.min(before.max(1));
+        }
         self.remaining -= len as u64;
         Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&FILL[..len])))))
     }

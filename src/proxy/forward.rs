@@ -6,6 +6,14 @@
 //! Once a request was sent, only idempotent requests without a body are
 //! replayed (GET, HEAD, OPTIONS, PUT, DELETE, TRACE); a POST whose body left
 //! is never replayed.
+//!
+//! Slow is not dead: a response timeout fails that request (504, not
+//! replayed unless `upstream.retry_on_response_timeout`) and counts toward
+//! `health.fall`; it never marks the backend down by itself. A request that
+//! waited `health.suspect_after` for its head triggers a rescue probe of its
+//! backend (see `health::suspect`); when the backend goes down meanwhile,
+//! idempotent requests waiting on it go to the heir at once, the others get
+//! 504.
 
 use super::{error_response, headers, rewrite, ClientInfo, Runtime};
 use crate::backend::pool::ConnectError;
@@ -42,6 +50,8 @@ pub enum Failure {
     },
     #[error("backend {route}: no response within {after:?}")]
     Timeout { route: Arc<str>, after: Duration },
+    #[error("backend {route}: went down while the request waited for its answer")]
+    WentDown { route: Arc<str> },
     #[error("backend {route}: connection failed mid-request: {source}")]
     Upstream {
         route: Arc<str>,
@@ -75,6 +85,10 @@ impl Failure {
             Failure::Timeout { .. } => error_response(
                 StatusCode::GATEWAY_TIMEOUT,
                 "504 gateway timeout: backend did not answer in time\n",
+            ),
+            Failure::WentDown { .. } => error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "504 gateway timeout: backend went down before answering; the request was not replayed\n",
             ),
             Failure::Upstream { .. } => error_response(
                 StatusCode::BAD_GATEWAY,
@@ -149,9 +163,23 @@ impl Head {
 struct Miss {
     unsent: Option<Request<UpstreamBody>>,
     failure: Failure,
-    mark_down: bool,
+    verdict: Verdict,
     /// Failed on a reused keep-alive connection the backend may have closed.
     stale: bool,
+    /// A request that left may be sent again (its head is kept when it is
+    /// idempotent and bodiless); false ends the attempts.
+    replay: bool,
+}
+
+/// What a failed attempt says about the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Nothing (queue full, client at fault, already known down).
+    None,
+    /// Unreachable (connect failed, fresh connection reset): down now.
+    Down,
+    /// Failed this request only (response timeout): counts toward `fall`.
+    Failed,
 }
 
 /// Route and send the request, retrying as the module docs describe.
@@ -196,7 +224,7 @@ pub async fn run(
             (None, None) => break,
         };
         fit_request(rt, &mut req, &backend, session, &mut sent_id);
-        match attempt(rt, &backend, req, progress.as_deref()).await {
+        match attempt(rt, &backend, req, progress.as_ref()).await {
             Ok((response, exchange)) => {
                 return Ok(Done {
                     response,
@@ -213,8 +241,11 @@ pub async fn run(
                     return Err(miss.failure);
                 }
                 backend.stats.errors.fetch_add(1, Ordering::Relaxed);
-                if miss.mark_down {
-                    health::mark_down(&backend, &rt.config.health, &miss.failure.to_string());
+                let why = || miss.failure.to_string();
+                match miss.verdict {
+                    Verdict::Down => health::mark_down(&backend, &rt.config.health, &why()),
+                    Verdict::Failed => health::note_failure(&backend, &rt.config.health, &why()),
+                    Verdict::None => {}
                 }
                 tracing::debug!(error = %miss.failure, "attempt failed, retrying if allowed");
                 if miss.stale && stale_retry {
@@ -223,7 +254,7 @@ pub async fn run(
                 }
                 pending = miss.unsent;
                 last = Some(miss.failure);
-                if pending.is_none() && head.is_none() {
+                if pending.is_none() && (head.is_none() || !miss.replay) {
                     break;
                 }
             }
@@ -327,45 +358,84 @@ fn rewrite_path_parameter(req: &mut Request<UpstreamBody>, param: &str, new: &st
     }
 }
 
-/// Why no response head arrived in time.
+/// Why no response head arrived.
+#[derive(Debug, PartialEq, Eq)]
 enum Late {
     /// The backend had everything it needed and stayed silent.
     Backend,
     /// The client stopped sending its body.
     Client,
+    /// The backend went down (rescue probe, health check, another request)
+    /// while this request waited.
+    Down,
+}
+
+/// The timers of one wait for a response head.
+struct Timers<'a> {
+    /// First-byte timer, from the request body's last progress.
+    after: Duration,
+    /// Longest client pause in the middle of the request body.
+    body_timeout: Duration,
+    /// Start the rescue probe after this long (zero: never).
+    suspect_after: Duration,
+    progress: Option<&'a Progress>,
 }
 
 /// Await the response head. The backend's `after` runs from the request
 /// body's last progress, and not at all while the upstream waits on the
 /// client for more body; a client pausing longer than `body_timeout` ends
-/// the request without blaming the backend.
-async fn response_within<F: std::future::Future>(
-    after: Duration,
-    body_timeout: Duration,
-    progress: Option<&Progress>,
+/// the request without blaming the backend. Past `suspect_after` the
+/// backend is probed (`health::suspect`) and the wait also ends when the
+/// backend goes down. The fast path costs one timer, as before.
+async fn response_head<F: std::future::Future>(
+    t: &Timers<'_>,
+    rt: &Runtime,
+    backend: &Arc<Backend>,
     fut: F,
 ) -> Result<F::Output, Late> {
     tokio::pin!(fut);
-    let mut deadline = tokio::time::Instant::now() + after;
+    let start = tokio::time::Instant::now();
+    let mut deadline = start + t.after;
+    let mut suspect_at = (!t.suspect_after.is_zero()).then(|| start + t.suspect_after);
+    let mut down: Option<tokio::sync::watch::Receiver<u64>> = None;
     loop {
-        match tokio::time::timeout_at(deadline, &mut fut).await {
-            Ok(out) => return Ok(out),
-            Err(_) => {
-                let Some(p) = progress else {
-                    return Err(Late::Backend);
-                };
-                let last = tokio::time::Instant::from_std(p.last());
-                let (limit, late) = if p.waiting_on_client() {
-                    (body_timeout, Late::Client)
-                } else {
-                    (after, Late::Backend)
-                };
-                if last + limit > deadline {
-                    deadline = last + limit;
-                } else {
-                    return Err(late);
-                }
+        let wake = suspect_at.map_or(deadline, |s| s.min(deadline));
+        let went_down = async {
+            match down.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
             }
+        };
+        tokio::select! {
+            out = &mut fut => return Ok(out),
+            true = went_down => return Err(Late::Down),
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+        if suspect_at.is_some_and(|s| s <= tokio::time::Instant::now()) {
+            suspect_at = None;
+            let rx = backend.watch_down();
+            if !backend.is_up() {
+                return Err(Late::Down);
+            }
+            down = Some(rx);
+            health::suspect(backend, &rt.config.health);
+        }
+        if deadline > tokio::time::Instant::now() {
+            continue;
+        }
+        let Some(p) = t.progress else {
+            return Err(Late::Backend);
+        };
+        let last = tokio::time::Instant::from_std(p.last());
+        let (limit, late) = if p.waiting_on_client() {
+            (t.body_timeout, Late::Client)
+        } else {
+            (t.after, Late::Backend)
+        };
+        if last + limit > deadline {
+            deadline = last + limit;
+        } else {
+            return Err(late);
         }
     }
 }
@@ -375,7 +445,7 @@ async fn attempt(
     rt: &Runtime,
     backend: &Arc<Backend>,
     req: Request<UpstreamBody>,
-    progress: Option<&Progress>,
+    progress: Option<&Arc<Progress>>,
 ) -> Result<(Response<Incoming>, Exchange), Miss> {
     let route = backend.config.route.clone();
     let permit = match backend.pool.permit().await {
@@ -384,8 +454,9 @@ async fn attempt(
             return Err(Miss {
                 unsent: Some(req),
                 failure: Failure::Connect { route, source },
-                mark_down: false,
+                verdict: Verdict::None,
                 stale: false,
+                replay: true,
             })
         }
     };
@@ -397,48 +468,70 @@ async fn attempt(
             return Err(Miss {
                 unsent: Some(req),
                 failure: Failure::Connect { route, source },
-                mark_down: true,
+                verdict: Verdict::Down,
                 stale: false,
+                replay: true,
             })
         }
     };
     let mut sender = conn.sender;
-    let after = rt.config.upstream.response_timeout;
-    let body_timeout = rt.config.server.body_timeout;
-    match response_within(after, body_timeout, progress, sender.try_send(req)).await {
+    let up = &rt.config.upstream;
+    let timers = Timers {
+        after: up.response_timeout,
+        body_timeout: rt.config.server.body_timeout,
+        suspect_after: rt.config.health.suspect_after,
+        progress: progress.map(|p| &**p),
+    };
+    let miss = |failure, verdict, replay| Miss {
+        unsent: None,
+        failure,
+        verdict,
+        stale: false,
+        replay,
+    };
+    let sent_at = std::time::Instant::now();
+    match response_head(&timers, rt, backend, sender.try_send(req)).await {
         Ok(Ok(resp)) => {
-            exchange.set_sender(sender);
+            exchange.set_sender(sender, progress.cloned());
             Ok((resp, exchange))
         }
         Ok(Err(mut e)) => {
             let unsent = e.take_message();
             let err = e.into_error();
             if err.is_user() {
-                return Err(Miss {
-                    unsent: None,
-                    failure: Failure::ClientBody(err),
-                    mark_down: false,
-                    stale: false,
-                });
+                return Err(miss(Failure::ClientBody(err), Verdict::None, false));
             }
             Err(Miss {
-                mark_down: !conn.reused,
+                verdict: if conn.reused {
+                    Verdict::None
+                } else {
+                    Verdict::Down
+                },
                 stale: conn.reused,
                 unsent,
                 failure: Failure::Upstream { route, source: err },
+                replay: true,
             })
         }
-        Err(Late::Backend) => Err(Miss {
-            unsent: None,
-            failure: Failure::Timeout { route, after },
-            mark_down: true,
-            stale: false,
-        }),
-        Err(Late::Client) => Err(Miss {
-            unsent: None,
-            failure: Failure::ClientTimeout(body_timeout),
-            mark_down: false,
-            stale: false,
-        }),
+        Err(Late::Backend) => {
+            let after = up.response_timeout;
+            let failure = Failure::Timeout { route, after };
+            // A rescue probe that passed while this request waited proved
+            // the node alive: the URL is slow, the backend is not failing.
+            let verdict = if backend.probed_ok_since(sent_at) {
+                Verdict::None
+            } else {
+                Verdict::Failed
+            };
+            Err(miss(failure, verdict, up.retry_on_response_timeout))
+        }
+        Err(Late::Down) => {
+            backend.stats.rescued.fetch_add(1, Ordering::Relaxed);
+            Err(miss(Failure::WentDown { route }, Verdict::None, true))
+        }
+        Err(Late::Client) => {
+            let failure = Failure::ClientTimeout(rt.config.server.body_timeout);
+            Err(miss(failure, Verdict::None, false))
+        }
     }
 }

@@ -399,7 +399,15 @@ async fn finish(
     rewrite::apply(&x, &mut parts.headers, !parts.status.is_server_error())
         .store_now(&*rt.store)
         .await;
-    Response::from_parts(parts, ResponseBody::Upstream { body, exchange })
+    let idle = crate::body::IdleTimer::new(rt.config.upstream.body_timeout);
+    Response::from_parts(
+        parts,
+        ResponseBody::Upstream {
+            body,
+            exchange,
+            idle,
+        },
+    )
 }
 
 /// A balancer-made response with a short text body.
