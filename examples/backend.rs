@@ -33,6 +33,11 @@ struct Args {
     /// Session cookie name.
     #[arg(long, default_value = "JSESSIONID")]
     cookie: String,
+    /// Stop like Tomcat on SIGTERM: close idle keep-alive connections,
+    /// finish in-flight requests, reset new connections this many ms after
+    /// accepting them, then exit (rolling-restart drills).
+    #[arg(long)]
+    graceful_stop_ms: Option<u64>,
 }
 
 #[tokio::main]
@@ -50,6 +55,7 @@ async fn main() -> ExitCode {
         no_suffix: args.no_suffix,
         redis_url: args.redis,
         shared: None,
+        graceful_stop: args.graceful_stop_ms.map(std::time::Duration::from_millis),
     };
     if let Err(err) = cfg.validate() {
         return fail(&err.to_string());

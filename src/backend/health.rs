@@ -153,15 +153,34 @@ pub fn note_status(backend: &Arc<Backend>, cfg: &Arc<HealthSection>, status: Sta
 /// and after a passing probe the next waits `suspect_after`, so a backend
 /// that is merely slow on some URL costs one cheap check now and then.
 pub fn suspect(backend: &Arc<Backend>, cfg: &Arc<HealthSection>) {
-    if cfg.suspect_after.is_zero() {
-        return;
+    if !cfg.suspect_after.is_zero() {
+        probe_now(backend, cfg, cfg.suspect_after);
     }
+}
+
+/// A node was seen closing its pooled connections (a reset or close of a
+/// reused connection before any answer, or idle connections found closed
+/// by the peer): the first sign of a graceful stop. Probe it now, as for a
+/// suspected hang; a node going away resets the probe's fresh connection,
+/// is marked down, and stops taking new sessions before health checks
+/// notice. A node that merely timed out an idle connection passes.
+pub fn closing_seen(backend: &Arc<Backend>, cfg: &Arc<HealthSection>) {
+    probe_now(backend, cfg, cfg.suspect_after.max(CLOSING_PROBE_COOLDOWN));
+}
+
+/// Least time between two going-away probes of one node after one passed
+/// (backends with short keep-alive timeouts close idle connections often).
+const CLOSING_PROBE_COOLDOWN: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// One rescue probe of `backend` unless one is in flight or one passed
+/// less than `cooldown` ago; a failed probe marks it down.
+fn probe_now(backend: &Arc<Backend>, cfg: &Arc<HealthSection>, cooldown: std::time::Duration) {
     let now = backend.born.elapsed().as_millis() as u64;
     let ok_at = backend.rescue_ok_ms.load(Ordering::Relaxed);
-    if ok_at != 0 && now < ok_at + cfg.suspect_after.as_millis() as u64 {
+    if ok_at != 0 && now < ok_at + cooldown.as_millis() as u64 {
         return;
     }
-    if backend.rescue_probing.swap(true, Ordering::AcqRel) {
+    if !backend.is_up() || backend.rescue_probing.swap(true, Ordering::AcqRel) {
         return;
     }
     backend.stats.rescue_probes.fetch_add(1, Ordering::Relaxed);
@@ -171,18 +190,12 @@ pub fn suspect(backend: &Arc<Backend>, cfg: &Arc<HealthSection>) {
             Ok(()) => {
                 let at = b.born.elapsed().as_millis() as u64;
                 b.rescue_ok_ms.store(at.max(1), Ordering::Relaxed);
-                tracing::debug!(
-                    backend = b.route(),
-                    "rescue probe passed: backend is slow, not hung"
-                );
+                b.pool.forget_closes();
+                tracing::debug!(backend = b.route(), "rescue probe passed: backend is alive");
             }
             Err(why) => {
                 b.stats.rescue_probes_failed.fetch_add(1, Ordering::Relaxed);
-                mark_down(
-                    &b,
-                    &cfg,
-                    &format!("rescue probe failed while a request waited: {why}"),
-                );
+                mark_down(&b, &cfg, &format!("rescue probe failed: {why}"));
             }
         }
         b.rescue_probing.store(false, Ordering::Release);

@@ -15,6 +15,7 @@ use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::ServerName;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -63,20 +64,56 @@ pub enum ConnectError {
     Queue(usize),
     #[error("TLS setup for this backend failed: {0}")]
     Tls(String),
+    #[error("the backend closed {0} pooled connection(s): it may be stopping")]
+    Closing(usize),
 }
 
 /// A connection able to carry requests: HTTP/1.1 (one at a time) or
 /// HTTP/2 (multiplexed, shared).
 pub enum Sender {
-    H1(http1::SendRequest<UpstreamBody>),
+    H1(http1::SendRequest<UpstreamBody>, Arc<ConnWatch>),
     H2(http2::SendRequest<UpstreamBody>),
 }
+
+/// Shared by a pooled HTTP/1.1 connection and the task driving it, so the
+/// pool learns at once when the backend closes a connection that sat idle
+/// in the pool: a node starting a graceful stop (Tomcat closes its idle
+/// keep-alive connections first) is seen before any request fails.
+#[derive(Debug, Default)]
+pub struct ConnWatch {
+    /// In the pool, waiting for a request.
+    idle: AtomicBool,
+}
+
+/// When the backend last closed an idle pooled connection.
+#[derive(Debug)]
+struct PeerCloses {
+    origin: Instant,
+    /// Milliseconds since `origin` (+1, so 0 means never).
+    last_ms: AtomicU64,
+}
+
+impl PeerCloses {
+    fn note(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64 + 1;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn within(&self, window: Duration) -> bool {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        last != 0 && (self.origin.elapsed().as_millis() as u64) < last + window.as_millis() as u64
+    }
+}
+
+/// How long after the backend closed an idle pooled connection the pool
+/// treats it as possibly stopping (see `Pool::checkout`).
+const CLOSING_WINDOW: Duration = Duration::from_secs(1);
 
 impl Sender {
     /// The connection is gone.
     pub fn is_closed(&self) -> bool {
         match self {
-            Sender::H1(s) => s.is_closed(),
+            Sender::H1(s, _) => s.is_closed(),
             Sender::H2(s) => s.is_closed(),
         }
     }
@@ -88,7 +125,7 @@ impl Sender {
         req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>> {
         match self {
-            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H1(s, _) => s.try_send_request(req).await,
             Sender::H2(s) => s.try_send_request(req).await,
         }
     }
@@ -99,11 +136,24 @@ pub struct Conn {
     pub sender: Sender,
     /// Taken from the pool (it may have gone stale) rather than fresh.
     pub reused: bool,
+    /// Idle connections found closed by the backend on the way (a sign it
+    /// may be stopping; see `health::closing_seen`).
+    pub peer_closed: usize,
 }
 
 struct Idle {
-    sender: http1::SendRequest<UpstreamBody>,
+    /// Always `Some` until taken; `None` only inside `take_idle`.
+    sender: Option<http1::SendRequest<UpstreamBody>>,
+    watch: Arc<ConnWatch>,
     since: Instant,
+}
+
+impl Drop for Idle {
+    /// Leaving the pool (taken, expired, cleared): a close from now on is
+    /// not the backend closing an idle connection.
+    fn drop(&mut self) {
+        self.watch.idle.store(false, Ordering::Relaxed);
+    }
 }
 
 struct Tls {
@@ -123,6 +173,7 @@ pub struct Pool {
     tls_error: Option<String>,
     settings: PoolSettings,
     idle: Mutex<Vec<Idle>>,
+    peer_closes: Arc<PeerCloses>,
     shared_h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
     limit: Option<Arc<Semaphore>>,
 }
@@ -150,6 +201,10 @@ impl Pool {
             tls,
             tls_error,
             idle: Mutex::new(Vec::with_capacity(settings.max_idle.min(64))),
+            peer_closes: Arc::new(PeerCloses {
+                origin: Instant::now(),
+                last_ms: AtomicU64::new(0),
+            }),
             shared_h2: Mutex::new(None),
             limit,
             settings,
@@ -168,8 +223,12 @@ impl Pool {
         }
     }
 
-    /// A reusable connection if one is alive, else a new one.
-    pub async fn checkout(&self) -> Result<Conn, ConnectError> {
+    /// A reusable connection if one is alive, else a new one. With
+    /// `fresh_after_close` false, idle connections found closed by the
+    /// backend end the checkout with [`ConnectError::Closing`] instead of
+    /// a fresh connection (the retry policy would rather move the request
+    /// than try a node that may be stopping).
+    pub async fn checkout(&self, fresh_after_close: bool) -> Result<Conn, ConnectError> {
         if self.http2 {
             let shared = self.shared_h2.lock().ok().and_then(|s| s.clone());
             if let Some(mut s) = shared.filter(|s| !s.is_closed()) {
@@ -177,6 +236,7 @@ impl Pool {
                     return Ok(Conn {
                         sender: Sender::H2(s),
                         reused: true,
+                        peer_closed: 0,
                     });
                 }
             }
@@ -187,19 +247,30 @@ impl Pool {
             return Ok(Conn {
                 sender: Sender::H2(s),
                 reused: false,
+                peer_closed: 0,
             });
         }
-        while let Some(mut sender) = self.take_idle() {
+        let mut peer_closed = 0;
+        while let Some((mut sender, watch)) = self.take_idle(&mut peer_closed) {
             if self.ready_within(sender.ready()).await {
                 return Ok(Conn {
-                    sender: Sender::H1(sender),
+                    sender: Sender::H1(sender, watch),
                     reused: true,
+                    peer_closed,
                 });
             }
+            peer_closed += 1;
         }
-        self.connect().await.map(|s| Conn {
-            sender: Sender::H1(s),
+        if peer_closed == 0 && self.peer_closes.within(CLOSING_WINDOW) {
+            peer_closed = 1;
+        }
+        if peer_closed > 0 && !fresh_after_close {
+            return Err(ConnectError::Closing(peer_closed));
+        }
+        self.connect_tracked().await.map(|(s, watch)| Conn {
+            sender: Sender::H1(s, watch),
             reused: false,
+            peer_closed,
         })
     }
 
@@ -222,13 +293,21 @@ impl Pool {
         if self.http2 {
             self.connect_h2().await.map(Sender::H2)
         } else {
-            self.connect().await.map(Sender::H1)
+            self.connect_tracked().await.map(|(s, w)| Sender::H1(s, w))
         }
     }
 
     /// A fresh HTTP/1.1 connection (with upgrades: WebSocket tunnels use
     /// it), whatever the backend's usual protocol.
     pub async fn connect(&self) -> Result<http1::SendRequest<UpstreamBody>, ConnectError> {
+        self.connect_tracked().await.map(|(s, _)| s)
+    }
+
+    /// A fresh HTTP/1.1 connection whose task tells the pool when the
+    /// backend closes it while it sits idle in the pool.
+    async fn connect_tracked(
+        &self,
+    ) -> Result<(http1::SendRequest<UpstreamBody>, Arc<ConnWatch>), ConnectError> {
         let t = self.settings.connect_timeout;
         let stream = tokio::time::timeout(t, self.dial(false))
             .await
@@ -237,12 +316,17 @@ impl Pool {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ConnectError::Handshake)?;
+        let watch = Arc::new(ConnWatch::default());
+        let (w, closes) = (watch.clone(), self.peer_closes.clone());
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
+            if w.idle.load(Ordering::Relaxed) {
+                closes.note();
+            }
         });
-        Ok(sender)
+        Ok((sender, watch))
     }
 
     async fn connect_h2(&self) -> Result<http2::SendRequest<UpstreamBody>, ConnectError> {
@@ -301,19 +385,30 @@ impl Pool {
         })
     }
 
-    fn take_idle(&self) -> Option<http1::SendRequest<UpstreamBody>> {
+    /// The most recently pooled live connection; counts in `peer_closed`
+    /// those the backend closed while they were idle (ours expire by age).
+    fn take_idle(
+        &self,
+        peer_closed: &mut usize,
+    ) -> Option<(http1::SendRequest<UpstreamBody>, Arc<ConnWatch>)> {
         let mut idle = self.idle.lock().ok()?;
-        while let Some(c) = idle.pop() {
-            if c.since.elapsed() < self.settings.idle_timeout && !c.sender.is_closed() {
-                return Some(c.sender);
+        while let Some(mut c) = idle.pop() {
+            if c.since.elapsed() >= self.settings.idle_timeout {
+                continue;
             }
+            let sender = c.sender.take()?;
+            if sender.is_closed() {
+                *peer_closed += 1;
+                continue;
+            }
+            return Some((sender, c.watch.clone()));
         }
         None
     }
 
     /// Return a connection whose response was fully read.
     pub fn checkin(&self, sender: Sender) {
-        let Sender::H1(sender) = sender else {
+        let Sender::H1(sender, watch) = sender else {
             return;
         };
         if sender.is_closed() {
@@ -321,19 +416,29 @@ impl Pool {
         }
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() >= self.settings.max_idle {
-                idle.retain(|c| !c.sender.is_closed());
+                idle.retain(|c| c.sender.as_ref().is_some_and(|s| !s.is_closed()));
             }
             if idle.len() < self.settings.max_idle {
+                watch.idle.store(true, Ordering::Relaxed);
                 idle.push(Idle {
-                    sender,
+                    sender: Some(sender),
+                    watch,
                     since: Instant::now(),
                 });
             }
         }
     }
 
-    /// Drop every idle connection (backend marked down: they are suspect).
+    /// The backend proved alive after closing idle connections (a probe
+    /// passed): it is not stopping, fresh connections are fine again.
+    pub fn forget_closes(&self) {
+        self.peer_closes.last_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Drop every idle connection (backend marked down: they are suspect),
+    /// and forget closes seen so far (they are explained).
     pub fn clear(&self) {
+        self.forget_closes();
         if let Ok(mut idle) = self.idle.lock() {
             idle.clear();
         }

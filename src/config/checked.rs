@@ -80,6 +80,7 @@ pub struct SessionRules {
     pub idle_timeout: Duration,
     pub max_sessions: usize,
     pub rewrite_request: bool,
+    pub failover: super::raw::FailoverScope,
 }
 
 /// A checked backend definition.
@@ -378,6 +379,7 @@ fn check_session(s: &super::raw::SessionSection) -> Result<SessionRules, Problem
         idle_timeout: s.idle_timeout,
         max_sessions: s.max_sessions,
         rewrite_request: s.rewrite_request,
+        failover: s.failover,
     })
 }
 

@@ -199,6 +199,23 @@ pub struct SessionSection {
     /// On failover, rewrite the route in the request's cookie/path parameter
     /// before forwarding (for backends that look sessions up by base id).
     pub rewrite_request: bool,
+    /// Which nodes can continue another node's sessions: `domain` (only
+    /// nodes of the same `domain`, like Tomcat's DeltaManager per domain)
+    /// or `replicated` (every node: sessions live in a shared store).
+    /// Decides whether a retry may move a session (`upstream.retry_same_node`).
+    pub failover: FailoverScope,
+}
+
+/// Which nodes hold replicas of a node's sessions (see
+/// `SessionSection::failover`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverScope {
+    /// Nodes with the same `domain`; without a domain, none.
+    #[default]
+    Domain,
+    /// Every node.
+    Replicated,
 }
 
 impl Default for SessionSection {
@@ -210,6 +227,7 @@ impl Default for SessionSection {
             idle_timeout: Duration::from_secs(30 * 60),
             max_sessions: 1_000_000,
             rewrite_request: false,
+            failover: FailoverScope::Domain,
         }
     }
 }
@@ -389,6 +407,13 @@ pub struct UpstreamSection {
     pub queue_timeout: Duration,
     /// Further attempts on other backends after the first one failed.
     pub retries: u32,
+    /// After an attempt failed before any response byte (a pooled
+    /// connection closed or reset, a node closing its idle connections):
+    /// retry the same node on a fresh connection (`always`), go to the heir
+    /// (`never`), or (`auto`) go to the heir when the session has a
+    /// replica there (`session.failover`) and stay only when moving would
+    /// lose it.
+    pub retry_same_node: RetrySameNode,
     pub tcp_keepalive: KeepaliveSection,
 }
 
@@ -404,9 +429,24 @@ impl Default for UpstreamSection {
             max_connections: 0,
             queue_timeout: Duration::from_secs(5),
             retries: 2,
+            retry_same_node: RetrySameNode::Auto,
             tcp_keepalive: KeepaliveSection::default(),
         }
     }
+}
+
+/// Where the next attempt goes after a failure before any response byte
+/// (see `UpstreamSection::retry_same_node`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetrySameNode {
+    /// Move when a replica can continue the session, else stay.
+    #[default]
+    Auto,
+    /// Always one more try on the same node, on a fresh connection.
+    Always,
+    /// Always move.
+    Never,
 }
 
 /// How new sessions are spread.

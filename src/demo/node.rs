@@ -92,6 +92,11 @@ pub struct NodeConfig {
     /// Share session data in memory with other nodes of the same process
     /// (a replicated cluster without Redis, for `stickgate demo`).
     pub shared: Option<SharedSessions>,
+    /// Stop like Tomcat on SIGTERM: close idle keep-alive connections,
+    /// finish in-flight requests, keep completing TCP handshakes but reset
+    /// each new connection this long after accepting it, then exit. Lets
+    /// drills reproduce a rolling restart without a servlet container.
+    pub graceful_stop: Option<Duration>,
 }
 
 /// Session data shared in-process by several demo nodes, the way Tomcat's
@@ -122,6 +127,7 @@ impl NodeConfig {
             no_suffix: false,
             redis_url: None,
             shared: None,
+            graceful_stop: None,
         }
     }
 
@@ -167,10 +173,13 @@ pub enum NodeError {
         /// The connection error.
         source: redis::RedisError,
     },
+    /// The SIGTERM handler for the graceful stop could not be installed.
+    #[error("cannot handle SIGTERM for --graceful-stop-ms: {0}; run without it")]
+    Signal(std::io::Error),
 }
 
 /// Serves the demo node on an already-bound listener until this future is
-/// dropped.
+/// dropped, or, with `graceful_stop`, until a SIGTERM stop has finished.
 ///
 /// Taking a bound listener lets callers use port 0 and learn the real port
 /// before serving. Dropping the future also aborts every open connection,
@@ -178,13 +187,29 @@ pub enum NodeError {
 /// (invalid settings, unreachable Redis); accept errors are logged and
 /// retried.
 pub async fn serve(listener: TcpListener, cfg: NodeConfig) -> Result<(), NodeError> {
+    let graceful = cfg.graceful_stop;
     let node = Arc::new(Node::new(cfg).await?);
     let mut connections = JoinSet::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut sigterm = match graceful {
+        Some(_) => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(NodeError::Signal)?,
+        ),
+        None => None,
+    };
+    let term = async {
+        match sigterm.as_mut() {
+            Some(s) => s.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(term);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(serve_connection(stream, Arc::clone(&node)));
+                    connections.spawn(serve_connection(stream, Arc::clone(&node), stop_rx.clone()));
                 }
                 Err(err) => {
                     tracing::warn!(%err, "demo node: accept failed; retrying");
@@ -192,12 +217,46 @@ pub async fn serve(listener: TcpListener, cfg: NodeConfig) -> Result<(), NodeErr
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = &mut term => break,
+        }
+    }
+    let reset_after = graceful.unwrap_or_default();
+    let _ = stop_tx.send(true);
+    tracing::info!("demo node: stopping like Tomcat (idle connections closed, new ones reset)");
+    // Finish in-flight requests while resetting every new connection.
+    let mut resets = JoinSet::new();
+    let mut linger = None;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => if let Ok((stream, _)) = accepted {
+                resets.spawn(async move {
+                    tokio::time::sleep(reset_after).await;
+                    // Zero linger: close with RST, as a paused acceptor's
+                    // backlog is reset when Tomcat closes its socket.
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    drop(stream);
+                });
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(_) = resets.join_next(), if !resets.is_empty() => {}
+            _ = async { tokio::time::sleep_until(linger.unwrap_or_else(tokio::time::Instant::now)).await },
+                if linger.is_some() => return Ok(()),
+        }
+        if connections.is_empty() && linger.is_none() {
+            // Tomcat unloads its webapps after the last request: a second
+            // during which the port still completes handshakes.
+            linger = Some(tokio::time::Instant::now() + Duration::from_secs(1));
         }
     }
 }
 
-/// Runs HTTP/1.1 with keep-alive on one accepted connection.
-async fn serve_connection(stream: TcpStream, node: Arc<Node>) {
+/// Runs HTTP/1.1 with keep-alive on one accepted connection; closes it
+/// once idle when `stop` turns true (graceful stop).
+async fn serve_connection(
+    stream: TcpStream,
+    node: Arc<Node>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(%err, "demo node: cannot set TCP_NODELAY");
     }
@@ -205,12 +264,19 @@ async fn serve_connection(stream: TcpStream, node: Arc<Node>) {
         let node = Arc::clone(&node);
         async move { Ok::<_, Infallible>(node.handle(req).await) }
     });
-    let result = http1::Builder::new()
+    let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades()
-        .await;
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        true = async { stop.wait_for(|s| *s).await.is_ok() } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
     if let Err(err) = result {
         tracing::debug!(%err, "demo node: connection ended with an error");
     }

@@ -5,7 +5,9 @@
 //! is retried on another backend whatever the method, with its body intact.
 //! Once a request was sent, only idempotent requests without a body are
 //! replayed (GET, HEAD, OPTIONS, PUT, DELETE, TRACE); a POST whose body left
-//! is never replayed.
+//! is never replayed. After a failure before any response byte on a reused
+//! connection, `retry::stay_on_node` says whether the next attempt tries
+//! the same node on a fresh connection or goes to the heir at once.
 //!
 //! Slow is not dead: a response timeout fails that request (504, not
 //! replayed unless `upstream.retry_on_response_timeout`) and counts toward
@@ -15,7 +17,7 @@
 //! idempotent requests waiting on it go to the heir at once, the others get
 //! 504.
 
-use super::{error_response, headers, rewrite, ClientInfo, Runtime};
+use super::{error_response, headers, retry, rewrite, ClientInfo, Runtime};
 use crate::backend::pool::ConnectError;
 use crate::backend::{health, Backend};
 use crate::body::{Exchange, Progress, ResponseBody, UpstreamBody};
@@ -224,7 +226,14 @@ pub async fn run(
             (None, None) => break,
         };
         fit_request(rt, &mut req, &backend, session, &mut sent_id);
-        match attempt(rt, &backend, req, progress.as_ref()).await {
+        let stay = retry::stay_on_node(
+            up.retry_same_node,
+            rt.config.session.failover,
+            &rt.table.backends,
+            decision.index,
+            &decision.reason,
+        );
+        match attempt(rt, &backend, req, progress.as_ref(), stay).await {
             Ok((response, exchange)) => {
                 return Ok(Done {
                     response,
@@ -248,7 +257,7 @@ pub async fn run(
                     Verdict::None => {}
                 }
                 tracing::debug!(error = %miss.failure, "attempt failed, retrying if allowed");
-                if miss.stale && stale_retry {
+                if miss.stale && stale_retry && stay {
                     stale_retry = false;
                     tried.remove(decision.index);
                 }
@@ -446,6 +455,7 @@ async fn attempt(
     backend: &Arc<Backend>,
     req: Request<UpstreamBody>,
     progress: Option<&Arc<Progress>>,
+    stay: bool,
 ) -> Result<(Response<Incoming>, Exchange), Miss> {
     let route = backend.config.route.clone();
     let permit = match backend.pool.permit().await {
@@ -462,18 +472,27 @@ async fn attempt(
     };
     let mut exchange = Exchange::begin(backend.clone(), permit);
     backend.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let conn = match backend.pool.checkout().await {
+    let conn = match backend.pool.checkout(stay).await {
         Ok(c) => c,
         Err(source) => {
+            let verdict = if let ConnectError::Closing(_) = source {
+                health::closing_seen(backend, &rt.config.health);
+                Verdict::None
+            } else {
+                Verdict::Down
+            };
             return Err(Miss {
                 unsent: Some(req),
                 failure: Failure::Connect { route, source },
-                verdict: Verdict::Down,
+                verdict,
                 stale: false,
                 replay: true,
-            })
+            });
         }
     };
+    if conn.peer_closed > 0 {
+        health::closing_seen(backend, &rt.config.health);
+    }
     let mut sender = conn.sender;
     let up = &rt.config.upstream;
     let timers = Timers {
@@ -500,6 +519,9 @@ async fn attempt(
             let err = e.into_error();
             if err.is_user() {
                 return Err(miss(Failure::ClientBody(err), Verdict::None, false));
+            }
+            if conn.reused {
+                health::closing_seen(backend, &rt.config.health);
             }
             Err(Miss {
                 verdict: if conn.reused {

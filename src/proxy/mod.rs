@@ -4,6 +4,7 @@
 
 mod forward;
 pub mod headers;
+pub mod retry;
 pub mod rewrite;
 pub mod websocket;
 
