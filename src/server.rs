@@ -101,6 +101,7 @@ pub fn raise_fd_limit() -> Option<u64> {
             r.rlim_cur = want;
         }
     }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is 32 bits on some targets
     Some(r.rlim_cur as u64)
 }
 

@@ -232,6 +232,13 @@ async fn idle_tls_connection_is_closed_after_its_handshake() {
     let pair = ca.leaf(&dir, "a", &["a.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
     let b = Backend::start("tomcat1", &[]);
     let (_gate, tls_port) = common::tls::tls_gate(&[pair], &b.toml(), "header_timeout = \"1s\"\n");
+    // A TCP connection that never starts its handshake.
+    let silent = TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
+    let (_, after) = until_closed(silent, Instant::now(), Duration::from_secs(5)).await;
+    assert!(
+        after <= Duration::from_secs(2),
+        "handshake never started, open {after:?}"
+    );
     let mut roots = rustls::RootCertStore::empty();
     use rustls_pki_types::pem::PemObject;
     for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca.pem).unwrap() {

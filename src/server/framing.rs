@@ -144,11 +144,9 @@ impl HeadScan {
         let name = line[..colon].trim_ascii();
         let value = line[colon + 1..].trim_ascii();
         let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-        if is("content-length") || is("transfer-encoding") {
-            if overflow {
-                self.step = Step::Stopped;
-                return;
-            }
+        if overflow && (is("content-length") || is("transfer-encoding")) {
+            self.step = Step::Stopped;
+            return;
         }
         if is("content-length") {
             match std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()) {
