@@ -47,17 +47,22 @@ pub struct HeadScan {
 
 impl HeadScan {
     /// Follow `data`; `on_head(conflict)` runs once per complete head.
-    pub fn feed(&mut self, data: &[u8], mut on_head: impl FnMut(bool)) {
+    /// Says whether any of `data` belonged to a head (or could: once
+    /// stopped, every byte might), so that body bytes still arriving after
+    /// an early response do not start the next head's timer.
+    pub fn feed(&mut self, data: &[u8], mut on_head: impl FnMut(bool)) -> bool {
         let mut rest = data;
+        let mut head = false;
         while !rest.is_empty() {
+            head |= matches!(self.step, Step::Head | Step::Stopped);
             rest = match self.step {
-                Step::Stopped => return,
+                Step::Stopped => return true,
                 Step::Body(n) | Step::ChunkData(n) => self.skip(rest, n),
                 Step::ChunkEnd => self.chunk_end(rest),
                 Step::Head | Step::ChunkSize | Step::Trailer => {
                     let Some(i) = rest.iter().position(|&b| b == b'\n') else {
                         self.keep(rest);
-                        return;
+                        return head;
                     };
                     self.keep(&rest[..i]);
                     self.end_line(&mut on_head);
@@ -65,6 +70,7 @@ impl HeadScan {
                 }
             };
         }
+        head
     }
 
     fn skip<'a>(&mut self, data: &'a [u8], n: u64) -> &'a [u8] {
@@ -210,6 +216,14 @@ GET /d HTTP/1.1\r\n\r\n";
         let h: &[u8] =
             b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n";
         assert_eq!(heads(&[h]), [true]);
+    }
+
+    #[test]
+    fn says_which_bytes_belong_to_a_head() {
+        let mut s = HeadScan::default();
+        assert!(s.feed(b"POST / HTTP/1.1\r\nContent-Length: 6\r\n\r\nab", |_| {}));
+        assert!(!s.feed(b"cd", |_| {}), "body bytes");
+        assert!(s.feed(b"efGET", |_| {}), "the next head starts here");
     }
 
     #[test]

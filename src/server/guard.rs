@@ -109,8 +109,9 @@ impl Timing {
         self.lock().expired
     }
 
-    /// Bytes arrived on an HTTP/1.1 connection: with nothing in flight,
-    /// they start the next head, whose `header_timeout` runs from now.
+    /// Head bytes arrived on an HTTP/1.1 connection: with nothing in
+    /// flight, they start the next head, whose `header_timeout` runs from
+    /// now.
     fn note_read(&self) {
         let mut s = self.lock();
         if s.in_flight == 0 && s.requests > 0 && s.head_started.is_none() {
@@ -300,9 +301,10 @@ impl<I: AsyncRead + AsyncWrite> AsyncRead for Guarded<I> {
         }
         let new = &buf.filled()[before..];
         if let (Some(scan), false) = (this.scan.as_mut(), new.is_empty()) {
-            this.timing.note_read();
             let timing = &*this.timing;
-            scan.feed(new, |conflict| timing.note_head(conflict));
+            if scan.feed(new, |conflict| timing.note_head(conflict)) {
+                timing.note_read();
+            }
         }
         Poll::Ready(Ok(()))
     }
