@@ -378,7 +378,8 @@ enum Proto {
     Sniff,
 }
 
-/// Find the protocol within the first head's deadline, then serve.
+/// Find the protocol within the first head's deadline (or until the
+/// server drains), then serve.
 async fn start<I>(ctx: Ctx, mut io: I, info: ClientInfo, proto: Proto)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -386,7 +387,7 @@ where
     let (h2, prefix) = match proto {
         Proto::H1 => (false, Bytes::new()),
         Proto::H2 => (true, Bytes::new()),
-        Proto::Sniff => match guard::sniff(&mut io, ctx.timing.first_head_deadline()).await {
+        Proto::Sniff => match sniff_or_drain(&mut io, &ctx).await {
             Sniffed::H1(b) => (false, b),
             Sniffed::H2(b) => (true, b),
             Sniffed::Closed => return,
@@ -407,6 +408,16 @@ where
         },
     };
     serve_io(ctx, io, prefix, info, h2).await;
+}
+
+/// The protocol sniff, given up when the server drains (nothing was
+/// requested yet, so nothing is lost).
+async fn sniff_or_drain<I: AsyncRead + Unpin>(io: &mut I, ctx: &Ctx) -> Sniffed {
+    let mut drain = ctx.drain.clone();
+    tokio::select! {
+        s = guard::sniff(io, ctx.timing.first_head_deadline()) => s,
+        _ = drain.changed() => Sniffed::Closed,
+    }
 }
 
 /// Serve one connection with hyper until it ends, expires (see [`guard`])
