@@ -113,7 +113,9 @@ impl Default for ServerSection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct Cidr {
+    /// The block's address (only its first `prefix` bits count).
     pub addr: IpAddr,
+    /// Leading bits a peer must share with `addr` to be inside.
     pub prefix: u8,
 }
 
