@@ -1,23 +1,33 @@
-//! Client-facing listeners: accept, socket options, TLS handshakes, HTTP/1.1
-//! and HTTP/2 serving with slowloris/size limits, and graceful shutdown.
+//! Client-facing listeners: accept (bounded by `server.max_connections`),
+//! socket options, TLS handshakes, HTTP/1.1 and HTTP/2 serving with
+//! slowloris/idle timers (see [`guard`]) and size limits, and graceful
+//! shutdown.
+
+mod framing;
+mod guard;
 
 use crate::body::ResponseBody;
 use crate::config::raw::ServerSection;
+use crate::proxy::headers::ConflictingFraming;
 use crate::proxy::{ClientInfo, Proxy};
 use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
+use guard::{Expiry, Guarded, Sniffed, Timing, Tracked};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 /// Bind every configured address; the error names the address that failed.
@@ -59,6 +69,48 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
 pub struct ServerStats {
     pub connections: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
+    /// Connections closed because a request head was not complete in
+    /// `header_timeout` (no byte at all, partial head, partial preface).
+    pub header_timeouts: AtomicU64,
+    /// Keep-alive / HTTP/2 connections closed after `idle_timeout`.
+    pub idle_timeouts: AtomicU64,
+    /// Times every `max_connections` slot was taken (accepting paused).
+    pub connection_limit_reached: AtomicU64,
+}
+
+/// Raise the soft open-file limit to the hard one (a proxy needs two
+/// descriptors per request, and distributions start processes at 1024);
+/// returns the soft limit in force afterwards.
+pub fn raise_fd_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return None;
+    }
+    let want = r.rlim_max.min(1 << 20);
+    if r.rlim_cur < want {
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: r.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            r.rlim_cur = want;
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is 32 bits on some targets
+    Some(r.rlim_cur as u64)
+}
+
+/// `server.max_connections`, or half the open-file limit (the other half
+/// for backend connections, files and the admin listener).
+fn connection_limit(cfg: &ServerSection) -> usize {
+    let fds = raise_fd_limit().unwrap_or(1024);
+    cfg.max_connections
+        .unwrap_or_else(|| usize::try_from(fds / 2).unwrap_or(usize::MAX).max(64))
 }
 
 /// Which protocol a listener speaks.
@@ -90,6 +142,9 @@ pub struct Server {
     accepters: Mutex<Vec<Accepter>>,
     /// Connections hold a receiver; a send asks them all to finish.
     drain: watch::Sender<()>,
+    /// One permit per open client connection (`server.max_connections`).
+    slots: Arc<Semaphore>,
+    limit: usize,
 }
 
 impl Server {
@@ -100,6 +155,8 @@ impl Server {
         cfg: Arc<ServerSection>,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Arc<Self> {
+        let limit = connection_limit(&cfg);
+        tracing::info!(max_connections = limit, "client connection limit");
         Arc::new(Server {
             proxy,
             stats,
@@ -107,11 +164,19 @@ impl Server {
             tls: ArcSwapOption::new(tls.map(|c| Arc::new(TlsAcceptor::from(c)))),
             accepters: Mutex::new(Vec::new()),
             drain: watch::channel(()).0,
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
         })
     }
 
     /// Settings for connections accepted from now on (reload).
     pub fn set_config(&self, cfg: Arc<ServerSection>, tls: Option<Arc<rustls::ServerConfig>>) {
+        if cfg.max_connections.is_some_and(|n| n != self.limit) {
+            tracing::warn!(
+                running = self.limit,
+                "server.max_connections changed: it applies at the next restart"
+            );
+        }
         self.cfg.store(cfg);
         if let Some(t) = tls {
             self.tls.store(Some(Arc::new(TlsAcceptor::from(t))));
@@ -136,9 +201,15 @@ impl Server {
         let me = self.clone();
         let task = tokio::spawn(async move {
             loop {
+                // Past max_connections, new clients wait in the listen
+                // backlog until a connection ends (no descriptor spent).
+                let slot = tokio::select! {
+                    s = me.slot() => s,
+                    _ = &mut stopped => break,
+                };
                 tokio::select! {
                     r = listener.accept() => match r {
-                        Ok((stream, peer)) => me.accept(side, stream, peer),
+                        Ok((stream, peer)) => me.accept(side, stream, peer, slot),
                         Err(e) => {
                             tracing::warn!(error = %e, "accept failed; retrying");
                             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -196,35 +267,76 @@ impl Server {
         self.accepters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn accept(self: &Arc<Self>, side: Side, stream: TcpStream, peer: SocketAddr) {
+    /// A free connection slot; says so in the log when all are taken.
+    async fn slot(&self) -> OwnedSemaphorePermit {
+        if self.slots.available_permits() == 0 {
+            let n = self
+                .stats
+                .connection_limit_reached
+                .fetch_add(1, Ordering::Relaxed);
+            if n < 10 || n.is_power_of_two() {
+                tracing::warn!(
+                    max_connections = self.limit,
+                    times = n + 1,
+                    "client connection limit reached; new connections wait in the backlog"
+                );
+            }
+        }
+        let slots = self.slots.clone();
+        slots
+            .acquire_owned()
+            .await
+            .expect("the slot semaphore is never closed")
+    }
+
+    fn accept(
+        self: &Arc<Self>,
+        side: Side,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: OwnedSemaphorePermit,
+    ) {
+        let accepted = Instant::now();
         let cfg = self.cfg.load_full();
         let _ = stream.set_nodelay(true);
         if let Some(ka) = cfg.tcp_keepalive.to_socket() {
             let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&ka);
         }
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let timing = Timing::new(accepted, cfg.header_timeout, cfg.idle_timeout);
         let ctx = Ctx {
             proxy: self.proxy.clone(),
             cfg,
             stats: self.stats.clone(),
             drain: self.drain.subscribe(),
+            timing,
+            slot,
         };
         match (side, self.tls.load_full()) {
             (Side::Plain, _) => {
                 let info = ClientInfo { peer, https: false };
-                let h2c = ctx.cfg.h2c;
-                serve_io(ctx, TokioIo::new(stream), info, h2c);
+                let proto = if ctx.cfg.h2c { Proto::Sniff } else { Proto::H1 };
+                tokio::spawn(start(ctx, stream, info, proto));
             }
             (Side::Tls, Some(acceptor)) => {
                 tokio::spawn(async move {
-                    let limit = ctx.cfg.header_timeout;
-                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                    // The handshake counts against the first head's time.
+                    let deadline = ctx.timing.first_head_deadline();
+                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let info = ClientInfo { peer, https: true };
-                            serve_io(ctx, TokioIo::new(tls), info, true);
+                            let proto = match tls.get_ref().1.alpn_protocol() {
+                                Some(b"h2") => Proto::H2,
+                                Some(_) => Proto::H1,
+                                None => Proto::Sniff,
+                            };
+                            start(ctx, tls, info, proto).await;
                         }
                         Ok(Err(e)) => handshake_failed(&ctx, peer, &e.to_string()),
-                        Err(_) => handshake_failed(&ctx, peer, "timed out"),
+                        Err(_) => {
+                            ctx.stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                            handshake_failed(&ctx, peer, "timed out")
+                        }
                     }
                 });
             }
@@ -242,6 +354,9 @@ struct Ctx {
     stats: Arc<ServerStats>,
     /// Changes when the server shuts down; held until the connection ends.
     drain: watch::Receiver<()>,
+    timing: Arc<Timing>,
+    /// The connection's `max_connections` slot, held by its IO.
+    slot: OwnedSemaphorePermit,
 }
 
 fn handshake_failed(ctx: &Ctx, peer: SocketAddr, why: &str) {
@@ -254,51 +369,209 @@ fn handshake_failed(ctx: &Ctx, peer: SocketAddr, why: &str) {
     }
 }
 
-fn serve_io<I>(ctx: Ctx, io: TokioIo<I>, info: ClientInfo, h2: bool)
+/// How to pick the protocol of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    H1,
+    H2,
+    /// Read the first bytes: the HTTP/2 preface or not (h2c, TLS without ALPN).
+    Sniff,
+}
+
+/// Find the protocol within the first head's deadline (or until the
+/// server drains), then serve.
+async fn start<I>(ctx: Ctx, mut io: I, info: ClientInfo, proto: Proto)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let proxy = ctx.proxy.clone();
-    let redirect = (ctx.cfg.redirect_http && !info.https).then(|| https_port(&ctx.cfg));
-    let svc = service_fn(move |req| {
-        let proxy = proxy.clone();
-        async move {
-            Ok::<_, Infallible>(match redirect {
-                Some(port) => to_https(&req, port),
-                None => proxy.handle(req, info).await,
-            })
-        }
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(ctx.cfg.header_timeout)
-        .max_buf_size(ctx.cfg.max_header_size.max(8192))
-        .max_headers(ctx.cfg.max_headers)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(ctx.cfg.max_header_size as u32)
-        .enable_connect_protocol();
-    let builder = if h2 { builder } else { builder.http1_only() };
-    let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
-    let mut drain = ctx.drain;
-    tokio::spawn(async move {
-        let mut conn = std::pin::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = drain.changed() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+    let (h2, prefix) = match proto {
+        Proto::H1 => (false, Bytes::new()),
+        Proto::H2 => (true, Bytes::new()),
+        Proto::Sniff => match sniff_or_drain(&mut io, &ctx).await {
+            Sniffed::H1(b) => (false, b),
+            Sniffed::H2(b) => (true, b),
+            Sniffed::Closed => return,
+            Sniffed::Late(b) => {
+                ctx.stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %info.peer, "no request in time; connection closed");
+                if b.is_empty() {
+                    // Silent so far: it may be an HTTP/1.1 client, which
+                    // deserves a 408; a partial h2 preface gets nothing.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        io.write_all(&guard::response_408()).await?;
+                        io.shutdown().await
+                    })
+                    .await;
+                }
+                return;
+            }
+        },
+    };
+    serve_io(ctx, io, prefix, info, h2).await;
+}
+
+/// The protocol sniff, given up when the server drains (nothing was
+/// requested yet, so nothing is lost).
+async fn sniff_or_drain<I: AsyncRead + Unpin>(io: &mut I, ctx: &Ctx) -> Sniffed {
+    let mut drain = ctx.drain.clone();
+    tokio::select! {
+        s = guard::sniff(io, ctx.timing.first_head_deadline()) => s,
+        _ = drain.changed() => Sniffed::Closed,
+    }
+}
+
+/// Serve one connection with hyper until it ends, expires (see [`guard`])
+/// or the server drains.
+async fn serve_io<I>(ctx: Ctx, io: I, prefix: Bytes, info: ClientInfo, h2: bool)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ctx {
+        proxy,
+        cfg,
+        stats,
+        drain,
+        timing,
+        slot,
+    } = ctx;
+    let io = TokioIo::new(Guarded::new(io, prefix, timing.clone(), !h2, Some(slot)));
+    let svc = service(proxy, &cfg, info, timing.clone());
+    let watch = Watch {
+        timing,
+        stats,
+        drain,
+        peer: info.peer,
+        h2,
+    };
+    if h2 {
+        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .max_header_list_size(cfg.max_header_size as u32)
+            .enable_connect_protocol();
+        let conn = std::pin::pin!(b.serve_connection(io, svc));
+        watch.run(conn, |c| c.graceful_shutdown()).await;
+    } else {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        // Header and idle timing are the guard's (hyper's header timer
+        // would also cut idle keep-alive at header_timeout).
+        b.timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size(cfg.max_header_size.max(8192))
+            .max_headers(cfg.max_headers)
+            .keep_alive(true);
+        let conn = std::pin::pin!(b.serve_connection(io, svc).with_upgrades());
+        watch.run(conn, |c| c.graceful_shutdown()).await;
+    }
+}
+
+/// What drives one connection to its end: its timers and the drain signal.
+struct Watch {
+    timing: Arc<Timing>,
+    stats: Arc<ServerStats>,
+    /// Held until the connection ends (shutdown waits for all of them).
+    drain: watch::Receiver<()>,
+    peer: SocketAddr,
+    h2: bool,
+}
+
+impl Watch {
+    /// Run `conn` until it ends, expires or the server drains.
+    async fn run<C>(mut self, mut conn: Pin<&mut C>, shutdown: impl Fn(Pin<&mut C>))
+    where
+        C: Future<Output = hyper::Result<()>>,
+    {
+        let mut draining = false;
+        // After expiry the connection gets a moment to say goodbye (408 or
+        // GOAWAY), then it is dropped whatever it is doing.
+        let mut hard_stop: Option<Instant> = None;
+        let result = loop {
+            let due = self.timing.due();
+            let timing = &self.timing;
+            let at = hard_stop.or(due.map(|(at, _)| at));
+            let wake = async {
+                match at {
+                    Some(at) => tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = timing.wake.notified() => {}
+                    },
+                    None => timing.wake.notified().await,
+                }
+            };
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = self.drain.changed(), if !draining => {
+                    draining = true;
+                    shutdown(conn.as_mut());
+                }
+                _ = wake => {
+                    if hard_stop.is_some_and(|at| Instant::now() >= at) {
+                        break Ok(());
+                    }
+                    if let Some(how) = self.expire_if_due() {
+                        if self.h2 || how == Expiry::Close {
+                            shutdown(conn.as_mut());
+                        }
+                        hard_stop = Some(Instant::now() + Duration::from_secs(1));
+                    }
+                }
             }
         };
         if let Err(e) = result {
-            log_conn_error(info.peer, &*e);
+            log_conn_error(self.peer, &e);
         }
-        drop(drain);
-    });
+    }
+
+    /// Expire the connection if its deadline passed; counts it.
+    fn expire_if_due(&self) -> Option<Expiry> {
+        let (_, how) = self.timing.due().filter(|(at, _)| Instant::now() >= *at)?;
+        let counter = match how {
+            Expiry::Answer408 => &self.stats.header_timeouts,
+            Expiry::Close => &self.stats.idle_timeouts,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(peer = %self.peer, ?how, "client connection timed out");
+        self.timing.expire(how);
+        Some(how)
+    }
+}
+
+/// The per-connection service: counts requests in flight for the timers,
+/// marks heads with conflicting framing, and notes tunnels.
+fn service(
+    proxy: Arc<Proxy>,
+    cfg: &ServerSection,
+    info: ClientInfo,
+    timing: Arc<Timing>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Tracked<ResponseBody>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Tracked<ResponseBody>>, Infallible>> + Send,
+> + Clone {
+    let redirect = (cfg.redirect_http && !info.https).then(|| https_port(cfg));
+    service_fn(move |mut req: Request<Incoming>| {
+        let proxy = proxy.clone();
+        let timing = timing.clone();
+        async move {
+            let (in_flight, conflict) = timing.begin();
+            if conflict {
+                req.extensions_mut().insert(ConflictingFraming);
+            }
+            let connect = req.method() == http::Method::CONNECT;
+            let resp = match redirect {
+                Some(port) => to_https(&req, port),
+                None => proxy.handle(req, info).await,
+            };
+            let status = resp.status();
+            if status == StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success()) {
+                timing.tunnel();
+            }
+            Ok::<_, Infallible>(resp.map(|body| Tracked {
+                body,
+                guard: Some(in_flight),
+            }))
+        }
+    })
 }
 
 fn https_port(cfg: &ServerSection) -> u16 {

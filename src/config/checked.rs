@@ -255,7 +255,17 @@ fn check_server(s: &ServerSection) -> Result<(), Problem> {
     if s.max_headers == 0 {
         return Err(bad("server.max_headers", "must be at least 1"));
     }
+    if s.max_header_line < 1024 || s.max_header_line > s.max_header_size {
+        return Err(bad(
+            "server.max_header_line",
+            "must be at least 1024 bytes and at most server.max_header_size",
+        ));
+    }
+    if s.max_connections == Some(0) {
+        return Err(bad("server.max_connections", "must be at least 1"));
+    }
     nonzero("server.header_timeout", s.header_timeout)?;
+    nonzero("server.idle_timeout", s.idle_timeout)?;
     nonzero("server.body_timeout", s.body_timeout)?;
     for a in s.tls_listen.iter().filter(|a| a.port() != 0) {
         if !seen.insert(a) {

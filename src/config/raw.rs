@@ -48,11 +48,22 @@ pub struct ServerSection {
     pub redirect_http: bool,
     /// Accept HTTP/2 with prior knowledge (h2c) on plain listeners.
     pub h2c: bool,
-    /// From the moment a connection is open or idle until a request's headers
-    /// are complete (slowloris bound; also the idle keep-alive bound).
+    /// From accept (TLS handshake included) until the first request's
+    /// headers are complete, and from the first byte of each later request
+    /// until its headers are complete (slowloris bound; 408, then close).
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
+    /// A keep-alive (HTTP/1.1) or HTTP/2 connection with no request in
+    /// flight for this long is closed (idle sockets must not pile up).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Client connections open at once; past it new ones wait in the
+    /// listen backlog. Absent: half the open-file limit (raised to its
+    /// hard maximum at start), leaving the rest for backend connections.
+    pub max_connections: Option<usize>,
     pub max_header_size: usize,
+    /// Longest single header line (name, ": " and value); longer -> 431.
+    pub max_header_line: usize,
     pub max_headers: usize,
     /// Longest pause of a client in the middle of sending a request body
     /// (then 408; the backend is not blamed).
@@ -64,6 +75,10 @@ pub struct ServerSection {
     pub x_forwarded_proto: bool,
     pub x_forwarded_host: bool,
     pub preserve_host: bool,
+    /// Peers (addresses or CIDR blocks) whose `Forwarded`, `X-Real-IP` and
+    /// `X-Forwarded-*` headers are believed and extended; from anyone else
+    /// they are removed, so a client cannot forge its address or scheme.
+    pub trusted_proxies: Vec<Cidr>,
     pub tcp_keepalive: KeepaliveSection,
 }
 
@@ -76,7 +91,10 @@ impl Default for ServerSection {
             redirect_http: false,
             h2c: false,
             header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: None,
             max_header_size: 32 * 1024,
+            max_header_line: 8 * 1024,
             max_headers: 100,
             body_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
@@ -84,9 +102,67 @@ impl Default for ServerSection {
             x_forwarded_proto: true,
             x_forwarded_host: true,
             preserve_host: true,
+            trusted_proxies: Vec::new(),
             tcp_keepalive: KeepaliveSection::default(),
         }
     }
+}
+
+/// An address block such as `10.0.0.0/8` or `::1` (a single address is a
+/// full-length prefix), for `server.trusted_proxies`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Cidr {
+    /// The block's address (only its first `prefix` bits count).
+    pub addr: IpAddr,
+    /// Leading bits a peer must share with `addr` to be inside.
+    pub prefix: u8,
+}
+
+/// A `trusted_proxies` entry that is not an address or address/prefix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not an IP address or CIDR block (like 10.0.0.0/8)")]
+pub struct BadCidr(String);
+
+impl TryFrom<String> for Cidr {
+    type Error = BadCidr;
+    fn try_from(s: String) -> Result<Self, BadCidr> {
+        let bad = || BadCidr(s.clone());
+        let (a, p) = s.split_once('/').unwrap_or((&s, ""));
+        let addr: IpAddr = a.trim().parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p.trim() {
+            "" => max,
+            p => p.parse().ok().filter(|&n| n <= max).ok_or_else(bad)?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl Cidr {
+    /// Whether `ip` lies in this block (IPv4-mapped IPv6 peers count as
+    /// their IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                prefix_eq(u32::from(net).into(), u32::from(a).into(), self.prefix, 32)
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                prefix_eq(u128::from(net), u128::from(a), self.prefix, 128)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether the first `prefix` of `bits` bits of `a` and `b` agree.
+fn prefix_eq(a: u128, b: u128, prefix: u8, bits: u32) -> bool {
+    let shift = bits - u32::from(prefix);
+    shift >= bits || (a >> shift) == (b >> shift)
 }
 
 /// One certificate chain and key, PEM (`[[server.certificate]]`).
@@ -509,4 +585,27 @@ pub enum InitialState {
     Draining,
     Disabled,
     Stopped,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_blocks_and_single_addresses() {
+        let c = |s: &str| Cidr::try_from(s.to_owned());
+        let net = c("10.1.0.0/16").unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let one = c("127.0.0.1").unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        assert!(c("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(c("fd00::/8").unwrap().contains("fd12::1".parse().unwrap()));
+        assert!(!c("fd00::/8").unwrap().contains("10.0.0.1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "example.org", "10.0.0.0/x", ""] {
+            assert!(c(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::routing::{session, NoBackend, Reason, SessionId, Tried};
 use http::header::HOST;
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use std::sync::atomic::Ordering;
@@ -108,33 +108,10 @@ impl Failure {
     }
 }
 
-/// Per-request header work done once, before any attempt.
+/// Per-request header work done once, before any attempt (see
+/// [`headers::prepare`]).
 pub fn prepare(parts: &mut Parts, cfg: &Config, client: ClientInfo) {
-    if let Some(auth) = parts.uri.authority() {
-        if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
-            parts.headers.insert(HOST, v);
-        }
-    }
-    if parts.uri.scheme().is_some() {
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        if let Ok(u) = pq.parse::<Uri>() {
-            parts.uri = u;
-        }
-    }
-    headers::strip_hop_by_hop(&mut parts.headers);
-    let s = &cfg.server;
-    let fwd = headers::Forwarded {
-        for_: s.x_forwarded_for,
-        proto: s.x_forwarded_proto,
-        host: s.x_forwarded_host,
-    };
-    let scheme = if client.https { "https" } else { "http" };
-    headers::add_forwarded(&mut parts.headers, fwd, client.peer.ip(), scheme);
-    parts.version = Version::HTTP_11;
+    headers::prepare(parts, cfg, client);
 }
 
 fn replayable(m: &Method) -> bool {

@@ -1,7 +1,16 @@
-//! Header hygiene between client and backend: hop-by-hop removal (RFC 9110
-//! section 7.6.1) and the X-Forwarded-* set.
+//! Header hygiene between client and backend: checks that refuse a
+//! request head outright, hop-by-hop removal (RFC 9110 section 7.6.1), the
+//! X-Forwarded-* set (believed only from `trusted_proxies`), and the
+//! per-request preparation every forwarded request gets.
 
+use super::{error_response, ClientInfo};
+use crate::body::ResponseBody;
+use crate::config::raw::{Cidr, ServerSection};
+use crate::config::Config;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::uri::Authority;
+use http::{Response, StatusCode, Uri, Version};
 use std::net::IpAddr;
 
 static HOP_BY_HOP: [HeaderName; 7] = [
@@ -14,7 +23,159 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-/// Remove hop-by-hop headers, including those the `Connection` header names.
+/// Why a request head is refused before it is routed; each maps to one
+/// status, like nginx and HAProxy answer the same heads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    /// One header line is longer than `server.max_header_line` (Tomcat
+    /// would refuse it too, after the balancer had spent a backend on it).
+    #[error("a header line is longer than {0} bytes")]
+    LineTooLong(usize),
+    /// Two Host headers: which one the backend believes is anyone's guess.
+    #[error("more than one Host header")]
+    DuplicateHost,
+    /// `Content-Length` together with `Transfer-Encoding` (request
+    /// smuggling shape; RFC 9112 section 6.1 allows rejecting it).
+    #[error("both Content-Length and Transfer-Encoding")]
+    Framing,
+}
+
+impl Reject {
+    /// The client-facing answer with a one-line body.
+    pub fn response(&self) -> Response<ResponseBody> {
+        match self {
+            Reject::LineTooLong(_) => error_response(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "431 request header fields too large: a header line is too long\n",
+            ),
+            Reject::DuplicateHost => error_response(
+                StatusCode::BAD_REQUEST,
+                "400 bad request: more than one Host header\n",
+            ),
+            Reject::Framing => error_response(
+                StatusCode::BAD_REQUEST,
+                "400 bad request: both Content-Length and Transfer-Encoding\n",
+            ),
+        }
+    }
+}
+
+/// Marks a request whose HTTP/1.1 head carried both `Content-Length` and
+/// `Transfer-Encoding`: hyper keeps only the chunked framing in the parsed
+/// headers, so the listener, which sees the raw head, says so here.
+#[derive(Debug, Clone, Copy)]
+pub struct ConflictingFraming;
+
+/// Refuse heads no backend should see (see [`Reject`]). Cheap: one pass
+/// over the headers, no allocation.
+pub fn check_request(parts: &Parts, cfg: &ServerSection) -> Result<(), Reject> {
+    if parts.extensions.get::<ConflictingFraming>().is_some() {
+        return Err(Reject::Framing);
+    }
+    let limit = cfg.max_header_line;
+    for (name, value) in &parts.headers {
+        if name.as_str().len() + 2 + value.len() > limit {
+            return Err(Reject::LineTooLong(limit));
+        }
+    }
+    if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(Reject::DuplicateHost);
+    }
+    let h = &parts.headers;
+    if h.contains_key(header::CONTENT_LENGTH) && h.contains_key(header::TRANSFER_ENCODING) {
+        return Err(Reject::Framing);
+    }
+    Ok(())
+}
+
+/// Per-request header work done once, before any attempt: Host from an
+/// absolute-form target (never its userinfo), hop-by-hop removal, cookie
+/// crumbs joined, client-made forwarding headers dropped unless the peer
+/// is a trusted proxy, then the balancer's own X-Forwarded-* set.
+pub fn prepare(parts: &mut Parts, cfg: &Config, client: ClientInfo) {
+    if let Some(v) = parts.uri.authority().and_then(host_value) {
+        parts.headers.insert(header::HOST, v);
+    }
+    if parts.uri.scheme().is_some() {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        if let Ok(u) = pq.parse::<Uri>() {
+            parts.uri = u;
+        }
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    join_cookies(&mut parts.headers);
+    let s = &cfg.server;
+    let trusted = is_trusted(&s.trusted_proxies, client.peer.ip());
+    if !trusted {
+        strip_forwarding(&mut parts.headers);
+    }
+    let fwd = Forwarded {
+        for_: s.x_forwarded_for,
+        proto: s.x_forwarded_proto,
+        host: s.x_forwarded_host,
+    };
+    let scheme = if client.https { "https" } else { "http" };
+    add_forwarded(&mut parts.headers, fwd, client.peer.ip(), scheme, trusted);
+    parts.version = Version::HTTP_11;
+}
+
+/// `host[:port]` of an authority, without any `user:password@`.
+fn host_value(a: &Authority) -> Option<HeaderValue> {
+    let v = match a.port_u16() {
+        Some(p) => format!("{}:{p}", a.host()),
+        None => a.host().to_owned(),
+    };
+    HeaderValue::from_str(&v).ok()
+}
+
+/// Whether `ip` is listed in `server.trusted_proxies`.
+pub fn is_trusted(list: &[Cidr], ip: IpAddr) -> bool {
+    list.iter().any(|c| c.contains(ip))
+}
+
+/// Remove what a client could use to forge its address, scheme or host
+/// toward the backend: `Forwarded`, `X-Real-IP` and every `X-Forwarded-*`.
+pub fn strip_forwarding(h: &mut HeaderMap) {
+    let forged: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| {
+            let n = n.as_str();
+            n == "forwarded" || n == "x-real-ip" || n.starts_with("x-forwarded-")
+        })
+        .cloned()
+        .collect();
+    for n in forged {
+        h.remove(n);
+    }
+}
+
+/// HTTP/2 splits Cookie into one field per cookie (RFC 9113 section
+/// 8.2.3); an HTTP/1.1 backend must get them as one `Cookie` joined by
+/// "; ". Bytes are joined as they are, so a non-ASCII cookie survives.
+pub fn join_cookies(h: &mut HeaderMap) {
+    let all = h.get_all(header::COOKIE);
+    if all.iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for v in all.iter() {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        h.insert(header::COOKIE, v);
+    }
+}
+
+/// Remove hop-by-hop headers, including those the `Connection` header names
+/// (except Host, which a client must not be able to take away: the backend
+/// would then trust whatever else names the host).
 /// A request that came chunked also loses any `Content-Length`, so the
 /// backend can never see two conflicting framings (request smuggling).
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
@@ -27,6 +188,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| n != header::HOST)
         .collect();
     for n in named.iter().chain(HOP_BY_HOP.iter()) {
         h.remove(n);
@@ -46,7 +208,15 @@ static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Append the client address to X-Forwarded-For and set -Proto and -Host.
-pub fn add_forwarded(h: &mut HeaderMap, f: Forwarded, client: IpAddr, scheme: &'static str) {
+/// From a `trusted` proxy, the -Proto and -Host it sent are kept (it saw
+/// the real client; the balancer only saw the proxy).
+pub fn add_forwarded(
+    h: &mut HeaderMap,
+    f: Forwarded,
+    client: IpAddr,
+    scheme: &'static str,
+    trusted: bool,
+) {
     if f.for_ {
         let ip = client.to_string();
         let v = match h.get(&XFF).and_then(|v| v.to_str().ok()) {
@@ -57,10 +227,10 @@ pub fn add_forwarded(h: &mut HeaderMap, f: Forwarded, client: IpAddr, scheme: &'
             h.insert(XFF.clone(), v);
         }
     }
-    if f.proto {
+    if f.proto && !(trusted && h.contains_key(&XFP)) {
         h.insert(XFP.clone(), HeaderValue::from_static(scheme));
     }
-    if f.host {
+    if f.host && !(trusted && h.contains_key(&XFH)) {
         if let Some(host) = h.get(header::HOST).cloned() {
             h.insert(XFH.clone(), host);
         }
@@ -95,9 +265,119 @@ mod tests {
             proto: true,
             host: true,
         };
-        add_forwarded(&mut h, all, "127.0.0.9".parse().unwrap(), "http");
+        add_forwarded(&mut h, all, "127.0.0.9".parse().unwrap(), "http", true);
         assert_eq!(h[&XFF], "10.0.0.1, 127.0.0.9");
         assert_eq!(h[&XFP], "http");
         assert_eq!(h[&XFH], "example.org");
+    }
+
+    fn config(server_extra: &str) -> Config {
+        let text = format!(
+            "[server]\n{server_extra}\n[[backend]]\nroute = \"t1\"\nurl = \"http://127.0.0.1:9\"\n"
+        );
+        crate::config::from_str(&text, std::path::Path::new("t.toml")).unwrap()
+    }
+
+    fn parts(uri: &str, hs: &[(&str, &[u8])]) -> Parts {
+        let mut b = http::Request::builder().uri(uri);
+        for (k, v) in hs {
+            b = b.header(*k, HeaderValue::from_bytes(v).unwrap());
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn client(ip: &str) -> ClientInfo {
+        ClientInfo {
+            peer: format!("{ip}:5000").parse().unwrap(),
+            https: false,
+        }
+    }
+
+    #[test]
+    fn refuses_long_lines_duplicate_host_and_marked_framing() {
+        let cfg = config("");
+        let ok = parts("/", &[("host", b"a"), ("x-big", &[b'a'; 8000])]);
+        assert_eq!(check_request(&ok, &cfg.server), Ok(()));
+        let long = parts("/", &[("cookie", &[b'a'; 8200])]);
+        assert_eq!(
+            check_request(&long, &cfg.server),
+            Err(Reject::LineTooLong(8192))
+        );
+        let two = parts("/", &[("host", b"a"), ("host", b"b")]);
+        assert_eq!(check_request(&two, &cfg.server), Err(Reject::DuplicateHost));
+        let mut marked = parts("/", &[("transfer-encoding", b"chunked")]);
+        marked.extensions.insert(ConflictingFraming);
+        assert_eq!(check_request(&marked, &cfg.server), Err(Reject::Framing));
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_replaced() {
+        let cfg = config("");
+        let mut p = parts(
+            "/",
+            &[
+                ("host", b"shop"),
+                ("forwarded", b"for=1.2.3.4"),
+                ("x-real-ip", b"1.2.3.4"),
+                ("x-forwarded-for", b"1.2.3.4"),
+                ("x-forwarded-port", b"443"),
+                ("x-forwarded-proto", b"https"),
+                ("x-forwarded-host", b"evil"),
+            ],
+        );
+        prepare(&mut p, &cfg, client("127.0.0.5"));
+        let h = &p.headers;
+        assert!(!h.contains_key("forwarded") && !h.contains_key("x-real-ip"));
+        assert!(!h.contains_key("x-forwarded-port"));
+        assert_eq!(h[&XFF], "127.0.0.5");
+        assert_eq!(h[&XFP], "http");
+        assert_eq!(h[&XFH], "shop");
+    }
+
+    #[test]
+    fn trusted_proxy_headers_are_kept_and_extended() {
+        let cfg = config("trusted_proxies = [\"10.0.0.0/8\"]");
+        let mut p = parts(
+            "/",
+            &[
+                ("host", b"shop"),
+                ("x-forwarded-for", b"1.2.3.4"),
+                ("x-forwarded-proto", b"https"),
+                ("x-real-ip", b"1.2.3.4"),
+            ],
+        );
+        prepare(&mut p, &cfg, client("10.1.2.3"));
+        let h = &p.headers;
+        assert_eq!(h[&XFF], "1.2.3.4, 10.1.2.3");
+        assert_eq!(h[&XFP], "https");
+        assert_eq!(h["x-real-ip"], "1.2.3.4");
+    }
+
+    #[test]
+    fn host_survives_connection_and_userinfo_never_copied() {
+        let cfg = config("");
+        let mut p = parts(
+            "/",
+            &[("host", b"shop"), ("connection", b"host, x-forwarded-host")],
+        );
+        prepare(&mut p, &cfg, client("127.0.0.5"));
+        assert_eq!(p.headers[header::HOST], "shop");
+        assert_eq!(p.headers[&XFH], "shop");
+        let mut p = parts("http://user:pw@shop.example:8080/a?b", &[]);
+        prepare(&mut p, &cfg, client("127.0.0.5"));
+        assert_eq!(p.headers[header::HOST], "shop.example:8080");
+        assert_eq!(p.uri, "/a?b");
+    }
+
+    #[test]
+    fn cookie_crumbs_are_joined_bytes_intact() {
+        let mut h = HeaderMap::new();
+        for c in [&b"a=1"[..], b"JSESSIONID=X.t1", b"n=caf\xe9"] {
+            h.append(header::COOKIE, HeaderValue::from_bytes(c).unwrap());
+        }
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].as_bytes(), b"a=1; JSESSIONID=X.t1; n=caf\xe9");
     }
 }

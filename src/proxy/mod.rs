@@ -300,7 +300,10 @@ impl Proxy {
         };
         let session = owned.as_ref().map(|o| o.borrow(&s.separator));
         let ws = websocket::detect(&parts);
-        let (response, served) = if parts.method == http::Method::CONNECT && ws.is_none() {
+        let (response, served) = if let Err(r) = headers::check_request(&parts, &rt.config.server) {
+            tracing::info!(peer = %client.peer, error = %r, "request refused");
+            (r.response(), None)
+        } else if parts.method == http::Method::CONNECT && ws.is_none() {
             let r = error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "CONNECT is not supported by this reverse proxy\n",

@@ -97,7 +97,9 @@ pub fn find<'a>(
     first
 }
 
-/// Values of every cookie called `name` across all Cookie headers.
+/// Values of every cookie called `name` across all Cookie headers. The
+/// header is split as bytes: another cookie with a non-ASCII (obs-text)
+/// byte in it must not hide the session cookie beside it.
 pub fn cookie_values<'a, 'n>(
     headers: &'a HeaderMap,
     name: &'n str,
@@ -105,8 +107,8 @@ pub fn cookie_values<'a, 'n>(
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|h| h.to_str().ok())
-        .flat_map(|h| h.split(';'))
+        .flat_map(|h| h.as_bytes().split(|&b| b == b';'))
+        .filter_map(|pair| std::str::from_utf8(pair).ok())
         .filter_map(move |pair| {
             let (k, v) = pair.split_once('=')?;
             (k.trim() == name).then(|| v.trim())
@@ -227,6 +229,15 @@ mod tests {
         let h = headers(&["JSESSIONID=AAA.gone; JSESSIONID=CCC"]);
         let s = find(&h, "/", "JSESSIONID", None, ".", known).unwrap();
         assert_eq!(s.value, "AAA.gone");
+    }
+
+    #[test]
+    fn non_ascii_cookie_beside_does_not_hide_the_session() {
+        let mut h = HeaderMap::new();
+        let raw = b"pref=caf\xe9; JSESSIONID=AAA.tomcat2; x=\xff\xfe";
+        h.append(COOKIE, HeaderValue::from_bytes(raw).unwrap());
+        let s = find(&h, "/", "JSESSIONID", None, ".", known).unwrap();
+        assert_eq!(s.value, "AAA.tomcat2");
     }
 
     #[test]

@@ -233,9 +233,12 @@ struct Head {
 
 /// Turn the prepared client request into an HTTP/1.1 upgrade: hop-by-hop
 /// headers are gone (prepare), so put back exactly the upgrade pair; for
-/// extended CONNECT add the handshake headers HTTP/2 does not carry.
+/// extended CONNECT add the handshake headers HTTP/2 does not carry. The
+/// upgrade is sent without a body, so no body framing the client sent
+/// (`Content-Length`) goes with it: the backend would wait for that body.
 fn upgrade_head(parts: Parts, key: Option<&str>) -> Head {
     let mut h = parts.headers;
+    h.remove(header::CONTENT_LENGTH);
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     if let Some(k) = key.and_then(|k| HeaderValue::from_str(k).ok()) {
@@ -435,9 +438,10 @@ mod tests {
         let p = parts(
             Method::GET,
             Version::HTTP_11,
-            &[("sec-websocket-version", "13")],
+            &[("sec-websocket-version", "13"), ("content-length", "5")],
         );
         let h = upgrade_head(p, Some("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!h.headers.contains_key(header::CONTENT_LENGTH));
         assert_eq!(h.headers[header::UPGRADE], "websocket");
         assert_eq!(h.headers[header::CONNECTION], "Upgrade");
         assert_eq!(
