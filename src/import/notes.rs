@@ -87,11 +87,13 @@ impl Cx<'_> {
         syntax(self.file, line, problem)
     }
 
-    /// The workers file gives nothing to import.
+    /// The workers file gives nothing to import. The problem may quote a
+    /// `--worker` name as typed, so control characters are replaced to
+    /// keep the message one line (found by the `modjk_import` fuzz target).
     pub(super) fn unusable(&self, problem: impl Into<String>) -> ImportError {
         ImportError::Unusable {
             file: self.file.to_path_buf(),
-            problem: problem.into(),
+            problem: super::render::one_line(&problem.into()),
         }
     }
 

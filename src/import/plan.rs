@@ -303,6 +303,19 @@ fn lb_settings(
 mod tests {
     use crate::import::tests::{backends, has_note, import, table, BASIC};
 
+    /// Found by the `modjk_import` fuzz target: an unknown `--worker` name
+    /// with a newline made the error message two lines.
+    #[test]
+    fn unknown_worker_name_with_control_characters_is_one_line() {
+        let e = import(BASIC, None, Some("no\nsuch\x1bworker")).unwrap_err();
+        let line = e.to_string();
+        assert!(!line.contains(['\n', '\x1b']), "{line:?}");
+        assert!(
+            line.contains("--worker no?such?worker: no worker of that name"),
+            "{line}"
+        );
+    }
+
     #[test]
     fn method_maps_to_algorithm() {
         for (m, want) in [

@@ -84,6 +84,7 @@ pub enum Reject {
 }
 
 impl Reject {
+    /// The reason as the rejection warning prints it.
     pub fn as_str(self) -> &'static str {
         match self {
             Reject::Malformed => "malformed",

@@ -55,7 +55,9 @@
 //! not work need `ip link set lo multicast on` and
 //! `ip route add 224.0.0.0/4 dev lo` (as root).
 
-mod auth;
+/// Public for fuzzing (`fuzz/`, `tests/fuzz_smoke.rs`): message
+/// authentication, freshness and replay checks.
+pub mod auth;
 mod diag;
 mod membership;
 mod net;
@@ -63,7 +65,9 @@ mod node;
 mod sync;
 mod transport;
 mod versions;
-mod wire;
+/// Public for fuzzing (`fuzz/`, `tests/fuzz_smoke.rs`): the datagram and
+/// frame format, its encoder and its decoder.
+pub mod wire;
 
 use super::{
     read_key_file, Cached, MemoryStore, SessionCounts, SessionStore, StateChange, StoreError,

@@ -33,8 +33,11 @@ use crate::store::StateChange;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+/// First bytes of every message, so stray traffic is dropped early.
 pub const MAGIC: [u8; 4] = *b"SGMC";
+/// Format version; a peer speaking another one is dropped as malformed.
 pub const WIRE_VERSION: u8 = 1;
+/// Bytes before the payload: magic, version, kind, node, ts, nonce.
 pub const HEADER_LEN: usize = 30;
 /// Largest datagram sent or accepted (fits a 1500-byte Ethernet MTU with
 /// room for IP/UDP headers and tunnels).
@@ -161,6 +164,7 @@ pub enum Body {
 }
 
 impl Body {
+    /// The header kind this body is sent under.
     pub fn kind(&self) -> Kind {
         match self {
             Body::Heartbeat { .. } => Kind::Heartbeat,

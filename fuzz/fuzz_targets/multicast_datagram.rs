@@ -1,0 +1,8 @@
+//! cargo-fuzz target: see `harness::multicast_datagram` for what is checked.
+#![no_main]
+
+#[allow(dead_code)]
+#[path = "../harness.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::multicast_datagram(data));
