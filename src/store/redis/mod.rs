@@ -46,8 +46,12 @@ use tokio::sync::{mpsc, Notify};
 /// A write for Redis, applied in the background.
 enum Op {
     Bind {
+        id: Box<str>,
         key: String,
         route: Arc<str>,
+        /// When this balancer decided it (unix ms): a newer move stored by
+        /// another balancer wins over it (see [`scripts::BIND`]).
+        at: u64,
     },
     Touch {
         key: String,
@@ -345,7 +349,24 @@ impl RedisStore {
         }
     }
 
-    /// Add `key` to `route`'s counting set, scored by its expiry time.
+    /// Whether `route` is a configured backend: only those may name keys
+    /// (a route read from Redis or a request is anybody's string).
+    fn configured(&self, route: &str) -> bool {
+        self.routes.load().contains_key(route)
+    }
+
+    /// A confirmed binding's write, dated now (see [`Op::Bind`]).
+    fn bind_op(&self, id: &str, route: &Arc<str>) -> Op {
+        Op::Bind {
+            id: id.into(),
+            key: self.key(id),
+            route: route.clone(),
+            at: unix_ms(),
+        }
+    }
+
+    /// Add `key` to `route`'s counting set, scored by its expiry time; the
+    /// set gets a TTL too. Routes that are not configured are not counted.
     async fn zadd(
         &self,
         h: &mut conn::Handle,
@@ -353,12 +374,17 @@ impl RedisStore {
         key: &str,
         expiry: u64,
     ) -> redis::RedisResult<()> {
-        redis::cmd("ZADD")
-            .arg(self.route_key(route))
+        if !self.configured(route) {
+            return Ok(());
+        }
+        scripts::COUNT_ADD
+            .key(self.route_key(route))
             .arg(expiry)
             .arg(key)
-            .query_async(h)
+            .arg(self.ttl_ms)
+            .invoke_async::<i64>(h)
             .await
+            .map(drop)
     }
 
     /// Remove `key` from `route`'s counting set.
@@ -375,32 +401,38 @@ impl RedisStore {
         let now = unix_ms();
         let expiry = now + self.ttl_ms;
         match op {
-            Op::Bind { key, route } => {
-                let old: Option<String> = scripts::BIND
+            Op::Bind { id, key, route, at } => {
+                let (old, stored): (String, String) = scripts::BIND
                     .key(&key)
                     .arg(&*route)
                     .arg(now)
                     .arg(self.ttl_ms)
+                    .arg(at)
                     .invoke_async(&mut h)
                     .await?;
-                if let Some(old) = old.filter(|o| **o != *route) {
+                if stored != *route {
+                    // Another balancer moved it after we decided: follow.
+                    if self.configured(&stored) {
+                        self.cache.bind(&id, &self.intern(&stored));
+                    }
+                    return self.zadd(&mut h, &stored, &key, expiry).await;
+                }
+                if !old.is_empty() && *old != *route {
                     self.zrem(&mut h, &old, &key).await?;
                 }
                 self.zadd(&mut h, &route, &key, expiry).await
             }
             Op::Touch { key, route } => {
-                redis::cmd("HSET")
-                    .arg(&key)
-                    .arg("s")
+                let stored: Option<String> = scripts::TOUCH
+                    .key(&key)
                     .arg(now)
-                    .query_async::<()>(&mut h)
-                    .await?;
-                redis::cmd("PEXPIRE")
-                    .arg(&key)
                     .arg(self.ttl_ms)
-                    .query_async::<()>(&mut h)
+                    .invoke_async(&mut h)
                     .await?;
-                self.zadd(&mut h, &route, &key, expiry).await
+                match stored {
+                    Some(r) if *r == *route => self.zadd(&mut h, &route, &key, expiry).await,
+                    _ => Ok(()),
+                }
             }
             Op::Forget { key } => {
                 let old: Option<String> = scripts::FORGET.key(&key).invoke_async(&mut h).await?;
@@ -410,11 +442,13 @@ impl RedisStore {
                 }
             }
             Op::Moved { key, from, to } => {
-                if let Some(f) = from.filter(|f| *f != to) {
+                let from = from.filter(|f| *f != to && self.configured(f));
+                if let Some(f) = from {
                     self.zrem(&mut h, &f, &key).await?;
-                    redis::cmd("INCR")
-                        .arg(self.moved_key(&f))
-                        .query_async::<()>(&mut h)
+                    scripts::MOVED_BUMP
+                        .key(self.moved_key(&f))
+                        .arg(self.ttl_ms)
+                        .invoke_async::<i64>(&mut h)
                         .await?;
                 }
                 self.zadd(&mut h, &to, &key, expiry).await
@@ -712,31 +746,33 @@ impl SessionStore for RedisStore {
 
     fn bind(&self, id: &str, route: &Arc<str>) {
         self.cache.bind(id, route);
-        self.enqueue(Op::Bind {
-            key: self.key(id),
-            route: route.clone(),
-        });
+        self.enqueue(self.bind_op(id, route));
     }
 
     fn bind_now<'a>(&'a self, id: &'a str, route: &'a Arc<str>) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             self.cache.bind(id, route);
-            let op = Op::Bind {
-                key: self.key(id),
-                route: route.clone(),
-            };
             if !self.healthy.load(Ordering::Relaxed) {
                 return;
             }
-            match tokio::time::timeout(self.timeout, self.apply(op)).await {
+            let at = unix_ms();
+            let op = |at| Op::Bind {
+                id: id.into(),
+                key: self.key(id),
+                route: route.clone(),
+                at,
+            };
+            // A retry keeps the decision time, so it cannot outrank a
+            // move another balancer made meanwhile.
+            match tokio::time::timeout(self.timeout, self.apply(op(at))).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     self.failed(&e).await;
-                    self.bind(id, route);
+                    self.enqueue(op(at));
                 }
                 Err(_) => {
                     self.errors.fetch_add(1, Ordering::Relaxed);
-                    self.bind(id, route);
+                    self.enqueue(op(at));
                 }
             }
         })
@@ -785,16 +821,23 @@ impl SessionStore for RedisStore {
                 }
             }
             let local = self.cache.claim(id, from, proposed).await;
-            self.enqueue(Op::Bind {
-                key,
-                route: local.clone(),
-            });
+            self.enqueue(self.bind_op(id, &local));
             local
         })
     }
 
     fn route_down(&self, route: &str) {
         self.cache.distrust_route(route);
+    }
+
+    /// Kept in the local cache's unconfirmed tier only: nothing reaches
+    /// Redis for an id no backend confirmed.
+    fn remember_unconfirmed(&self, id: &str, route: &Arc<str>) {
+        self.cache.remember_unconfirmed(id, route);
+    }
+
+    fn lookup_unconfirmed(&self, id: &str) -> Option<Arc<str>> {
+        self.cache.lookup_unconfirmed(id)
     }
 
     fn sessions(&self, route: &str) -> u64 {
