@@ -74,10 +74,12 @@ impl Table {
     /// Nothing is bound here for an id a client merely presents: a suffix
     /// naming a live node routes by itself, and the store only holds
     /// sessions a backend confirmed (learned from its `Set-Cookie`, see
-    /// `proxy::rewrite`). An unconfirmed id whose node cannot serve it goes
-    /// to its rendezvous heir (the same on every balancer) and is only
-    /// remembered in the store's local unconfirmed tier; an id whose route
-    /// names no configured backend creates nothing at all.
+    /// `proxy::rewrite`). An unconfirmed id whose configured node cannot
+    /// serve it goes to its rendezvous heir, agreed through
+    /// [`SessionStore::claim_unconfirmed`] (bounded, expiring, uncounted)
+    /// and remembered in the store's local unconfirmed tier; an id whose
+    /// route names no configured backend goes to its rendezvous heir and
+    /// creates nothing at all.
     pub async fn decide(
         &self,
         store: &dyn SessionStore,
@@ -109,13 +111,13 @@ impl Table {
             }
         }
         let heir = self.heir(s.base, home, tried)?;
-        let index = if confirmed.is_some() {
-            self.claim(store, s.base, wanted, heir, tried).await
-        } else {
-            if home.is_some() {
-                store.remember_unconfirmed(s.base, &self.backends[heir].config.route);
+        let index = match (&confirmed, home) {
+            (Some(_), _) => self.claim(store, s.base, wanted, heir, tried).await,
+            (None, Some(_)) => {
+                self.claim_unconfirmed(store, s.base, wanted, heir, tried)
+                    .await
             }
-            heir
+            (None, None) => heir,
         };
         Ok(Decision {
             index,
@@ -169,6 +171,28 @@ impl Table {
             .ok_or(NoBackend {
                 total: self.backends.len(),
             })
+    }
+
+    /// Have the store agree on the heir of an unconfirmed id whose node
+    /// (`from`, configured) cannot serve it; another balancer's choice
+    /// stands if that node may still take orphans.
+    async fn claim_unconfirmed(
+        &self,
+        store: &dyn SessionStore,
+        base: &str,
+        from: &str,
+        heir: usize,
+        tried: &Tried,
+    ) -> usize {
+        let proposed = self.backends[heir].config.route.clone();
+        let agreed = store.claim_unconfirmed(base, from, proposed).await;
+        match self.index_of(&agreed) {
+            Some(i) if !tried.has(i) && self.backends[i].takes_new_as_last_resort() => i,
+            _ => {
+                store.remember_unconfirmed(base, &self.backends[heir].config.route);
+                heir
+            }
+        }
     }
 
     /// Have the store agree on the heir of a confirmed session for the

@@ -192,6 +192,25 @@ pub trait SessionStore: Send + Sync + 'static {
         let _ = (id, route);
     }
 
+    /// Agree on the heir of an orphan no backend confirmed, whose node
+    /// `from` (a configured backend) cannot serve it: `proposed` (the
+    /// rendezvous heir) unless another balancer already chose one. The
+    /// answer is remembered as by [`SessionStore::remember_unconfirmed`].
+    /// A store without remote state (or peers) just remembers `proposed`;
+    /// a shared store may keep a short-lived, uncounted claim record,
+    /// bounded in number, so balancers whose heirs differ (other weights,
+    /// another view of health) still agree.
+    fn claim_unconfirmed<'a>(
+        &'a self,
+        id: &'a str,
+        from: &'a str,
+        proposed: Arc<str>,
+    ) -> StoreFuture<'a, Arc<str>> {
+        let _ = from;
+        self.remember_unconfirmed(id, &proposed);
+        Box::pin(std::future::ready(proposed))
+    }
+
     /// The route remembered by [`SessionStore::remember_unconfirmed`].
     fn lookup_unconfirmed(&self, id: &str) -> Option<Arc<str>> {
         let _ = id;

@@ -16,7 +16,13 @@
 //! Keys: `<prefix>s:<sha256(id)>` (a hash with route, created, last seen,
 //! version; TTL = idle timeout, so Redis expires idle sessions itself), and
 //! `<prefix>r:<route>`, a sorted set of that route's session keys scored by
-//! expiry time, which gives cluster-wide per-route counts.
+//! expiry time, which gives cluster-wide per-route counts (TTL renewed on
+//! every write). Only sessions a backend confirmed get an `s:` key. An
+//! orphan no backend confirmed gets at most a `<prefix>u:<sha256(id)>`
+//! string (its agreed heir; TTL of the unconfirmed tier, never counted),
+//! and no more than the unconfirmed tier's size of them are created per
+//! such TTL window (`<prefix>u#<window>` counts them). Every key written
+//! has a TTL, except the operators' states hash below.
 //!
 //! Operators' backend state changes live in one hash, `<prefix>states`:
 //! field = route, value = `"<state>:<at_ms>"` (e.g.
@@ -28,8 +34,9 @@
 //! is never lost to a Redis outage.
 
 mod conn;
-mod scripts;
+pub mod scripts;
 
+use super::memory::{unconfirmed_capacity, UNCONFIRMED_MAX_IDLE};
 use super::{
     unix_ms, Cached, MemoryStore, PeakWindow, SessionCounts, SessionStore, StateBook, StateChange,
     StoreError, StoreFuture, StoreStatus, MAX_STATE_SKEW_MS,
@@ -107,6 +114,13 @@ pub struct RedisStore {
     states_kick: Arc<Notify>,
     /// A malformed value in the states hash was logged (once).
     states_malformed: AtomicBool,
+    /// Unconfirmed claim records stored per window of
+    /// `unconfirmed_ttl_ms` at most (see [`scripts::UNCONFIRMED_CLAIM`]).
+    unconfirmed_cap: u64,
+    /// Life of an unconfirmed claim record (and the admission window).
+    unconfirmed_ttl_ms: u64,
+    /// The unconfirmed claim cap was reached and logged (once).
+    unconfirmed_full: AtomicBool,
 }
 
 const TICK: Duration = Duration::from_secs(1);
@@ -150,6 +164,9 @@ impl RedisStore {
             states_due: Mutex::new(HashSet::new()),
             states_kick: Arc::new(Notify::new()),
             states_malformed: AtomicBool::new(false),
+            unconfirmed_cap: unconfirmed_capacity(max_sessions) as u64,
+            unconfirmed_ttl_ms: (idle.min(UNCONFIRMED_MAX_IDLE).as_millis() as u64).max(1000),
+            unconfirmed_full: AtomicBool::new(false),
         });
         if let Err(e) = store.ping().await {
             store.healthy.store(false, Ordering::Relaxed);
@@ -166,18 +183,27 @@ impl RedisStore {
     }
 
     fn key(&self, id: &str) -> String {
+        self.key_in("s:", id)
+    }
+
+    /// The unconfirmed claim record of `id`.
+    fn unconfirmed_key(&self, id: &str) -> String {
+        self.key_in("u:", id)
+    }
+
+    fn key_in(&self, namespace: &str, id: &str) -> String {
         if self.hash_keys {
             use sha2::Digest;
             let d = sha2::Sha256::digest(id.as_bytes());
             let mut k = String::with_capacity(self.prefix.len() + 2 + 32);
             k.push_str(&self.prefix);
-            k.push_str("s:");
+            k.push_str(namespace);
             for b in &d[..16] {
                 k.push_str(&format!("{b:02x}"));
             }
             k
         } else {
-            format!("{}s:{id}", self.prefix)
+            format!("{}{namespace}{id}", self.prefix)
         }
     }
 
@@ -445,7 +471,7 @@ impl RedisStore {
                 let from = from.filter(|f| *f != to && self.configured(f));
                 if let Some(f) = from {
                     self.zrem(&mut h, &f, &key).await?;
-                    scripts::MOVED_BUMP
+                    scripts::BUMP
                         .key(self.moved_key(&f))
                         .arg(self.ttl_ms)
                         .invoke_async::<i64>(&mut h)
@@ -489,6 +515,44 @@ impl RedisStore {
             }
         }
         written
+    }
+
+    /// The shared unconfirmed claim: an existing record of another
+    /// balancer, else `proposed` stored if this window's admissions are
+    /// under the cap; `None` when nothing is stored.
+    async fn shared_unconfirmed_claim(
+        &self,
+        id: &str,
+        from: &str,
+        proposed: &str,
+    ) -> redis::RedisResult<Option<String>> {
+        let mut h = self.conn.handle().await?;
+        let key = self.unconfirmed_key(id);
+        let ttl = self.unconfirmed_ttl_ms;
+        let run = |may_create: &'static str| {
+            let mut inv = scripts::UNCONFIRMED_CLAIM.key(&key);
+            inv.arg(from).arg(proposed).arg(ttl).arg(may_create);
+            inv
+        };
+        if let Some(r) = run("0").invoke_async::<Option<String>>(&mut h).await? {
+            return Ok(Some(r));
+        }
+        let window = format!("{}u#{}", self.prefix, unix_ms() / ttl);
+        let admitted: u64 = scripts::BUMP
+            .key(window)
+            .arg(ttl.saturating_mul(2))
+            .invoke_async(&mut h)
+            .await?;
+        if admitted > self.unconfirmed_cap {
+            if !self.unconfirmed_full.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    cap = self.unconfirmed_cap,
+                    "redis: too many failovers of unconfirmed session ids (made-up ids?); further ones are not shared this window (logged once)"
+                );
+            }
+            return Ok(None);
+        }
+        run("1").invoke_async(&mut h).await
     }
 
     /// Refresh the cluster-wide per-route counts, dropping expired members.
@@ -838,6 +902,33 @@ impl SessionStore for RedisStore {
 
     fn lookup_unconfirmed(&self, id: &str) -> Option<Arc<str>> {
         self.cache.lookup_unconfirmed(id)
+    }
+
+    /// Agreed through a short-lived `u:` record (TTL: the unconfirmed
+    /// tier's idle limit; not counted; at most `unconfirmed_cap` created
+    /// per window), remembered in the local unconfirmed tier.
+    fn claim_unconfirmed<'a>(
+        &'a self,
+        id: &'a str,
+        from: &'a str,
+        proposed: Arc<str>,
+    ) -> StoreFuture<'a, Arc<str>> {
+        Box::pin(async move {
+            let mut agreed = proposed.clone();
+            if self.healthy.load(Ordering::Relaxed) {
+                let q = self.shared_unconfirmed_claim(id, from, &proposed);
+                match tokio::time::timeout(self.timeout, q).await {
+                    Ok(Ok(Some(r))) if self.configured(&r) => agreed = self.intern(&r),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => self.failed(&e).await,
+                    Err(_) => {
+                        self.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            self.cache.remember_unconfirmed(id, &agreed);
+            agreed
+        })
     }
 
     fn sessions(&self, route: &str) -> u64 {

@@ -70,10 +70,11 @@ return 1
     )
 });
 
-/// Bump a route's move counter (KEYS[1]) with the TTL rule of
-/// [`COUNT_ADD`] (ARGV = ttl_ms): a counter nobody bumps for that long
-/// has nothing left to invalidate.
-pub static MOVED_BUMP: LazyLock<Script> = LazyLock::new(|| {
+/// Bump a counter (KEYS[1]) with the TTL rule of [`COUNT_ADD`] (ARGV =
+/// ttl_ms); returns the new value. Used for a route's move counter (one
+/// nobody bumps for that long has nothing left to invalidate) and for the
+/// per-window admission count of unconfirmed claims.
+pub static BUMP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local n = redis.call('INCR', KEYS[1])
@@ -102,6 +103,28 @@ if not cur then redis.call('HSET', KEYS[1], 'c', ARGV[3]) end
 redis.call('HSET', KEYS[1], 'r', ARGV[2], 's', ARGV[3], 't', ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'v', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return ARGV[2]
+",
+    )
+});
+
+/// Failover claim for an id no backend confirmed (KEYS[1] =
+/// `<prefix>u:<id hash>`, a plain string with a TTL, never counted):
+/// ARGV = from, proposed, ttl_ms, may_create (`1`/`0`). Another
+/// balancer's choice stands (and is refreshed) unless it is `from`, the
+/// node that just failed; otherwise `proposed` is stored, only if
+/// `may_create`. Returns the agreed route, or nil when nothing is stored
+/// and nothing may be.
+pub static UNCONFIRMED_CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return cur
+end
+if ARGV[4] ~= '1' then return false end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return ARGV[2]
 ",
     )
