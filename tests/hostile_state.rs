@@ -258,13 +258,11 @@ async fn access_log_shows_no_session_id_and_escapes_quotes() {
         log.display(),
         b1.toml()
     ));
-    let req = format!(
-        "GET /headers;jsessionid=AAAA0001.tomcat1/x;jsessionid=BBBB0002?jsessionid=CCCC0003&JSESSIONID=DDDD0004 HTTP/1.1\r\n\
+    let req = "GET /headers;jsessionid=AAAA0001.tomcat1/x;jsessionid=BBBB0002?jsessionid=CCCC0003&JSESSIONID=DDDD0004 HTTP/1.1\r\n\
          Host: x\r\n\
          Referer: https://shop.example/p;jsessionid=EEEE0005?q=1&jsessionid=FFFF0006\r\n\
          User-Agent: ua\\\" \"evil\\\r\n\
-         Connection: close\r\n\r\n"
-    );
+         Connection: close\r\n\r\n";
     let answer = raw(gate.port, req.as_bytes(), Duration::from_secs(5));
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let mut text = String::new();
@@ -402,4 +400,76 @@ async fn sentinel_master_with_a_password() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(master_keys(&master), 1, "written without a password?");
+}
+
+/// A 0600 multicast key file in a fresh temp dir.
+fn multicast_key() -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = tempdir().join("cluster.key");
+    std::fs::write(&path, format!("{}{}", token(), token())).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// A loopback port free for UDP and TCP, below the ephemeral range.
+fn replication_port() -> u16 {
+    for _ in 0..1000 {
+        let port = 20_000 + (rand::random::<u16>() % 12_000);
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if udp.is_ok() && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free replication port")
+}
+
+#[tokio::test]
+async fn forged_ids_are_never_sent_to_multicast_peers() {
+    let b1 = Backend::start("tomcat1", &[]);
+    let b2 = Backend::start("tomcat2", &[]);
+    let key = multicast_key();
+    let ports = [replication_port(), replication_port()];
+    let store = |i: usize| {
+        format!(
+            "[store]\nkind = \"multicast\"\nmulticast_group = \"[ff05::5]:{}\"\nmulticast_interface = \"127.0.0.1\"\n\
+             replication_listen = \"127.0.0.1:{}\"\npeers = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\nkey_file = \"{}\"\ntimeout = \"2s\"\n",
+            replication_port(),
+            ports[i],
+            ports[0],
+            ports[1],
+            key.display()
+        )
+    };
+    let backends = format!("{FAST_HEALTH}{}{}", b1.toml(), b2.toml());
+    let a = Gate::start(&format!("{backends}{}", store(0)));
+    let b = Gate::start(&format!("{backends}{}", store(1)));
+    let c = client();
+    for i in 0..500 {
+        let forged = format!("{}.tomcat{}", token(), 1 + i % 2);
+        let r = get_path(&c, &a, "/headers", Some(&forged)).await;
+        assert_eq!(r.status, 200);
+    }
+    // One real session: replicated, so B has caught up once it shows it.
+    new_session(&c, &a).await;
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (sa, sb) = (a.status().await, b.status().await);
+        let n = |s: &serde_json::Value| s["store"]["sessions"].as_u64().unwrap_or(0);
+        if n(&sb) >= 1 {
+            assert_eq!(
+                (n(&sa), n(&sb)),
+                (1, 1),
+                "A {} / B {}",
+                sa["store"],
+                sb["store"]
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "B never got the real session: {}",
+            sb["store"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

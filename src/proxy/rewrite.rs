@@ -72,11 +72,9 @@ pub fn apply(x: &Exchange<'_>, headers: &mut HeaderMap, status_ok: bool) -> Lear
     }
     let served = x.served.route();
     match s.route {
-        Some(r) if r != served => {
-            if corrects_cookie(x, s) {
-                if let Some(v) = our_cookie(x, s.base, served) {
-                    headers.append(SET_COOKIE, v);
-                }
+        Some(r) if r != served && corrects_cookie(x, s) => {
+            if let Some(v) = our_cookie(x, s.base, served) {
+                headers.append(SET_COOKIE, v);
             }
         }
         // A suffix-less id that was balanced as new and kept by the backend
