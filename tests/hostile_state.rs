@@ -473,3 +473,87 @@ async fn forged_ids_are_never_sent_to_multicast_peers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn sentinel_master_over_tls_with_a_password() {
+    const PASS: &str = "tls-master-pass";
+    let dir = tempdir();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("certificate");
+    let (cert, key, ca) = (dir.join("r.crt"), dir.join("r.key"), dir.join("ca.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    let tls_files = format!(
+        "tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients no\n",
+        cert.display(),
+        key.display(),
+        ca.display()
+    );
+    // A TLS-only master that needs a password; the sentinel reaches it
+    // over TLS too, and answers clients in plain text.
+    let port = free_port();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string()])
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--requirepass", PASS, "--tls-auth-clients", "no"])
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .arg("--tls-ca-cert-file")
+        .arg(&ca)
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let _master = Proc { child };
+    wait_for(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .expect("TLS master did not listen");
+    let sentinel = Sentinel::start_with(
+        "tlsmaster",
+        port,
+        &format!("sentinel auth-pass tlsmaster {PASS}\ntls-replication yes\n{tls_files}"),
+    );
+    let pass_file = dir.join("master.pass");
+    std::fs::write(&pass_file, PASS).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pass_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let b1 = Backend::start("tomcat1", &[]);
+    let gate = Gate::start(&format!(
+        "{FAST_HEALTH}[store]\nkind = \"redis\"\ntimeout = \"1s\"\nredis_ca_file = \"{}\"\n\
+         redis_sentinel = {{ master = \"tlsmaster\", nodes = [\"{}\"], password_file = \"{}\", tls = true }}\n{}",
+        ca.display(),
+        sentinel.url(),
+        pass_file.display(),
+        b1.toml()
+    ));
+    let c = client();
+    new_session(&c, &gate).await;
+    // The binding is in the master: read it back over TLS.
+    let url = format!("rediss://:{PASS}@127.0.0.1:{port}");
+    let client = redis::Client::build_with_tls(
+        url.as_str(),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(&ca).unwrap()),
+        },
+    )
+    .unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("stickgate:s:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "the new session is not in the TLS master");
+    let st = gate.status().await;
+    assert_eq!(st["store"]["healthy"], true, "{}", st["store"]);
+    assert_eq!(st["store"]["errors"], 0, "{}", st["store"]);
+    assert!(!gate.logs().contains(PASS), "password logged");
+}
