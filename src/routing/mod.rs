@@ -78,8 +78,8 @@ impl Table {
     /// serve it goes to its rendezvous heir, agreed through
     /// [`SessionStore::claim_unconfirmed`] (bounded, expiring, uncounted)
     /// and remembered in the store's local unconfirmed tier; an id whose
-    /// route names no configured backend goes to its rendezvous heir and
-    /// creates nothing at all.
+    /// route names no configured backend is a new session placed on its
+    /// rendezvous heir, and creates nothing at all.
     pub async fn decide(
         &self,
         store: &dyn SessionStore,
@@ -117,7 +117,15 @@ impl Table {
                 self.claim_unconfirmed(store, s.base, wanted, heir, tried)
                     .await
             }
-            (None, None) => heir,
+            // No backend of that name and nothing stored: not a failover
+            // (no node lost it), just a new session placed where every
+            // balancer would place it.
+            (None, None) => {
+                return Ok(Decision {
+                    index: heir,
+                    reason: Reason::New,
+                })
+            }
         };
         Ok(Decision {
             index,
