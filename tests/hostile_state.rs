@@ -107,8 +107,12 @@ async fn random_ids_and_routes_leave_no_redis_key_without_ttl() {
     // heir through short-lived claim records: at most a tenth of
     // max_sessions (64 here) of the 100 per window.
     let claims = redis.keys("stickgate:u:*").len();
-    println!("unconfirmed claim records: {claims}");
+    let local = gate.status().await["store"]["unconfirmed"]
+        .as_u64()
+        .unwrap();
+    println!("unconfirmed claim records: {claims}, local unconfirmed tier: {local}");
     assert!(claims <= 64, "{claims} unconfirmed claim records");
+    assert!((1..=64).contains(&local), "local unconfirmed tier: {local}");
     for k in &all {
         let named = k
             .strip_prefix("stickgate:r:")

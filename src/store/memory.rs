@@ -442,6 +442,10 @@ impl SessionStore for MemoryStore {
             rejected_full: self.rejected.load(Ordering::Relaxed),
             expired: self.expired.load(Ordering::Relaxed),
             healthy: true,
+            unconfirmed: self
+                .unconfirmed
+                .as_ref()
+                .map_or(0, |t| t.len.load(Ordering::Relaxed)),
             ..StoreStatus::default()
         }
     }
@@ -498,6 +502,7 @@ mod tests {
         assert_eq!(s.lookup_unconfirmed(&format!("F{}", tier * 2)), None);
         assert_eq!(count(&s, "a"), 0, "unconfirmed ids are never counted");
         assert_eq!(s.status().sessions, 0);
+        assert_eq!(s.status().unconfirmed, tier as u64);
         assert_eq!(s.lookup("F0"), Cached::Absent, "not a confirmed binding");
         for i in 0..100 {
             s.bind(&format!("R{i}"), &a);

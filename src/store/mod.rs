@@ -54,6 +54,10 @@ pub struct StoreStatus {
     pub peers: Vec<String>,
     /// Times another balancer's failover made this one re-check its cache.
     pub invalidations: u64,
+    /// Entries in this balancer's unconfirmed tier (ids no backend
+    /// confirmed: see [`SessionStore::remember_unconfirmed`]); a high
+    /// figure means clients present many made-up ids.
+    pub unconfirmed: u64,
 }
 
 /// Answer of the local, non-blocking lookup.
