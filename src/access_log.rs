@@ -1,12 +1,13 @@
 //! Access log (off by default): one line per request, written by a
 //! background task so a slow disk never slows a request; when the queue is
 //! full lines are dropped and counted, never waited for. Session ids are
-//! credentials: the log carries their hash, and a `;jsessionid=` path
-//! parameter is replaced by it too.
+//! credentials: the log carries their hash, and every `;jsessionid=` path
+//! parameter and `jsessionid=` query parameter, in the request target and
+//! in the Referer, is replaced by it too.
 
 use crate::config::{AccessLog, AccessLogFormat};
 use crate::proxy::ClientInfo;
-use crate::routing::session::{redact, replace_path_parameter};
+use crate::routing::session::redact;
 use crate::routing::Reason;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,13 +48,15 @@ pub struct Served<'a> {
 }
 
 impl Head {
-    /// Copy the request line and the headers the log shows; the session
-    /// path parameter named `param` is hashed in the copy.
+    /// Copy the request line and the headers the log shows; session ids
+    /// (parameters named `param` or `jsessionid`, any case) are hashed in
+    /// the copy of the target and of the Referer.
     pub fn capture(parts: &http::request::Parts, client: ClientInfo, param: Option<&str>) -> Self {
+        let names: &[&str] = match param {
+            Some(p) => &[p, TOMCAT_PARAM],
+            None => &[TOMCAT_PARAM],
+        };
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let target = param
-            .and_then(|p| replace_path_parameter(pq, p, redact))
-            .unwrap_or_else(|| pq.to_owned());
         let header = |h| {
             parts
                 .headers
@@ -65,12 +68,79 @@ impl Head {
             started: SystemTime::now(),
             client,
             method: parts.method.clone(),
-            target,
+            target: redact_ids(pq, names),
             version: parts.version,
             user_agent: header(http::header::USER_AGENT),
-            referer: header(http::header::REFERER),
+            referer: header(http::header::REFERER).map(|r| redact_ids(&r, names)),
         }
     }
+}
+
+/// Tomcat's own name for URL session ids, hashed even when the balancer's
+/// path parameter is renamed or off (a backend may still put it in links).
+const TOMCAT_PARAM: &str = "jsessionid";
+
+/// `text` (a request target or URL) with the value of every `;name=`,
+/// `?name=` and `&name=` parameter, `name` any of `names` in any case,
+/// replaced by its [`redact`]ed hash. A value ends at `;`, `/`, `?`, `&`
+/// or `#`.
+pub fn redact_ids(text: &str, names: &[&str]) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        let start = matches!(b[i], b';' | b'?' | b'&').then(|| value_start(b, i + 1, names));
+        let Some(Some(v)) = start else {
+            i += 1;
+            continue;
+        };
+        let end = text[v..]
+            .find([';', '/', '?', '&', '#'])
+            .map_or(text.len(), |e| v + e);
+        if end > v {
+            out.push_str(&text[copied..v]);
+            out.push_str(&redact(&text[v..end]));
+            copied = end;
+        }
+        i = end;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// Where the value starts if `b[at..]` is `name=` for one of `names`.
+fn value_start(b: &[u8], at: usize, names: &[&str]) -> Option<usize> {
+    let rest = &b[at..];
+    names.iter().find_map(|n| {
+        let n = n.as_bytes();
+        let hit = !n.is_empty()
+            && rest.len() > n.len()
+            && rest[n.len()] == b'='
+            && rest[..n.len()].eq_ignore_ascii_case(n);
+        hit.then_some(at + n.len() + 1)
+    })
+}
+
+/// A value inside a double-quoted field of the combined format: `"` and
+/// `\` are backslash-escaped and anything not printable ASCII becomes
+/// `\xNN`, so a header can neither close the field nor forge a line.
+fn quoted(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut buf = [0u8; 4];
+                for byte in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\x{byte:02x}"));
+                }
+            }
+        }
+    }
+    out
 }
 
 impl AccessLogger {
@@ -118,13 +188,13 @@ fn reason_text(r: Option<&Reason>) -> String {
 /// Apache/nginx "combined" plus route, routing reason, hashed session and
 /// time to the response head, so existing log tools parse the front.
 fn combined(h: &Head, status: http::StatusCode, s: &Served<'_>, took: Duration) -> String {
-    let quote = |v: &Option<String>| v.as_deref().unwrap_or("-").replace('"', "\\\"");
+    let quote = |v: &Option<String>| quoted(v.as_deref().unwrap_or("-"));
     format!(
         "{} - - [{}] \"{} {} {:?}\" {} - \"{}\" \"{}\" route={} reason={} session={} ms={:.3}\n",
         h.client.peer.ip(),
         humantime::format_rfc3339_millis(h.started),
         h.method,
-        h.target.replace('"', "%22"),
+        quoted(&h.target.replace('"', "%22")),
         h.version,
         status.as_u16(),
         quote(&h.referer),
@@ -235,6 +305,90 @@ mod tests {
         assert!(!h.target.contains("6B941D9A"), "{}", h.target);
         assert!(h.target.starts_with("/app;jsessionid=sid#"), "{}", h.target);
         assert!(h.target.ends_with("?x=1"), "{}", h.target);
+    }
+
+    #[test]
+    fn every_session_parameter_is_hashed_in_target_and_referer() {
+        let req = http::Request::get(
+            "/a;jsessionid=AAAA1111.t1/b;JSESSIONID=BBBB2222?q=1&jsessionid=CCCC3333&z=2",
+        )
+        .header(
+            "referer",
+            "https://x.example/p;jsessionid=DDDD4444?JSessionId=EEEE5555",
+        )
+        .body(())
+        .unwrap();
+        let (parts, ()) = req.into_parts();
+        let client = ClientInfo {
+            peer: "127.0.0.1:5000".parse().unwrap(),
+            https: false,
+        };
+        let h = Head::capture(&parts, client, Some("sid"));
+        let line = combined(
+            &h,
+            http::StatusCode::OK,
+            &Served {
+                route: None,
+                reason: None,
+                session: None,
+            },
+            Duration::ZERO,
+        );
+        for id in ["AAAA1111", "BBBB2222", "CCCC3333", "DDDD4444", "EEEE5555"] {
+            assert!(!line.contains(id), "{id} leaked: {line}");
+        }
+        assert_eq!(line.matches("sid#").count(), 5, "{line}");
+        assert!(h.target.starts_with("/a;jsessionid=sid#"), "{}", h.target);
+        assert!(h.target.contains("/b;JSESSIONID=sid#"), "{}", h.target);
+        assert!(h.target.contains("?q=1&jsessionid=sid#"), "{}", h.target);
+        assert!(h.target.ends_with("&z=2"), "{}", h.target);
+        assert_eq!(
+            redact_ids("/x;sid=V", &["sid"]),
+            format!("/x;sid={}", redact("V"))
+        );
+        assert_eq!(
+            redact_ids("/x;sid=;sidx=V?sid", &["sid"]),
+            "/x;sid=;sidx=V?sid"
+        );
+    }
+
+    #[test]
+    fn quotes_and_backslashes_cannot_break_out_of_a_field() {
+        let req = http::Request::get("/")
+            .header("user-agent", "evil\\\" 200 - \"forged")
+            .header("referer", "r\\")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let client = ClientInfo {
+            peer: "127.0.0.1:5000".parse().unwrap(),
+            https: false,
+        };
+        let h = Head::capture(&parts, client, None);
+        let none = Served {
+            route: None,
+            reason: None,
+            session: None,
+        };
+        let line = combined(&h, http::StatusCode::OK, &none, Duration::ZERO);
+        assert!(
+            line.contains(r#""r\\" "evil\\\" 200 - \"forged""#),
+            "{line}"
+        );
+        // Every quote inside a field is escaped: unescaped quotes delimit
+        // exactly the three quoted fields.
+        let mut unescaped = 0;
+        let mut esc = false;
+        for c in line.chars() {
+            match (esc, c) {
+                (true, _) => esc = false,
+                (false, '\\') => esc = true,
+                (false, '"') => unescaped += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(unescaped, 6, "{line}");
+        assert_eq!(quoted("a\u{7f}é"), "a\\x7f\\xc3\\xa9");
     }
 
     #[test]

@@ -501,13 +501,18 @@ async fn failover_through_one_balancer_binds_the_other_after_the_node_returns() 
     let a = Gate::start(&body);
     let b = Gate::start(&body);
     let c = client();
-    let direct = format!("http://127.0.0.1:{}/", t1.port);
+    // Ten real sessions on t1, issued through A (so A stored them: a
+    // balancer only stores sessions a backend issued, never ids a client
+    // merely presents).
     let mut ids = Vec::new();
-    for _ in 0..10 {
-        let r = request(&c, "GET", &direct, None, Bytes::new()).await;
-        ids.push(r.set_cookie(COOKIE).expect("session cookie from t1"));
+    for _ in 0..60 {
+        let (id, route) = new_sessions(&c, &a, 1).await.remove(0);
+        if route == "t1" && ids.len() < 10 {
+            ids.push(id);
+        }
     }
-    // Both balancers know them on t1.
+    assert_eq!(ids.len(), 10, "60 new sessions did not put 10 on t1");
+    // Both balancers know them on t1 (B through Redis).
     for id in &ids {
         for (g, want) in [(&a, 2), (&b, 3)] {
             let r = hit(&c, g, Some(id)).await;

@@ -382,12 +382,27 @@ impl Default for StoreSection {
     }
 }
 
-/// Redis Sentinel settings.
+/// Redis Sentinel settings. The `nodes` URLs reach the sentinels (their
+/// own password, if any, goes in those URLs); the `username`,
+/// `password_file` and `tls` keys are for the master the sentinels name,
+/// which usually requires a password of its own (`requirepass`, the
+/// sentinels' `auth-pass`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SentinelSection {
     pub master: String,
     pub nodes: Vec<String>,
+    /// ACL user for the master (Redis 6+); none: the default user.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the master's password (a file, not the config, so the
+    /// secret stays out of configs and logs; must not be world-readable).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Reach the master over TLS (as `rediss://`), trusting
+    /// `store.redis_ca_file` if set, else the system roots.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// Store implementations known to this build.

@@ -72,20 +72,38 @@ pub fn apply(x: &Exchange<'_>, headers: &mut HeaderMap, status_ok: bool) -> Lear
     }
     let served = x.served.route();
     match s.route {
-        Some(r) if r != served => {
+        Some(r) if r != served && corrects_cookie(x, s) => {
             if let Some(v) = our_cookie(x, s.base, served) {
                 headers.append(SET_COOKIE, v);
             }
         }
         // A suffix-less id that was balanced as new and kept by the backend
-        // (no Set-Cookie): bind it to the node that accepted it. Sticky
-        // requests are bound already, and failovers were bound by the claim.
+        // (no Set-Cookie): only the client vouches for it, so it is
+        // remembered in the store's unconfirmed tier (local, capped,
+        // uncounted), never bound.
         None if *x.reason == Reason::New => {
-            x.store.bind(s.base, &x.served.config.route);
+            x.store.remember_unconfirmed(s.base, &x.served.config.route);
         }
         _ => {}
     }
     learned
+}
+
+/// Whether the balancer may hand the client `base<sep>served` itself: only
+/// for an id that came from the session cookie (never from the URL, which
+/// would let a link plant a session id in a victim's browser: Tomcat never
+/// turns URL ids into cookies either), and only when the session really
+/// failed over: its node, a configured backend, could not serve it (now,
+/// or earlier, as a stored binding elsewhere says).
+fn corrects_cookie(x: &Exchange<'_>, s: &SessionId<'_>) -> bool {
+    if s.source != Source::Cookie {
+        return false;
+    }
+    match x.reason {
+        Reason::Failover { from } => x.table.index_of(from).is_some(),
+        Reason::Sticky => true,
+        Reason::New => false,
+    }
 }
 
 /// The binding a session cookie teaches, if any; removals and replaced

@@ -70,6 +70,16 @@ impl Table {
 
     /// Choose the backend for an attempt of a request carrying `session`,
     /// skipping backends already `tried`.
+    ///
+    /// Nothing is bound here for an id a client merely presents: a suffix
+    /// naming a live node routes by itself, and the store only holds
+    /// sessions a backend confirmed (learned from its `Set-Cookie`, see
+    /// `proxy::rewrite`). An unconfirmed id whose configured node cannot
+    /// serve it goes to its rendezvous heir, agreed through
+    /// [`SessionStore::claim_unconfirmed`] (bounded, expiring, uncounted)
+    /// and remembered in the store's local unconfirmed tier; an id whose
+    /// route names no configured backend is a new session placed on its
+    /// rendezvous heir, and creates nothing at all.
     pub async fn decide(
         &self,
         store: &dyn SessionStore,
@@ -79,11 +89,14 @@ impl Table {
         let Some(s) = session else {
             return self.new_session(store, tried);
         };
-        let bound = match store.lookup_hinted(s.base, s.route) {
+        let confirmed = match store.lookup_hinted(s.base, s.route) {
             Cached::Found(r) => Some(r),
             Cached::Absent => None,
             Cached::Unknown => store.fetch(s.base).await,
         };
+        let bound = confirmed
+            .clone()
+            .or_else(|| store.lookup_unconfirmed(s.base));
         let wanted: Option<&str> = bound.as_deref().or(s.route);
         let Some(wanted) = wanted else {
             return self.new_session(store, tried);
@@ -91,16 +104,35 @@ impl Table {
         let home = self.index_of(wanted);
         if let Some(i) = home {
             if !tried.has(i) && self.backends[i].serves_sessions() {
-                if bound.is_none() {
-                    store.bind(s.base, &self.backends[i].config.route);
-                }
                 return Ok(Decision {
                     index: i,
                     reason: Reason::Sticky,
                 });
             }
         }
-        self.failover(store, s.base, wanted, home, tried).await
+        let heir = self.heir(s.base, home, tried)?;
+        let index = match (&confirmed, home) {
+            (Some(_), _) => self.claim(store, s.base, wanted, heir, tried).await,
+            (None, Some(_)) => {
+                self.claim_unconfirmed(store, s.base, wanted, heir, tried)
+                    .await
+            }
+            // No backend of that name and nothing stored: not a failover
+            // (no node lost it), just a new session placed where every
+            // balancer would place it.
+            (None, None) => {
+                return Ok(Decision {
+                    index: heir,
+                    reason: Reason::New,
+                })
+            }
+        };
+        Ok(Decision {
+            index,
+            reason: Reason::Failover {
+                from: wanted.into(),
+            },
+        })
     }
 
     fn new_session(&self, store: &dyn SessionStore, tried: &Tried) -> Result<Decision, NoBackend> {
@@ -125,17 +157,11 @@ impl Table {
         })
     }
 
-    /// Pick the heir (same domain first, active before draining, never a
-    /// disabled or stopped node) and have
-    /// the store agree on it for the whole cluster.
-    async fn failover(
-        &self,
-        store: &dyn SessionStore,
-        base: &str,
-        from: &str,
-        home: Option<usize>,
-        tried: &Tried,
-    ) -> Result<Decision, NoBackend> {
+    /// Pick the heir of an orphan whose node was `home` (same domain
+    /// first, active before draining, never a disabled or stopped node):
+    /// rendezvous hashing, so every balancer with the same backends picks
+    /// the same one without asking anybody.
+    fn heir(&self, base: &str, home: Option<usize>, tried: &Tried) -> Result<usize, NoBackend> {
         let domain = home.and_then(|i| self.backends[i].config.domain.clone());
         let usable = |i: usize, active_only: bool| {
             let b = &self.backends[i];
@@ -147,15 +173,49 @@ impl Table {
                 }
         };
         let same_domain = |i: usize| domain.is_some() && self.backends[i].config.domain == domain;
-        let heir = balance::heir(&self.backends, base, |i| same_domain(i) && usable(i, true))
+        balance::heir(&self.backends, base, |i| same_domain(i) && usable(i, true))
             .or_else(|| balance::heir(&self.backends, base, |i| usable(i, true)))
             .or_else(|| balance::heir(&self.backends, base, |i| usable(i, false)))
             .ok_or(NoBackend {
                 total: self.backends.len(),
-            })?;
+            })
+    }
+
+    /// Have the store agree on the heir of an unconfirmed id whose node
+    /// (`from`, configured) cannot serve it; another balancer's choice
+    /// stands if that node may still take orphans.
+    async fn claim_unconfirmed(
+        &self,
+        store: &dyn SessionStore,
+        base: &str,
+        from: &str,
+        heir: usize,
+        tried: &Tried,
+    ) -> usize {
+        let proposed = self.backends[heir].config.route.clone();
+        let agreed = store.claim_unconfirmed(base, from, proposed).await;
+        match self.index_of(&agreed) {
+            Some(i) if !tried.has(i) && self.backends[i].takes_new_as_last_resort() => i,
+            _ => {
+                store.remember_unconfirmed(base, &self.backends[heir].config.route);
+                heir
+            }
+        }
+    }
+
+    /// Have the store agree on the heir of a confirmed session for the
+    /// whole cluster; returns the backend to use.
+    async fn claim(
+        &self,
+        store: &dyn SessionStore,
+        base: &str,
+        from: &str,
+        heir: usize,
+        tried: &Tried,
+    ) -> usize {
         let proposed = self.backends[heir].config.route.clone();
         let agreed = store.claim(base, Some(from), proposed).await;
-        let index = match self.index_of(&agreed) {
+        match self.index_of(&agreed) {
             // Another balancer's claim stands if that node still serves
             // sessions it holds (even disabled: the session is its own now).
             Some(i) if !tried.has(i) && self.backends[i].serves_sessions() => i,
@@ -163,10 +223,6 @@ impl Table {
                 store.bind(base, &self.backends[heir].config.route);
                 heir
             }
-        };
-        Ok(Decision {
-            index,
-            reason: Reason::Failover { from: from.into() },
-        })
+        }
     }
 }

@@ -84,13 +84,39 @@ pub struct MemoryStore {
     rejected: AtomicU64,
     expired: AtomicU64,
     full_logged: AtomicBool,
+    /// The unconfirmed tier (see [`SessionStore::remember_unconfirmed`]):
+    /// a second, smaller map with a shorter expiry whose entries are never
+    /// counted, so ids only a client vouches for can neither fill this
+    /// table nor show up in per-route counts. `None` in the tier itself.
+    unconfirmed: Option<Box<MemoryStore>>,
+}
+
+/// Longest life of an unconfirmed binding: long enough to keep a
+/// failed-over session on its heir until the client has the corrected
+/// cookie, short enough that a flood of made-up ids drains away quickly.
+pub const UNCONFIRMED_MAX_IDLE: Duration = Duration::from_secs(600);
+
+/// Size of the unconfirmed tier for a store of `capacity` sessions: a
+/// tenth of it, at least 64 and at most 65 536 entries.
+pub fn unconfirmed_capacity(capacity: usize) -> usize {
+    (capacity / 10).clamp(64, 65_536)
 }
 
 impl MemoryStore {
     /// A store whose sessions expire after `idle` without a request, holding
-    /// at most `capacity` sessions.
+    /// at most `capacity` sessions (plus a separate unconfirmed tier of
+    /// [`unconfirmed_capacity`] entries).
     pub fn new(idle: Duration, capacity: usize) -> Arc<Self> {
-        Arc::new(MemoryStore {
+        let tier = Self::plain(
+            idle.min(UNCONFIRMED_MAX_IDLE),
+            unconfirmed_capacity(capacity),
+            None,
+        );
+        Arc::new(Self::plain(idle, capacity, Some(Box::new(tier))))
+    }
+
+    fn plain(idle: Duration, capacity: usize, unconfirmed: Option<Box<MemoryStore>>) -> Self {
+        MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             seed: RandomState::new(),
             routes: ArcSwap::from_pointee(HashMap::new()),
@@ -106,7 +132,8 @@ impl MemoryStore {
             rejected: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             full_logged: AtomicBool::new(false),
-        })
+            unconfirmed,
+        }
     }
 
     /// Run the expiry sweep in the background until the store is dropped.
@@ -125,6 +152,9 @@ impl MemoryStore {
 
     /// Remove every session idle for longer than the idle timeout.
     pub fn sweep(&self) -> u64 {
+        if let Some(tier) = &self.unconfirmed {
+            tier.sweep();
+        }
         let now = self.now();
         let mut removed = 0u64;
         for shard in self.shards.iter() {
@@ -194,7 +224,7 @@ impl MemoryStore {
         }
         if self.len.load(Ordering::Relaxed) >= self.capacity {
             self.rejected.fetch_add(1, Ordering::Relaxed);
-            if !self.full_logged.swap(true, Ordering::Relaxed) {
+            if self.unconfirmed.is_some() && !self.full_logged.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     capacity = self.capacity,
                     "session store is full: new sessions are not tracked (suffix routing still works); raise session.max_sessions or lower session.idle_timeout"
@@ -328,6 +358,9 @@ impl SessionStore for MemoryStore {
     }
 
     fn forget(&self, id: &str) {
+        if let Some(tier) = &self.unconfirmed {
+            tier.forget(id);
+        }
         let Ok(mut map) = self.shard(id).lock() else {
             return;
         };
@@ -366,6 +399,16 @@ impl SessionStore for MemoryStore {
         Box::pin(std::future::ready(answer))
     }
 
+    fn lookup_unconfirmed(&self, id: &str) -> Option<Arc<str>> {
+        self.unconfirmed.as_ref()?.get(id)
+    }
+
+    fn remember_unconfirmed(&self, id: &str, route: &Arc<str>) {
+        if let Some(tier) = &self.unconfirmed {
+            tier.bind(id, route);
+        }
+    }
+
     fn sessions(&self, route: &str) -> u64 {
         self.routes
             .load()
@@ -399,6 +442,10 @@ impl SessionStore for MemoryStore {
             rejected_full: self.rejected.load(Ordering::Relaxed),
             expired: self.expired.load(Ordering::Relaxed),
             healthy: true,
+            unconfirmed: self
+                .unconfirmed
+                .as_ref()
+                .map_or(0, |t| t.len.load(Ordering::Relaxed)),
             ..StoreStatus::default()
         }
     }
@@ -441,6 +488,37 @@ mod tests {
         assert_eq!(s.status().sessions, 2);
         assert_eq!(s.status().rejected_full, 1);
         assert_eq!(s.get("3"), None);
+    }
+
+    #[test]
+    fn unconfirmed_tier_is_separate_capped_and_uncounted() {
+        let s = MemoryStore::new(Duration::from_secs(60), 100);
+        let a: Arc<str> = "a".into();
+        let tier = unconfirmed_capacity(100);
+        for i in 0..tier * 3 {
+            s.remember_unconfirmed(&format!("F{i}"), &a);
+        }
+        assert_eq!(s.lookup_unconfirmed("F0").as_deref(), Some("a"));
+        assert_eq!(s.lookup_unconfirmed(&format!("F{}", tier * 2)), None);
+        assert_eq!(count(&s, "a"), 0, "unconfirmed ids are never counted");
+        assert_eq!(s.status().sessions, 0);
+        assert_eq!(s.status().unconfirmed, tier as u64);
+        assert_eq!(s.lookup("F0"), Cached::Absent, "not a confirmed binding");
+        for i in 0..100 {
+            s.bind(&format!("R{i}"), &a);
+        }
+        assert_eq!(s.status().sessions, 100, "confirmed table untouched");
+        assert_eq!(s.status().rejected_full, 0);
+        s.forget("F0");
+        assert_eq!(s.lookup_unconfirmed("F0"), None);
+    }
+
+    #[test]
+    fn unconfirmed_entries_expire_sooner() {
+        let s = MemoryStore::new(Duration::from_secs(3600), 10);
+        let tier = s.unconfirmed.as_ref().unwrap();
+        assert_eq!(tier.idle_ms(), UNCONFIRMED_MAX_IDLE.as_millis() as u64);
+        assert_eq!(tier.capacity, 64);
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub struct StoreStatus {
     pub peers: Vec<String>,
     /// Times another balancer's failover made this one re-check its cache.
     pub invalidations: u64,
+    /// Entries in this balancer's unconfirmed tier (ids no backend
+    /// confirmed: see [`SessionStore::remember_unconfirmed`]); a high
+    /// figure means clients present many made-up ids.
+    pub unconfirmed: u64,
 }
 
 /// Answer of the local, non-blocking lookup.
@@ -175,9 +179,47 @@ pub trait SessionStore: Send + Sync + 'static {
         Box::pin(std::future::ready(None))
     }
 
-    /// Bind a session to a route (learned from a backend's `Set-Cookie`, or
-    /// from a request the backend accepted). Rebinding moves the count.
+    /// Bind a session to a route: a *confirmed* binding, made only when a
+    /// backend has shown the session is real (its `Set-Cookie` issued or
+    /// renamed it) or when a confirmed session moves (failover). Never
+    /// for an id a client merely presented: those would let anyone fill
+    /// the table and inflate counts. Rebinding moves the count.
     fn bind(&self, id: &str, route: &Arc<str>);
+
+    /// Remember where an id no backend has confirmed was sent (a failover
+    /// heir, or the node that kept a suffix-less id), so this balancer
+    /// keeps sending it there. Local only, in a separately capped tier
+    /// with a short expiry that is never counted, never replicated and
+    /// can neither evict nor block confirmed sessions: ids only a client
+    /// vouches for must not cost shared state. A full tier drops it.
+    fn remember_unconfirmed(&self, id: &str, route: &Arc<str>) {
+        let _ = (id, route);
+    }
+
+    /// Agree on the heir of an orphan no backend confirmed, whose node
+    /// `from` (a configured backend) cannot serve it: `proposed` (the
+    /// rendezvous heir) unless another balancer already chose one. The
+    /// answer is remembered as by [`SessionStore::remember_unconfirmed`].
+    /// A store without remote state (or peers) just remembers `proposed`;
+    /// a shared store may keep a short-lived, uncounted claim record,
+    /// bounded in number, so balancers whose heirs differ (other weights,
+    /// another view of health) still agree.
+    fn claim_unconfirmed<'a>(
+        &'a self,
+        id: &'a str,
+        from: &'a str,
+        proposed: Arc<str>,
+    ) -> StoreFuture<'a, Arc<str>> {
+        let _ = from;
+        self.remember_unconfirmed(id, &proposed);
+        Box::pin(std::future::ready(proposed))
+    }
+
+    /// The route remembered by [`SessionStore::remember_unconfirmed`].
+    fn lookup_unconfirmed(&self, id: &str) -> Option<Arc<str>> {
+        let _ = id;
+        None
+    }
 
     /// Bind a session that a response is about to hand to the client, and
     /// wait (bounded by the store's timeout) until the binding is durable
@@ -191,9 +233,11 @@ pub trait SessionStore: Send + Sync + 'static {
     /// The backend ended or replaced the session.
     fn forget(&self, id: &str);
 
-    /// Move an orphaned session from `from` (its dead route, `None` if it was
-    /// unbound) to `proposed`, unless another party already moved it: the
-    /// answer is the route every balancer must use from now on.
+    /// Move an orphaned *confirmed* session from `from` (its dead route,
+    /// `None` if it was unbound) to `proposed`, unless another party
+    /// already moved it: the answer is the route every balancer must use
+    /// from now on. Not for ids no backend confirmed (see
+    /// [`SessionStore::remember_unconfirmed`]).
     fn claim<'a>(
         &'a self,
         id: &'a str,

@@ -775,6 +775,12 @@ impl Sentinel {
     /// Monitor `127.0.0.1:master_port` as `name`, quorum 1, down after 1 s,
     /// failover timeout 2 s; waits until it names the master.
     pub fn start(name: &str, master_port: u16) -> Sentinel {
+        Self::start_with(name, master_port, "")
+    }
+
+    /// Like `start`, with extra config lines after `sentinel monitor`
+    /// (e.g. `sentinel auth-pass <name> <password>\n`).
+    pub fn start_with(name: &str, master_port: u16, extra: &str) -> Sentinel {
         let port = free_port();
         let dir = tempdir();
         let conf = dir.join("sentinel.conf");
@@ -784,7 +790,7 @@ impl Sentinel {
                 "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\n\
                  sentinel monitor {name} 127.0.0.1 {master_port} 1\n\
                  sentinel down-after-milliseconds {name} 1000\n\
-                 sentinel failover-timeout {name} 2000\n",
+                 sentinel failover-timeout {name} 2000\n{extra}",
                 dir.display()
             ),
         )

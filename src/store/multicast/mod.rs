@@ -280,6 +280,16 @@ impl SessionStore for MulticastStore {
         Box::pin(std::future::ready(self.node.claim(id, from, proposed)))
     }
 
+    /// Kept in the local memory store's unconfirmed tier only: no record
+    /// goes to the peers for an id no backend confirmed.
+    fn remember_unconfirmed(&self, id: &str, route: &Arc<str>) {
+        self.node.mem.remember_unconfirmed(id, route);
+    }
+
+    fn lookup_unconfirmed(&self, id: &str) -> Option<Arc<str>> {
+        self.node.mem.lookup_unconfirmed(id)
+    }
+
     fn sessions(&self, route: &str) -> u64 {
         self.node.mem.sessions(route)
     }

@@ -2,14 +2,16 @@
 //! reconnecting connection manager), Cluster, and Sentinel (master looked
 //! up again after a failover).
 
-use crate::config::raw::StoreSection;
+use crate::config::raw::{SentinelSection, StoreSection};
+use crate::config::redact_url;
 use crate::store::StoreError;
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelServerType};
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, TlsMode, Value};
+use std::path::Path;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
@@ -82,13 +84,7 @@ impl Conn {
             return Ok(Conn::Cluster(c));
         }
         if let Some(s) = &cfg.redis_sentinel {
-            let client = SentinelClient::build(
-                s.nodes.clone(),
-                s.master.clone(),
-                None,
-                SentinelServerType::Master,
-            )
-            .map_err(err)?;
+            let client = sentinel_client(s, certs.as_ref().map(tls))?;
             return Ok(Conn::Sentinel(Box::new(SentinelConn {
                 client: Mutex::new(client),
                 current: Mutex::new(None),
@@ -126,7 +122,6 @@ impl Conn {
 
     /// Human-readable endpoints for the status API (no credentials).
     pub fn describe(cfg: &StoreSection) -> Vec<String> {
-        use crate::config::redact_url;
         if let Some(u) = &cfg.redis_url {
             vec![redact_url(u)]
         } else if !cfg.redis_cluster.is_empty() {
@@ -140,6 +135,81 @@ impl Conn {
             Vec::new()
         }
     }
+}
+
+/// The Sentinel client: sentinels as their URLs say (their password in
+/// the URL), the master with the section's own credentials and TLS.
+fn sentinel_client(
+    s: &SentinelSection,
+    certs: Option<redis::TlsCertificates>,
+) -> Result<SentinelClient, StoreError> {
+    let mut addrs = Vec::with_capacity(s.nodes.len());
+    let mut sentinel_auth: Option<(Option<String>, String)> = None;
+    for url in &s.nodes {
+        let info = url.as_str().into_connection_info().map_err(|e| {
+            StoreError::Redis(format!(
+                "store.redis_sentinel.nodes {}: {e}",
+                redact_url(url)
+            ))
+        })?;
+        let r = info.redis_settings();
+        if let (None, Some(p)) = (&sentinel_auth, r.password()) {
+            sentinel_auth = Some((r.username().map(str::to_owned), p.to_owned()));
+        }
+        addrs.push(info.addr().clone());
+    }
+    let mut b =
+        SentinelClientBuilder::new(addrs, &s.master, SentinelServerType::Master).map_err(err)?;
+    if let Some((user, pass)) = sentinel_auth {
+        if let Some(u) = user {
+            b = b.set_client_to_sentinel_username(u);
+        }
+        b = b.set_client_to_sentinel_password(pass);
+    }
+    if let Some(u) = &s.username {
+        b = b.set_client_to_redis_username(u);
+    }
+    if let Some(path) = &s.password_file {
+        b = b.set_client_to_redis_password(read_password(path)?);
+    }
+    if s.tls {
+        b = b.set_client_to_redis_tls_mode(TlsMode::Secure);
+        if let Some(c) = &certs {
+            b = b.set_client_to_redis_certificates(c.clone());
+        }
+    }
+    let tls_sentinels = s.nodes.iter().any(|u| u.starts_with("rediss://"));
+    if let (true, Some(c)) = (tls_sentinels, certs) {
+        b = b.set_client_to_sentinel_certificates(c);
+    }
+    b.build().map_err(err)
+}
+
+/// A Redis password kept in a file: one line, not world-readable.
+fn read_password(path: &Path) -> Result<String, StoreError> {
+    let what = |e: String| {
+        StoreError::Redis(format!(
+            "store.redis_sentinel.password_file {}: {e}",
+            path.display()
+        ))
+    };
+    let meta = std::fs::metadata(path).map_err(|e| what(e.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o004 != 0 {
+            return Err(what(format!(
+                "is world-readable; run `chmod 600 {}`",
+                path.display()
+            )));
+        }
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| what(e.to_string()))?;
+    let pass = text.trim_end_matches(['\n', '\r']);
+    if pass.is_empty() || pass.contains(['\n', '\r']) {
+        return Err(what("must hold the password on one line".into()));
+    }
+    Ok(pass.to_owned())
 }
 
 impl ConnectionLike for Handle {

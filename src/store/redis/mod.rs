@@ -16,7 +16,13 @@
 //! Keys: `<prefix>s:<sha256(id)>` (a hash with route, created, last seen,
 //! version; TTL = idle timeout, so Redis expires idle sessions itself), and
 //! `<prefix>r:<route>`, a sorted set of that route's session keys scored by
-//! expiry time, which gives cluster-wide per-route counts.
+//! expiry time, which gives cluster-wide per-route counts (TTL renewed on
+//! every write). Only sessions a backend confirmed get an `s:` key. An
+//! orphan no backend confirmed gets at most a `<prefix>u:<sha256(id)>`
+//! string (its agreed heir; TTL of the unconfirmed tier, never counted),
+//! and no more than the unconfirmed tier's size of them are created per
+//! such TTL window (`<prefix>u#<window>` counts them). Every key written
+//! has a TTL, except the operators' states hash below.
 //!
 //! Operators' backend state changes live in one hash, `<prefix>states`:
 //! field = route, value = `"<state>:<at_ms>"` (e.g.
@@ -28,8 +34,9 @@
 //! is never lost to a Redis outage.
 
 mod conn;
-mod scripts;
+pub mod scripts;
 
+use super::memory::{unconfirmed_capacity, UNCONFIRMED_MAX_IDLE};
 use super::{
     unix_ms, Cached, MemoryStore, PeakWindow, SessionCounts, SessionStore, StateBook, StateChange,
     StoreError, StoreFuture, StoreStatus, MAX_STATE_SKEW_MS,
@@ -46,8 +53,12 @@ use tokio::sync::{mpsc, Notify};
 /// A write for Redis, applied in the background.
 enum Op {
     Bind {
+        id: Box<str>,
         key: String,
         route: Arc<str>,
+        /// When this balancer decided it (unix ms): a newer move stored by
+        /// another balancer wins over it (see [`scripts::BIND`]).
+        at: u64,
     },
     Touch {
         key: String,
@@ -103,6 +114,13 @@ pub struct RedisStore {
     states_kick: Arc<Notify>,
     /// A malformed value in the states hash was logged (once).
     states_malformed: AtomicBool,
+    /// Unconfirmed claim records stored per window of
+    /// `unconfirmed_ttl_ms` at most (see [`scripts::UNCONFIRMED_CLAIM`]).
+    unconfirmed_cap: u64,
+    /// Life of an unconfirmed claim record (and the admission window).
+    unconfirmed_ttl_ms: u64,
+    /// The unconfirmed claim cap was reached and logged (once).
+    unconfirmed_full: AtomicBool,
 }
 
 const TICK: Duration = Duration::from_secs(1);
@@ -146,6 +164,9 @@ impl RedisStore {
             states_due: Mutex::new(HashSet::new()),
             states_kick: Arc::new(Notify::new()),
             states_malformed: AtomicBool::new(false),
+            unconfirmed_cap: unconfirmed_capacity(max_sessions) as u64,
+            unconfirmed_ttl_ms: (idle.min(UNCONFIRMED_MAX_IDLE).as_millis() as u64).max(1000),
+            unconfirmed_full: AtomicBool::new(false),
         });
         if let Err(e) = store.ping().await {
             store.healthy.store(false, Ordering::Relaxed);
@@ -162,18 +183,27 @@ impl RedisStore {
     }
 
     fn key(&self, id: &str) -> String {
+        self.key_in("s:", id)
+    }
+
+    /// The unconfirmed claim record of `id`.
+    fn unconfirmed_key(&self, id: &str) -> String {
+        self.key_in("u:", id)
+    }
+
+    fn key_in(&self, namespace: &str, id: &str) -> String {
         if self.hash_keys {
             use sha2::Digest;
             let d = sha2::Sha256::digest(id.as_bytes());
             let mut k = String::with_capacity(self.prefix.len() + 2 + 32);
             k.push_str(&self.prefix);
-            k.push_str("s:");
+            k.push_str(namespace);
             for b in &d[..16] {
                 k.push_str(&format!("{b:02x}"));
             }
             k
         } else {
-            format!("{}s:{id}", self.prefix)
+            format!("{}{namespace}{id}", self.prefix)
         }
     }
 
@@ -345,7 +375,24 @@ impl RedisStore {
         }
     }
 
-    /// Add `key` to `route`'s counting set, scored by its expiry time.
+    /// Whether `route` is a configured backend: only those may name keys
+    /// (a route read from Redis or a request is anybody's string).
+    fn configured(&self, route: &str) -> bool {
+        self.routes.load().contains_key(route)
+    }
+
+    /// A confirmed binding's write, dated now (see [`Op::Bind`]).
+    fn bind_op(&self, id: &str, route: &Arc<str>) -> Op {
+        Op::Bind {
+            id: id.into(),
+            key: self.key(id),
+            route: route.clone(),
+            at: unix_ms(),
+        }
+    }
+
+    /// Add `key` to `route`'s counting set, scored by its expiry time; the
+    /// set gets a TTL too. Routes that are not configured are not counted.
     async fn zadd(
         &self,
         h: &mut conn::Handle,
@@ -353,12 +400,17 @@ impl RedisStore {
         key: &str,
         expiry: u64,
     ) -> redis::RedisResult<()> {
-        redis::cmd("ZADD")
-            .arg(self.route_key(route))
+        if !self.configured(route) {
+            return Ok(());
+        }
+        scripts::COUNT_ADD
+            .key(self.route_key(route))
             .arg(expiry)
             .arg(key)
-            .query_async(h)
+            .arg(self.ttl_ms)
+            .invoke_async::<i64>(h)
             .await
+            .map(drop)
     }
 
     /// Remove `key` from `route`'s counting set.
@@ -375,32 +427,38 @@ impl RedisStore {
         let now = unix_ms();
         let expiry = now + self.ttl_ms;
         match op {
-            Op::Bind { key, route } => {
-                let old: Option<String> = scripts::BIND
+            Op::Bind { id, key, route, at } => {
+                let (old, stored): (String, String) = scripts::BIND
                     .key(&key)
                     .arg(&*route)
                     .arg(now)
                     .arg(self.ttl_ms)
+                    .arg(at)
                     .invoke_async(&mut h)
                     .await?;
-                if let Some(old) = old.filter(|o| **o != *route) {
+                if stored != *route {
+                    // Another balancer moved it after we decided: follow.
+                    if self.configured(&stored) {
+                        self.cache.bind(&id, &self.intern(&stored));
+                    }
+                    return self.zadd(&mut h, &stored, &key, expiry).await;
+                }
+                if !old.is_empty() && *old != *route {
                     self.zrem(&mut h, &old, &key).await?;
                 }
                 self.zadd(&mut h, &route, &key, expiry).await
             }
             Op::Touch { key, route } => {
-                redis::cmd("HSET")
-                    .arg(&key)
-                    .arg("s")
+                let stored: Option<String> = scripts::TOUCH
+                    .key(&key)
                     .arg(now)
-                    .query_async::<()>(&mut h)
-                    .await?;
-                redis::cmd("PEXPIRE")
-                    .arg(&key)
                     .arg(self.ttl_ms)
-                    .query_async::<()>(&mut h)
+                    .invoke_async(&mut h)
                     .await?;
-                self.zadd(&mut h, &route, &key, expiry).await
+                match stored {
+                    Some(r) if *r == *route => self.zadd(&mut h, &route, &key, expiry).await,
+                    _ => Ok(()),
+                }
             }
             Op::Forget { key } => {
                 let old: Option<String> = scripts::FORGET.key(&key).invoke_async(&mut h).await?;
@@ -410,11 +468,13 @@ impl RedisStore {
                 }
             }
             Op::Moved { key, from, to } => {
-                if let Some(f) = from.filter(|f| *f != to) {
+                let from = from.filter(|f| *f != to && self.configured(f));
+                if let Some(f) = from {
                     self.zrem(&mut h, &f, &key).await?;
-                    redis::cmd("INCR")
-                        .arg(self.moved_key(&f))
-                        .query_async::<()>(&mut h)
+                    scripts::BUMP
+                        .key(self.moved_key(&f))
+                        .arg(self.ttl_ms)
+                        .invoke_async::<i64>(&mut h)
                         .await?;
                 }
                 self.zadd(&mut h, &to, &key, expiry).await
@@ -455,6 +515,44 @@ impl RedisStore {
             }
         }
         written
+    }
+
+    /// The shared unconfirmed claim: an existing record of another
+    /// balancer, else `proposed` stored if this window's admissions are
+    /// under the cap; `None` when nothing is stored.
+    async fn shared_unconfirmed_claim(
+        &self,
+        id: &str,
+        from: &str,
+        proposed: &str,
+    ) -> redis::RedisResult<Option<String>> {
+        let mut h = self.conn.handle().await?;
+        let key = self.unconfirmed_key(id);
+        let ttl = self.unconfirmed_ttl_ms;
+        let run = |may_create: &'static str| {
+            let mut inv = scripts::UNCONFIRMED_CLAIM.key(&key);
+            inv.arg(from).arg(proposed).arg(ttl).arg(may_create);
+            inv
+        };
+        if let Some(r) = run("0").invoke_async::<Option<String>>(&mut h).await? {
+            return Ok(Some(r));
+        }
+        let window = format!("{}u#{}", self.prefix, unix_ms() / ttl);
+        let admitted: u64 = scripts::BUMP
+            .key(window)
+            .arg(ttl.saturating_mul(2))
+            .invoke_async(&mut h)
+            .await?;
+        if admitted > self.unconfirmed_cap {
+            if !self.unconfirmed_full.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    cap = self.unconfirmed_cap,
+                    "redis: too many failovers of unconfirmed session ids (made-up ids?); further ones are not shared this window (logged once)"
+                );
+            }
+            return Ok(None);
+        }
+        run("1").invoke_async(&mut h).await
     }
 
     /// Refresh the cluster-wide per-route counts, dropping expired members.
@@ -712,31 +810,33 @@ impl SessionStore for RedisStore {
 
     fn bind(&self, id: &str, route: &Arc<str>) {
         self.cache.bind(id, route);
-        self.enqueue(Op::Bind {
-            key: self.key(id),
-            route: route.clone(),
-        });
+        self.enqueue(self.bind_op(id, route));
     }
 
     fn bind_now<'a>(&'a self, id: &'a str, route: &'a Arc<str>) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             self.cache.bind(id, route);
-            let op = Op::Bind {
-                key: self.key(id),
-                route: route.clone(),
-            };
             if !self.healthy.load(Ordering::Relaxed) {
                 return;
             }
-            match tokio::time::timeout(self.timeout, self.apply(op)).await {
+            let at = unix_ms();
+            let op = |at| Op::Bind {
+                id: id.into(),
+                key: self.key(id),
+                route: route.clone(),
+                at,
+            };
+            // A retry keeps the decision time, so it cannot outrank a
+            // move another balancer made meanwhile.
+            match tokio::time::timeout(self.timeout, self.apply(op(at))).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     self.failed(&e).await;
-                    self.bind(id, route);
+                    self.enqueue(op(at));
                 }
                 Err(_) => {
                     self.errors.fetch_add(1, Ordering::Relaxed);
-                    self.bind(id, route);
+                    self.enqueue(op(at));
                 }
             }
         })
@@ -785,16 +885,50 @@ impl SessionStore for RedisStore {
                 }
             }
             let local = self.cache.claim(id, from, proposed).await;
-            self.enqueue(Op::Bind {
-                key,
-                route: local.clone(),
-            });
+            self.enqueue(self.bind_op(id, &local));
             local
         })
     }
 
     fn route_down(&self, route: &str) {
         self.cache.distrust_route(route);
+    }
+
+    /// Kept in the local cache's unconfirmed tier only: nothing reaches
+    /// Redis for an id no backend confirmed.
+    fn remember_unconfirmed(&self, id: &str, route: &Arc<str>) {
+        self.cache.remember_unconfirmed(id, route);
+    }
+
+    fn lookup_unconfirmed(&self, id: &str) -> Option<Arc<str>> {
+        self.cache.lookup_unconfirmed(id)
+    }
+
+    /// Agreed through a short-lived `u:` record (TTL: the unconfirmed
+    /// tier's idle limit; not counted; at most `unconfirmed_cap` created
+    /// per window), remembered in the local unconfirmed tier.
+    fn claim_unconfirmed<'a>(
+        &'a self,
+        id: &'a str,
+        from: &'a str,
+        proposed: Arc<str>,
+    ) -> StoreFuture<'a, Arc<str>> {
+        Box::pin(async move {
+            let mut agreed = proposed.clone();
+            if self.healthy.load(Ordering::Relaxed) {
+                let q = self.shared_unconfirmed_claim(id, from, &proposed);
+                match tokio::time::timeout(self.timeout, q).await {
+                    Ok(Ok(Some(r))) if self.configured(&r) => agreed = self.intern(&r),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => self.failed(&e).await,
+                    Err(_) => {
+                        self.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            self.cache.remember_unconfirmed(id, &agreed);
+            agreed
+        })
     }
 
     fn sessions(&self, route: &str) -> u64 {

@@ -3,29 +3,93 @@
 //! Cluster.
 //!
 //! A session record is a hash: `r` route, `c` created (unix ms), `s` last
-//! seen (unix ms), `v` version (incremented on every rebind), with a TTL of
-//! the idle timeout, so Redis itself expires idle sessions.
+//! seen (unix ms), `v` version (incremented on every rebind), `t` when the
+//! route last changed (unix ms of the decision), with a TTL of the idle
+//! timeout, so Redis itself expires idle sessions. Every key a script
+//! writes gets a TTL.
 
 use redis::Script;
 use std::sync::LazyLock;
 
-/// Bind: ARGV = route, now_ms, ttl_ms. Returns the previous route or nil.
+/// Bind: ARGV = route, now_ms, ttl_ms, at_ms (when this balancer decided
+/// the binding). A write-behind bind can arrive after another balancer's
+/// newer decision (a failover claim): a binding to another route changed
+/// after `at_ms` is kept, only refreshed. Returns `{previous route or '',
+/// route now stored}`.
 pub static BIND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local old = redis.call('HGET', KEYS[1], 'r')
+local cur = redis.call('HMGET', KEYS[1], 'r', 't')
+local old, t = cur[1], tonumber(cur[2])
+if old and old ~= ARGV[1] and t and t > tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[1], 's', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {old, old}
+end
 if not old then redis.call('HSET', KEYS[1], 'c', ARGV[2]) end
 redis.call('HSET', KEYS[1], 'r', ARGV[1], 's', ARGV[2])
-if old ~= ARGV[1] then redis.call('HINCRBY', KEYS[1], 'v', 1) end
+if old ~= ARGV[1] then
+  redis.call('HINCRBY', KEYS[1], 'v', 1)
+  redis.call('HSET', KEYS[1], 't', ARGV[4])
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return old
+return {old or '', ARGV[1]}
+",
+    )
+});
+
+/// Refresh a session's last-seen time and TTL, only if it still exists
+/// (never recreating an expired record as a route-less hash). ARGV =
+/// now_ms, ttl_ms. Returns the stored route or nil.
+pub static TOUCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local r = redis.call('HGET', KEYS[1], 'r')
+if not r then return false end
+redis.call('HSET', KEYS[1], 's', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return r
+",
+    )
+});
+
+/// Add a member to a route's counting set (KEYS[1]), ARGV = score
+/// (expiry, unix ms), member, ttl_ms, and make sure the set itself expires
+/// no earlier than `ttl_ms` from now: its members are dead by then, and a
+/// set nobody writes any more must not stay in Redis forever. A longer TTL
+/// (another balancer with a longer idle timeout) is kept.
+pub static COUNT_ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return 1
+",
+    )
+});
+
+/// Bump a counter (KEYS[1]) with the TTL rule of [`COUNT_ADD`] (ARGV =
+/// ttl_ms); returns the new value. Used for a route's move counter (one
+/// nobody bumps for that long has nothing left to invalidate) and for the
+/// per-window admission count of unconfirmed claims.
+pub static BUMP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = redis.call('INCR', KEYS[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return n
 ",
     )
 });
 
 /// Claim an orphan: ARGV = from ('' when unbound), proposed, now_ms,
 /// ttl_ms. If another balancer already moved the session elsewhere, keep
-/// that; otherwise bind `proposed`. Returns the agreed route.
+/// that; otherwise bind `proposed`, stamping `t` so an older write-behind
+/// [`BIND`] cannot undo the move. Returns the agreed route.
 pub static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -36,9 +100,31 @@ if cur and cur ~= ARGV[1] and cur ~= ARGV[2] then
   return cur
 end
 if not cur then redis.call('HSET', KEYS[1], 'c', ARGV[3]) end
-redis.call('HSET', KEYS[1], 'r', ARGV[2], 's', ARGV[3])
+redis.call('HSET', KEYS[1], 'r', ARGV[2], 's', ARGV[3], 't', ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'v', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return ARGV[2]
+",
+    )
+});
+
+/// Failover claim for an id no backend confirmed (KEYS[1] =
+/// `<prefix>u:<id hash>`, a plain string with a TTL, never counted):
+/// ARGV = from, proposed, ttl_ms, may_create (`1`/`0`). Another
+/// balancer's choice stands (and is refreshed) unless it is `from`, the
+/// node that just failed; otherwise `proposed` is stored, only if
+/// `may_create`. Returns the agreed route, or nil when nothing is stored
+/// and nothing may be.
+pub static UNCONFIRMED_CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return cur
+end
+if ARGV[4] ~= '1' then return false end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return ARGV[2]
 ",
     )
