@@ -328,6 +328,31 @@ impl prometheus_client::collector::Collector for Collector {
                 stats.tls_handshake_failures.load(Ordering::Relaxed),
             )),
         )?;
+        for (name, help, value) in [
+            (
+                "stickgate_header_timeouts",
+                "Client connections closed for a request head not complete within server.header_timeout",
+                &stats.header_timeouts,
+            ),
+            (
+                "stickgate_idle_timeouts",
+                "Keep-alive and HTTP/2 client connections closed after server.idle_timeout",
+                &stats.idle_timeouts,
+            ),
+            (
+                "stickgate_connection_limit_reached",
+                "Times every server.max_connections slot was taken",
+                &stats.connection_limit_reached,
+            ),
+        ] {
+            family(
+                &mut enc,
+                name,
+                help,
+                c,
+                none(counter(value.load(Ordering::Relaxed))),
+            )?;
+        }
         let r = admin.reloader.stats();
         family(
             &mut enc,

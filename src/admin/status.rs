@@ -76,6 +76,14 @@ pub struct Status {
     pub store: StoreStatus,
     pub connections: u64,
     pub tls_handshake_failures: u64,
+    /// Client connections closed because a request head was not complete
+    /// within `server.header_timeout` (silent sockets, slowloris, partial
+    /// HTTP/2 prefaces).
+    pub header_timeouts: u64,
+    /// Keep-alive and HTTP/2 connections closed after `server.idle_timeout`.
+    pub idle_timeouts: u64,
+    /// Times every `server.max_connections` slot was taken.
+    pub connection_limit_reached: u64,
     pub retries: u64,
     pub access_log_dropped: u64,
 }
@@ -142,6 +150,9 @@ pub fn snapshot(admin: &Admin) -> Status {
         store: rt.store.status(),
         connections: admin.stats.connections.load(Ordering::Relaxed),
         tls_handshake_failures: admin.stats.tls_handshake_failures.load(Ordering::Relaxed),
+        header_timeouts: admin.stats.header_timeouts.load(Ordering::Relaxed),
+        idle_timeouts: admin.stats.idle_timeouts.load(Ordering::Relaxed),
+        connection_limit_reached: admin.stats.connection_limit_reached.load(Ordering::Relaxed),
         retries: rt.stats.retries.load(Ordering::Relaxed),
         access_log_dropped: admin.proxy.access_log().map_or(0, |l| l.dropped()),
     }

@@ -362,7 +362,8 @@ struct Timers<'a> {
     after: Duration,
     /// Longest client pause in the middle of the request body.
     body_timeout: Duration,
-    /// Start the rescue probe after this long (zero: never).
+    /// Start the rescue probe this long after the request body was sent
+    /// to its end (zero: never).
     suspect_after: Duration,
     progress: Option<&'a Progress>,
 }
@@ -397,14 +398,29 @@ async fn response_head<F: std::future::Future>(
             true = went_down => return Err(Late::Down),
             _ = tokio::time::sleep_until(wake) => {}
         }
-        if suspect_at.is_some_and(|s| s <= tokio::time::Instant::now()) {
-            suspect_at = None;
-            let rx = backend.watch_down();
-            if !backend.is_up() {
-                return Err(Late::Down);
+        let now = tokio::time::Instant::now();
+        if suspect_at.is_some_and(|s| s <= now) {
+            // Only a request sent to its end waits for a head: while its
+            // body still moves (or a backend applies backpressure to it),
+            // the suspicion clock waits too, then counts from the last byte.
+            let sent = t.progress.map(|p| (p.complete(), p.last()));
+            suspect_at = match sent {
+                Some((false, _)) => Some(now + t.suspect_after),
+                Some((true, last))
+                    if tokio::time::Instant::from_std(last) + t.suspect_after > now =>
+                {
+                    Some(tokio::time::Instant::from_std(last) + t.suspect_after)
+                }
+                _ => None,
+            };
+            if suspect_at.is_none() {
+                let rx = backend.watch_down();
+                if !backend.is_up() {
+                    return Err(Late::Down);
+                }
+                down = Some(rx);
+                health::suspect(backend, &rt.config.health);
             }
-            down = Some(rx);
-            health::suspect(backend, &rt.config.health);
         }
         if deadline > tokio::time::Instant::now() {
             continue;
