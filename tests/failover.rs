@@ -136,22 +136,6 @@ fn has_attr(parts: &[String], attr: &str) -> bool {
 // Shared steps.
 // ---------------------------------------------------------------------------
 
-async fn get_with(c: &Client, gate: &Gate, path: &str, cookie: Option<&str>) -> Resp {
-    request(
-        c,
-        "GET",
-        &gate.url(path),
-        cookie.map(|v| format!("JSESSIONID={v}")).as_deref(),
-        Bytes::new(),
-    )
-    .await
-}
-
-type Client = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Full<Bytes>,
->;
-
 fn base_of(id: &str) -> &str {
     id.split('.').next().unwrap()
 }
@@ -166,7 +150,7 @@ async fn sessions_by_route(
     let c = client();
     let mut by: HashMap<String, Vec<String>> = HashMap::new();
     for _ in 0..40 {
-        let r = get_with(&c, gate, "/", None).await;
+        let r = get_path(&c, gate, "/", None).await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         let route = r.json()["route"].as_str().unwrap().to_owned();
         by.entry(route)
@@ -191,12 +175,12 @@ async fn replicated_session() -> (Redis, Vec<Backend>, Gate, String, String) {
     let b2 = Backend::start("tomcat2", &["--redis", &url]);
     let gate = Gate::start(&format!("{FAST_HEALTH}{}{}", b1.toml(), b2.toml()));
     let c = client();
-    let first = get_with(&c, &gate, "/", None).await;
+    let first = get_path(&c, &gate, "/", None).await;
     assert_eq!(first.status, 200);
     let id = first.set_cookie("JSESSIONID").expect("session cookie");
     let route = first.json()["route"].as_str().unwrap().to_owned();
     assert_eq!(id, format!("{}.{route}", base_of(&id)));
-    let again = get_with(&c, &gate, "/", Some(&id)).await;
+    let again = get_path(&c, &gate, "/", Some(&id)).await;
     assert_eq!(again.json()["route"], route.as_str());
     assert_eq!(again.json()["hits"], 2);
     (redis, vec![b1, b2], gate, route, id)
@@ -229,7 +213,7 @@ async fn replicated_failover_keeps_session_and_renames_cookie() {
     // Straight after the crash, before any health check had to notice.
     let c = client();
     let t = Instant::now();
-    let r = get_with(&c, &gate, "/", Some(&id)).await;
+    let r = get_path(&c, &gate, "/", Some(&id)).await;
     assert_eq!(r.status, 200, "failover request: {:?}", r.body);
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     let j = r.json();
@@ -248,7 +232,7 @@ async fn replicated_failover_keeps_session_and_renames_cookie() {
 
     let new_id = format!("{base}.{new_route}");
     for n in 4..=7 {
-        let r = get_with(&c, &gate, "/", Some(&new_id)).await;
+        let r = get_path(&c, &gate, "/", Some(&new_id)).await;
         assert_eq!(r.json()["route"], new_route);
         assert_eq!(r.json()["hits"], n);
     }
@@ -270,7 +254,7 @@ async fn no_flap_back_when_the_dead_node_returns() {
     dead.proc.kill();
 
     let c = client();
-    let r = get_with(&c, &gate, "/", Some(&id)).await;
+    let r = get_path(&c, &gate, "/", Some(&id)).await;
     assert_eq!(r.json()["route"], new_route);
     assert_eq!(r.json()["hits"], 3);
     gate.wait_health(&old_route, "down").await;
@@ -284,7 +268,7 @@ async fn no_flap_back_when_the_dead_node_returns() {
     for round in 0..5 {
         for cookie in [&id, &new_id] {
             hits += 1;
-            let r = get_with(&c, &gate, "/", Some(cookie)).await;
+            let r = get_path(&c, &gate, "/", Some(cookie)).await;
             assert_eq!(r.status, 200);
             assert_eq!(
                 r.json()["route"],
@@ -310,13 +294,13 @@ async fn balancer_writes_cookie_when_backend_sends_none() {
     let gate = Gate::start(&format!("{FAST_HEALTH}{}{}", r1.toml(), r2.toml()));
     let c = client();
 
-    let r = get_with(&c, &gate, "/", Some("ABC.r1")).await;
+    let r = get_path(&c, &gate, "/", Some("ABC.r1")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["route"], "r1");
     assert!(r.set_cookies().is_empty(), "{:?}", r.set_cookies());
 
     r1.stop();
-    let r = get_with(&c, &gate, "/", Some("ABC.r1")).await;
+    let r = get_path(&c, &gate, "/", Some("ABC.r1")).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.json()["route"], "r2");
     let parts = cookie_line(&r, "JSESSIONID");
@@ -329,11 +313,11 @@ async fn balancer_writes_cookie_when_backend_sends_none() {
     );
 
     // The corrected cookie sticks without further rewriting.
-    let r = get_with(&c, &gate, "/", Some("ABC.r2")).await;
+    let r = get_path(&c, &gate, "/", Some("ABC.r2")).await;
     assert_eq!(r.json()["route"], "r2");
     assert!(r.set_cookies().is_empty(), "{:?}", r.set_cookies());
     // A client still sending the old value is served and corrected again.
-    let r = get_with(&c, &gate, "/", Some("ABC.r1")).await;
+    let r = get_path(&c, &gate, "/", Some("ABC.r1")).await;
     assert_eq!(r.json()["route"], "r2");
     assert_eq!(r.set_cookie("JSESSIONID").as_deref(), Some("ABC.r2"));
 }
@@ -350,12 +334,12 @@ async fn balancer_cookie_reuses_backend_cookie_attributes() {
     gate.wait_health("r1", "down").await;
     let c = client();
 
-    let login = get_with(&c, &gate, "/login", None).await;
+    let login = get_path(&c, &gate, "/login", None).await;
     assert_eq!(login.status, 200);
     assert_eq!(login.json()["route"], "r2");
     assert_eq!(login.set_cookie("JSESSIONID").as_deref(), Some("NEW.r2"));
 
-    let r = get_with(&c, &gate, "/", Some("DEF.r1")).await;
+    let r = get_path(&c, &gate, "/", Some("DEF.r1")).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.json()["route"], "r2");
     let parts = cookie_line(&r, "JSESSIONID");
@@ -386,7 +370,7 @@ async fn non_replicated_failover_issues_a_new_session() {
         nodes[1].toml()
     ));
     let c = client();
-    let first = get_with(&c, &gate, "/", None).await;
+    let first = get_path(&c, &gate, "/", None).await;
     let id = first.set_cookie("JSESSIONID").unwrap();
     let old_route = first.json()["route"].as_str().unwrap().to_owned();
     let new_route = other(&old_route);
@@ -400,7 +384,7 @@ async fn non_replicated_failover_issues_a_new_session() {
         .unwrap()
         .proc
         .kill();
-    let r = get_with(&c, &gate, "/", Some(&id)).await;
+    let r = get_path(&c, &gate, "/", Some(&id)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.json()["route"], new_route);
     assert_eq!(
@@ -420,7 +404,7 @@ async fn non_replicated_failover_issues_a_new_session() {
     assert_eq!(counts[new_route], 1, "{counts:?}");
     assert_eq!(gate.status().await["store"]["sessions"], 1);
 
-    let r = get_with(&c, &gate, "/", Some(&new_id)).await;
+    let r = get_path(&c, &gate, "/", Some(&new_id)).await;
     assert_eq!(r.json()["route"], new_route);
     assert_eq!(r.json()["hits"], 2);
 }
@@ -490,7 +474,7 @@ async fn rewrite_request_also_rewrites_a_stale_cookie_after_failover() {
     let c = client();
     let want = format!("JSESSIONID={}.tomcat2", base_of(id));
     for attempt in 1..=3 {
-        let r = get_with(&c, &gate, "/headers", Some(id)).await;
+        let r = get_path(&c, &gate, "/headers", Some(id)).await;
         assert_eq!(r.status, 200);
         assert_eq!(r.headers["x-backend"], "tomcat2");
         assert_eq!(
@@ -516,7 +500,7 @@ async fn draining_node_keeps_its_sessions_but_takes_no_new_ones() {
     let id = direct.set_cookie("JSESSIONID").unwrap();
     let c = client();
     for n in 2..=5 {
-        let r = get_with(&c, &gate, "/", Some(&id)).await;
+        let r = get_path(&c, &gate, "/", Some(&id)).await;
         assert_eq!(r.status, 200);
         assert_eq!(
             r.json()["route"],
@@ -526,7 +510,7 @@ async fn draining_node_keeps_its_sessions_but_takes_no_new_ones() {
         assert_eq!(r.json()["hits"], n);
     }
     for i in 0..50 {
-        let r = get_with(&c, &gate, "/", None).await;
+        let r = get_path(&c, &gate, "/", None).await;
         assert_eq!(r.status, 200);
         assert_eq!(
             r.json()["route"],
@@ -549,15 +533,15 @@ async fn stopped_node_sessions_fail_over() {
     let direct = get(&format!("http://127.0.0.1:{}/", b2.port), None).await;
     let id = direct.set_cookie("JSESSIONID").unwrap();
     let c = client();
-    let r = get_with(&c, &gate, "/", Some(&id)).await;
+    let r = get_path(&c, &gate, "/", Some(&id)).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["route"], "tomcat1", "stopped node still served");
     let new_id = r.set_cookie("JSESSIONID").expect("heir's session cookie");
     assert!(new_id.ends_with(".tomcat1"), "{new_id}");
     for _ in 0..10 {
-        let r = get_with(&c, &gate, "/", None).await;
+        let r = get_path(&c, &gate, "/", None).await;
         assert_eq!(r.json()["route"], "tomcat1");
-        let r = get_with(&c, &gate, "/", Some(&id)).await;
+        let r = get_path(&c, &gate, "/", Some(&id)).await;
         assert_eq!(r.json()["route"], "tomcat1");
     }
     assert_eq!(
@@ -584,7 +568,7 @@ async fn disabled_node_serves_only_its_own_sessions() {
     let own = direct.set_cookie("JSESSIONID").unwrap();
     let c = client();
     for n in 2..=4 {
-        let r = get_with(&c, &gate, "/", Some(&own)).await;
+        let r = get_path(&c, &gate, "/", Some(&own)).await;
         assert_eq!(r.status, 200);
         assert_eq!(
             r.json()["route"],
@@ -594,7 +578,7 @@ async fn disabled_node_serves_only_its_own_sessions() {
         assert_eq!(r.json()["hits"], n);
     }
     for i in 0..20 {
-        let r = get_with(&c, &gate, "/", None).await;
+        let r = get_path(&c, &gate, "/", None).await;
         assert_eq!(
             r.json()["route"],
             "tomcat1",
@@ -603,17 +587,17 @@ async fn disabled_node_serves_only_its_own_sessions() {
     }
     nodes[0].proc.kill();
     gate.wait_health("tomcat1", "down").await;
-    let orphan = get_with(&c, &gate, "/", Some("ORPHAN1.tomcat1")).await;
+    let orphan = get_path(&c, &gate, "/", Some("ORPHAN1.tomcat1")).await;
     assert_eq!(
         orphan.status, 503,
         "an orphan must not be handed to a disabled node"
     );
-    let fresh = get_with(&c, &gate, "/", None).await;
+    let fresh = get_path(&c, &gate, "/", None).await;
     assert_eq!(
         fresh.status, 503,
         "a new session must not go to a disabled node"
     );
-    let r = get_with(&c, &gate, "/", Some(&own)).await;
+    let r = get_path(&c, &gate, "/", Some(&own)).await;
     assert_eq!(r.json()["route"], "tomcat2", "own session still served");
     assert_eq!(r.json()["hits"], 5);
 }
@@ -631,7 +615,7 @@ async fn draining_node_is_the_last_resort_for_new_sessions() {
     nodes[0].proc.kill();
     gate.wait_health("tomcat1", "down").await;
     let c = client();
-    let r = get_with(&c, &gate, "/", None).await;
+    let r = get_path(&c, &gate, "/", None).await;
     assert_eq!(
         r.status, 200,
         "a draining node keeps the site up when it is all there is"
@@ -652,7 +636,7 @@ async fn failover_prefers_the_same_domain() {
     gate.wait_health("tomcat1", "down").await;
     let c = client();
     for n in 0..20 {
-        let r = get_with(&c, &gate, "/", Some(&format!("S{n}.tomcat1"))).await;
+        let r = get_path(&c, &gate, "/", Some(&format!("S{n}.tomcat1"))).await;
         assert_eq!(r.status, 200);
         assert_eq!(
             r.json()["route"],
@@ -673,7 +657,7 @@ async fn idle_sessions_expire_from_the_counts() {
     ));
     let c = client();
     for _ in 0..6 {
-        assert_eq!(get_with(&c, &gate, "/", None).await.status, 200);
+        assert_eq!(get_path(&c, &gate, "/", None).await.status, 200);
     }
     let last_request = Instant::now();
     let total = |v: &[(String, u64)]| v.iter().map(|(_, n)| n).sum::<u64>();
@@ -712,7 +696,7 @@ async fn sessions_are_not_expired_before_their_idle_timeout() {
     let c = client();
     let mut ids = Vec::new();
     for _ in 0..4 {
-        let r = get_with(&c, &gate, "/", None).await;
+        let r = get_path(&c, &gate, "/", None).await;
         ids.push(r.set_cookie("JSESSIONID").unwrap());
     }
     // Touch every session again late in a wall-clock second of the
@@ -722,7 +706,7 @@ async fn sessions_are_not_expired_before_their_idle_timeout() {
     let touch_at = started + Duration::from_millis(850);
     tokio::time::sleep_until(touch_at.into()).await;
     for id in &ids {
-        assert_eq!(get_with(&c, &gate, "/", Some(id)).await.status, 200);
+        assert_eq!(get_path(&c, &gate, "/", Some(id)).await.status, 200);
     }
     let last_touch = Instant::now();
     let deadline = last_touch + Duration::from_secs(8);

@@ -14,28 +14,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// One backend's entry in the status API.
-async fn backend_status(gate: &Gate, route: &str) -> serde_json::Value {
-    gate.status().await["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["route"] == route)
-        .cloned()
-        .unwrap_or_else(|| panic!("no backend {route} in the status"))
-}
-
-/// A new session that landed on `route` (round robin alternates).
-async fn session_on(c: &HttpClient, gate: &Gate, route: &str) -> String {
-    for _ in 0..10 {
-        let (r, id) = new_session(c, gate).await;
-        if r == route {
-            return id;
-        }
-    }
-    panic!("no new session landed on {route} in 10 tries")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_request_is_not_death_and_is_not_replayed() {
     let b1 = Backend::start("tomcat1", &[]);
@@ -47,7 +25,7 @@ async fn slow_request_is_not_death_and_is_not_replayed() {
     ));
     let c = client();
     let id = session_on(&c, &gate, "tomcat1").await;
-    let before = backend_status(&gate, "tomcat2").await["requests"]
+    let before = gate.backend_status("tomcat2").await["requests"]
         .as_u64()
         .unwrap();
     let cookie = format!("JSESSIONID={id}");
@@ -71,13 +49,13 @@ async fn slow_request_is_not_death_and_is_not_replayed() {
             ms(took)
         );
     }
-    let t2 = backend_status(&gate, "tomcat2").await;
+    let t2 = gate.backend_status("tomcat2").await;
     assert_eq!(
         t2["requests"].as_u64().unwrap(),
         before,
         "a timed-out GET was replayed on tomcat2"
     );
-    let t1 = backend_status(&gate, "tomcat1").await;
+    let t1 = gate.backend_status("tomcat1").await;
     assert_eq!(t1["health"], "up", "{}", gate.logs());
     assert_eq!(t2["health"], "up", "{}", gate.logs());
     assert!(t1["rescue_probes"].as_u64().unwrap() >= 1, "{t1}");
@@ -100,7 +78,7 @@ async fn slow_request_is_not_death_and_is_not_replayed() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(route_of(&r), "tomcat1");
     assert!(t.elapsed() >= Duration::from_millis(1200));
-    assert_eq!(backend_status(&gate, "tomcat1").await["health"], "up");
+    assert_eq!(gate.backend_status("tomcat1").await["health"], "up");
 }
 
 /// Two replicating demo nodes (sessions in one Redis) behind a gate with
@@ -170,7 +148,7 @@ async fn frozen_node_sessions_are_answered_by_the_heir_within_two_seconds() {
         ms(times[0]),
         ms(times[4])
     );
-    let st = backend_status(&gate, "tomcat1").await;
+    let st = gate.backend_status("tomcat1").await;
     assert!(st["rescue_probes_failed"].as_u64().unwrap() >= 5, "{st}");
     assert!(st["rescued"].as_u64().unwrap() >= 5, "{st}");
 }
@@ -180,7 +158,7 @@ async fn frozen_node_post_gets_504_and_is_not_replayed() {
     let (_redis, b1, _b2, gate) = replicated_pair();
     let c = client();
     let id = session_on(&c, &gate, "tomcat1").await;
-    let before = backend_status(&gate, "tomcat2").await["requests"]
+    let before = gate.backend_status("tomcat2").await["requests"]
         .as_u64()
         .unwrap();
     b1.proc.signal("STOP");
@@ -208,7 +186,7 @@ async fn frozen_node_post_gets_504_and_is_not_replayed() {
     );
     assert!(took < Duration::from_secs(3), "{:.0} ms", ms(took));
     assert_eq!(
-        backend_status(&gate, "tomcat2").await["requests"]
+        gate.backend_status("tomcat2").await["requests"]
             .as_u64()
             .unwrap(),
         before,
@@ -249,7 +227,7 @@ async fn response_timeout_replays_only_when_asked() {
             "{:.0} ms",
             ms(took)
         );
-        let st = backend_status(&gate, "tomcat1").await;
+        let st = gate.backend_status("tomcat1").await;
         assert_eq!(st["rescue_probes"], 0, "rescue is off: {st}");
         assert_eq!(st["health"], "up", "one timeout must not mark it down");
     }

@@ -18,17 +18,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// A session on `route` with one hit (round robin alternates new ones).
-async fn session_on(c: &HttpClient, gate: &Gate, route: &str) -> String {
-    for _ in 0..10 {
-        let (r, id) = new_session(c, gate).await;
-        if r == route {
-            return id;
-        }
-    }
-    panic!("no new session landed on {route}")
-}
-
 /// What one stop of node A under load showed.
 struct Run {
     /// From the signal to the first 200 from the heir for A's sessions.

@@ -5,7 +5,6 @@
 //! never shows ids; Redis keys always expire; Sentinel masters that need a
 //! password work; a late write never undoes a failover claim.
 mod common;
-use bytes::Bytes;
 use common::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,18 +12,6 @@ use stickgate::config::raw::StoreSection;
 use stickgate::config::StoreKind;
 use stickgate::store::redis::{scripts, RedisStore};
 use stickgate::store::{unix_ms, SessionStore};
-
-/// `GET path` through `gate` with an optional `JSESSIONID` cookie value.
-async fn get_path(c: &HttpClient, gate: &Gate, path: &str, cookie: Option<&str>) -> Resp {
-    request(
-        c,
-        "GET",
-        &gate.url(path),
-        cookie.map(|v| format!("JSESSIONID={v}")).as_deref(),
-        Bytes::new(),
-    )
-    .await
-}
 
 /// A random hex token (made-up session ids and routes).
 fn token() -> String {

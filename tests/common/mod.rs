@@ -1013,3 +1013,27 @@ pub async fn admin_get(gate: &Gate, path: &str) -> Resp {
 /// still seen within about a second (connection refused fails at once).
 pub const STEADY_HEALTH: &str =
     "[health]\ninterval = \"200ms\"\ntimeout = \"2s\"\nrise = 1\nfall = 3\n";
+
+/// `GET path` through `gate` with an optional `JSESSIONID` cookie value.
+pub async fn get_path(c: &HttpClient, gate: &Gate, path: &str, cookie: Option<&str>) -> Resp {
+    request(
+        c,
+        "GET",
+        &gate.url(path),
+        cookie.map(|v| format!("JSESSIONID={v}")).as_deref(),
+        Bytes::new(),
+    )
+    .await
+}
+
+/// A new session through the gate that landed on `route` (round robin
+/// alternates new sessions, so a few tries suffice).
+pub async fn session_on(c: &HttpClient, gate: &Gate, route: &str) -> String {
+    for _ in 0..10 {
+        let (r, id) = new_session(c, gate).await;
+        if r == route {
+            return id;
+        }
+    }
+    panic!("no new session landed on {route} in 10 tries")
+}
