@@ -1013,3 +1013,14 @@ pub async fn admin_get(gate: &Gate, path: &str) -> Resp {
 /// still seen within about a second (connection refused fails at once).
 pub const STEADY_HEALTH: &str =
     "[health]\ninterval = \"200ms\"\ntimeout = \"2s\"\nrise = 1\nfall = 3\n";
+
+/// The order to replay learned `(session id, route)` pairs: grouped by
+/// route. Replaying in creation order would let a balancer that remembers
+/// nothing pass anyway: its round robin (same phase, same backends) sends
+/// each unknown id to the node that created it, by luck. Grouped, such a
+/// balancer gets about half of them wrong.
+pub fn replay_order(sessions: &[(String, String)]) -> Vec<&(String, String)> {
+    let mut v: Vec<&(String, String)> = sessions.iter().collect();
+    v.sort_by(|a, b| a.1.cmp(&b.1));
+    v
+}
