@@ -65,7 +65,8 @@ async fn learned_affinity_is_shared_over_tls_with_auth() {
     for _ in 0..6 {
         let first = request(&c, "GET", &a.url("/"), None, Default::default()).await;
         let id = first.set_cookie("JSESSIONID").expect("session");
-        sessions.push((id, first.json()["route"].clone()));
+        let route = first.json()["route"].as_str().unwrap().to_owned();
+        sessions.push((id, route));
     }
     // Learned bindings are written behind; wait until Redis holds all six
     // (B's cluster-wide count), then B must honour every one.
@@ -79,7 +80,8 @@ async fn learned_affinity_is_shared_over_tls_with_auth() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(stored, 6, "B never saw the six sessions in Redis");
-    for (id, route) in &sessions {
+    // Grouped by route, so B's round robin cannot guess the nodes.
+    for (id, route) in replay_order(&sessions) {
         let again = request(
             &c,
             "GET",
@@ -89,8 +91,8 @@ async fn learned_affinity_is_shared_over_tls_with_auth() {
         )
         .await;
         assert_eq!(
-            &again.json()["route"],
-            route,
+            again.json()["route"],
+            route.as_str(),
             "B sent a learned session to the wrong node"
         );
         assert_eq!(again.json()["hits"], 2, "same session continued");

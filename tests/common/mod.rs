@@ -1037,3 +1037,14 @@ pub async fn session_on(c: &HttpClient, gate: &Gate, route: &str) -> String {
     }
     panic!("no new session landed on {route} in 10 tries")
 }
+
+/// The order to replay learned `(session id, route)` pairs: grouped by
+/// route. Replaying in creation order would let a balancer that remembers
+/// nothing pass anyway: its round robin (same phase, same backends) sends
+/// each unknown id to the node that created it, by luck. Grouped, such a
+/// balancer gets about half of them wrong.
+pub fn replay_order(sessions: &[(String, String)]) -> Vec<&(String, String)> {
+    let mut v: Vec<&(String, String)> = sessions.iter().collect();
+    v.sort_by(|a, b| a.1.cmp(&b.1));
+    v
+}
