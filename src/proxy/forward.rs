@@ -184,10 +184,15 @@ pub async fn run(
     let mut stale_retry = true;
     let mut last: Option<Failure> = None;
     let mut sent_id: Option<String> = None;
-    for n in 0..up.retries + 2 {
+    // The first attempt and `retries` more; a stale keep-alive connection
+    // retried on the same node adds one (it says nothing about the node).
+    let mut attempts = up.retries + 1;
+    let mut n = 0;
+    while n < attempts {
         if n > 0 {
             rt.stats.retries.fetch_add(1, Ordering::Relaxed);
         }
+        n += 1;
         let decision = match rt.table.decide(&*rt.store, session, &tried).await {
             Ok(d) => d,
             Err(e) => return Err(last.unwrap_or(e.into())),
@@ -236,6 +241,7 @@ pub async fn run(
                 tracing::debug!(error = %miss.failure, "attempt failed, retrying if allowed");
                 if miss.stale && stale_retry && stay {
                     stale_retry = false;
+                    attempts += 1;
                     tried.remove(decision.index);
                 }
                 pending = miss.unsent;
