@@ -556,3 +556,114 @@ async fn attempt(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use std::path::Path;
+
+    /// A runtime with one backend where nothing listens, active checks off.
+    fn runtime(health: &str) -> Arc<Runtime> {
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[health]\nenabled = false\n{health}\n\
+             [[backend]]\nroute = \"t1\"\nurl = \"http://127.0.0.1:1\"\n"
+        );
+        let cfg = crate::config::from_str(&text, Path::new("test.toml")).unwrap();
+        Runtime::start(cfg, MemoryStore::new(Duration::from_secs(60), 10))
+    }
+
+    fn timers(after_ms: u64, suspect_ms: u64) -> Timers<'static> {
+        Timers {
+            after: Duration::from_millis(after_ms),
+            body_timeout: Duration::from_secs(60),
+            suspect_after: Duration::from_millis(suspect_ms),
+            progress: None,
+        }
+    }
+
+    #[test]
+    fn only_idempotent_methods_are_replayable() {
+        for m in ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"] {
+            assert!(replayable(&m.parse().unwrap()), "{m}");
+        }
+        for m in ["POST", "PATCH", "CONNECT", "PROPFIND"] {
+            assert!(!replayable(&m.parse().unwrap()), "{m}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn response_head_gives_up_exactly_at_the_response_timeout() {
+        let rt = runtime("");
+        let b = rt.table.backends[0].clone();
+        let t0 = tokio::time::Instant::now();
+        let r = response_head(&timers(2000, 0), &rt, &b, std::future::pending::<()>()).await;
+        assert_eq!(r, Err(Late::Backend));
+        assert_eq!(t0.elapsed(), Duration::from_millis(2000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn response_head_returns_an_answer_that_beats_the_timer() {
+        let rt = runtime("");
+        let b = rt.table.backends[0].clone();
+        let answer = async {
+            tokio::time::sleep(Duration::from_millis(1999)).await;
+            42
+        };
+        let r = response_head(&timers(2000, 0), &rt, &b, answer).await;
+        assert_eq!(r, Ok(42));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn response_head_of_a_backend_already_down_ends_at_suspect_after() {
+        let rt = runtime("");
+        let b = rt.table.backends[0].clone();
+        b.set_up(false, "test");
+        let t0 = tokio::time::Instant::now();
+        let r = response_head(&timers(60_000, 500), &rt, &b, std::future::pending::<()>()).await;
+        assert_eq!(r, Err(Late::Down));
+        assert_eq!(t0.elapsed(), Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn response_head_ends_when_the_backend_goes_down_while_waiting() {
+        let rt = runtime("");
+        let b = rt.table.backends[0].clone();
+        let downer = b.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            downer.set_up(false, "test");
+        });
+        let t0 = tokio::time::Instant::now();
+        let r = response_head(&timers(60_000, 500), &rt, &b, std::future::pending::<()>()).await;
+        assert_eq!(r, Err(Late::Down));
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_millis(500) && waited < Duration::from_secs(60),
+            "{waited:?}"
+        );
+    }
+
+    #[test]
+    fn failures_map_to_one_status_each() {
+        let route: Arc<str> = "t1".into();
+        let status = |f: Failure| f.response().status().as_u16();
+        let connect = |source| Failure::Connect {
+            route: route.clone(),
+            source,
+        };
+        assert_eq!(status(NoBackend { total: 2 }.into()), 503);
+        assert_eq!(status(connect(ConnectError::Queue(4))), 503);
+        assert_eq!(
+            status(connect(ConnectError::Timeout(Duration::from_secs(1)))),
+            502
+        );
+        let timeout = Failure::Timeout {
+            route: route.clone(),
+            after: Duration::from_secs(1),
+        };
+        assert_eq!(status(timeout), 504);
+        assert_eq!(status(Failure::WentDown { route }), 504);
+        assert_eq!(status(Failure::ClientTimeout(Duration::from_secs(1))), 408);
+    }
+}
