@@ -215,7 +215,7 @@ async fn stale_pooled_connection_retries_get_but_never_post() {
     }))
     .await;
     let gate = Gate::start(&format!(
-        "[health]\ninterval = \"30s\"\nrise = 1\nfall = 3\n{}",
+        "[health]\ninterval = \"30s\"\nrise = 1\nfall = 3\n[upstream]\nresponse_timeout = \"3s\"\n{}",
         node.toml("n1")
     ));
     let c = client();
@@ -356,12 +356,19 @@ async fn smuggling_variants_are_refused_or_forwarded_as_one_request() {
             "{name}: the inner request reached the backend: {seen:?}"
         );
         match responses.first().map(|r| r.status) {
-            Some(400) | None => {
+            None => panic!("{name}: no answer: {text:?}"),
+            Some(400) if name.starts_with("chunk") => {
+                // The head was fine and may have left before the body
+                // broke: the backend must never see that body complete.
                 refused += 1;
                 assert!(
                     seen.iter().all(|l| l.ends_with(ABORTED)),
                     "{name}: refused but forwarded {seen:?}"
                 );
+            }
+            Some(400) => {
+                refused += 1;
+                assert!(seen.is_empty(), "{name}: refused but forwarded {seen:?}");
             }
             Some(_) => {
                 assert_eq!(seen.len(), 1, "{name}: {seen:?} {text:?}");
@@ -391,6 +398,7 @@ X-Forwarded-Proto: wss\r\nX-Forwarded-Ssl: on\r\nConnection: close\r\n\r\n",
     assert_eq!(r.status, 200, "{text}");
     let h: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(h["x-forwarded-proto"], "http", "{h}");
+    assert!(h.get("x-forwarded-ssl").is_none(), "{h}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
