@@ -391,8 +391,14 @@ async fn response_head<F: std::future::Future>(
     let mut deadline = start + t.after;
     let mut suspect_at = (!t.suspect_after.is_zero()).then(|| start + t.suspect_after);
     let mut down: Option<tokio::sync::watch::Receiver<u64>> = None;
+    // When to look whether the client has paused its body too long (the
+    // backend's deadline may be much later than `body_timeout`).
+    let mut client_check = t.progress.map(|_| start + t.body_timeout);
     loop {
-        let wake = suspect_at.map_or(deadline, |s| s.min(deadline));
+        let wake = [suspect_at, client_check]
+            .into_iter()
+            .flatten()
+            .fold(deadline, tokio::time::Instant::min);
         let went_down = async {
             match down.as_mut() {
                 Some(rx) => rx.changed().await.is_ok(),
@@ -405,6 +411,11 @@ async fn response_head<F: std::future::Future>(
             _ = tokio::time::sleep_until(wake) => {}
         }
         let now = tokio::time::Instant::now();
+        if let (Some(p), Some(at)) = (t.progress, client_check) {
+            if at <= now {
+                client_check = client_pause(p, t.body_timeout, now)?;
+            }
+        }
         if suspect_at.is_some_and(|s| s <= now) {
             // Only a request sent to its end waits for a head: while its
             // body still moves (or a backend applies backpressure to it),
@@ -445,6 +456,26 @@ async fn response_head<F: std::future::Future>(
         } else {
             return Err(late);
         }
+    }
+}
+
+/// The next time to look at a request body's progress, `None` once the
+/// body was sent to its end, or `Late::Client` when the upstream has been
+/// waiting on the client for `limit` since its last byte.
+fn client_pause(
+    p: &Progress,
+    limit: Duration,
+    now: tokio::time::Instant,
+) -> Result<Option<tokio::time::Instant>, Late> {
+    if p.complete() {
+        return Ok(None);
+    }
+    let due = tokio::time::Instant::from_std(p.last()) + limit;
+    match (p.waiting_on_client(), due > now) {
+        (_, true) => Ok(Some(due)),
+        (true, false) => Err(Late::Client),
+        // Moving, or held back by the backend: look again later.
+        (false, false) => Ok(Some(now + limit)),
     }
 }
 
