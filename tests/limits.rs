@@ -232,3 +232,49 @@ async fn shutdown_timeout_cuts_a_request_that_runs_too_long() {
     );
     println!("long request: {:?}", long.map(|r| r.status));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_pausing_its_body_gets_408_after_body_timeout() {
+    use std::io::{Read, Write};
+    let b = Backend::start("tomcat1", &[]);
+    let gate = Gate::start_with(
+        &format!("{FAST_HEALTH}{}", b.toml()),
+        "body_timeout = \"1s\"\n",
+    );
+    gate.wait_health("tomcat1", "up").await;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gate.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .unwrap();
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while t.elapsed() < Duration::from_secs(5) {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).any(|w| w == b"\r\n\r\n") && out.ends_with(b"\n") {
+                    break;
+                }
+            }
+        }
+    }
+    let took = t.elapsed();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    println!(
+        "body paused: answered after {took:?}: {:?}",
+        text.lines().next()
+    );
+    let r = parse_response(&text);
+    assert_eq!(r.status, 408, "{text}");
+    assert!(r.body.contains("request body stalled"), "{text}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(3000),
+        "408 after {took:?}, body_timeout is 1 s"
+    );
+    // The client's pause is not the backend's fault.
+    assert_eq!(gate.health("tomcat1").await, "up");
+    let st = gate.status().await;
+    assert_eq!(st["backends"][0]["errors"], 0, "{st}");
+}
