@@ -20,6 +20,15 @@ fn one_slot_gate(b: &Backend, queue_timeout: &str) -> Gate {
     ))
 }
 
+/// Wait until the gate's only backend has `n` requests in flight.
+async fn until_inflight(gate: &Gate, n: u64) {
+    let end = Instant::now() + Duration::from_secs(5);
+    while gate.status().await["backends"][0]["inflight"] != n {
+        assert!(Instant::now() < end, "never {n} in flight");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_backend_queues_then_answers_503_after_queue_timeout() {
     let b = Backend::start("tomcat1", &[]);
@@ -31,7 +40,7 @@ async fn full_backend_queues_then_answers_503_after_queue_timeout() {
         let (c, url) = (c.clone(), gate.url("/slow?ms=2500"));
         tokio::spawn(async move { request(&c, "GET", &url, None, Bytes::new()).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_inflight(&gate, 1).await;
     // ...so the next one waits its queue timeout, then gets a clear 503.
     let t = Instant::now();
     let busy = request(&c, "GET", &gate.url("/headers"), None, Bytes::new()).await;
@@ -50,14 +59,14 @@ async fn full_backend_queues_then_answers_503_after_queue_timeout() {
     assert_eq!(slow.await.unwrap().status, 200);
     // A request that fits in the queue waits for the slot and is served.
     let short = {
-        let (c, url) = (c.clone(), gate.url("/slow?ms=200"));
+        let (c, url) = (c.clone(), gate.url("/slow?ms=300"));
         tokio::spawn(async move { request(&c, "GET", &url, None, Bytes::new()).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until_inflight(&gate, 1).await;
     let t = Instant::now();
     let queued = request(&c, "GET", &gate.url("/headers"), None, Bytes::new()).await;
     println!(
-        "request queued behind a 200 ms one: {} after {:?}",
+        "request queued behind a 300 ms one: {} after {:?}",
         queued.status,
         t.elapsed()
     );
