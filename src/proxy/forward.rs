@@ -595,12 +595,10 @@ mod tests {
     use std::path::Path;
 
     /// A runtime with one backend where nothing listens, active checks off.
-    fn runtime(health: &str) -> Arc<Runtime> {
-        let text = format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\n[health]\nenabled = false\n{health}\n\
-             [[backend]]\nroute = \"t1\"\nurl = \"http://127.0.0.1:1\"\n"
-        );
-        let cfg = crate::config::from_str(&text, Path::new("test.toml")).unwrap();
+    fn runtime() -> Arc<Runtime> {
+        let text = "[server]\nlisten = [\"127.0.0.1:0\"]\n[health]\nenabled = false\n\
+                    [[backend]]\nroute = \"t1\"\nurl = \"http://127.0.0.1:1\"\n";
+        let cfg = crate::config::from_str(text, Path::new("test.toml")).unwrap();
         Runtime::start(cfg, MemoryStore::new(Duration::from_secs(60), 10))
     }
 
@@ -625,7 +623,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn response_head_gives_up_exactly_at_the_response_timeout() {
-        let rt = runtime("");
+        let rt = runtime();
         let b = rt.table.backends[0].clone();
         let t0 = tokio::time::Instant::now();
         let r = response_head(&timers(2000, 0), &rt, &b, std::future::pending::<()>()).await;
@@ -635,7 +633,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn response_head_returns_an_answer_that_beats_the_timer() {
-        let rt = runtime("");
+        let rt = runtime();
         let b = rt.table.backends[0].clone();
         let answer = async {
             tokio::time::sleep(Duration::from_millis(1999)).await;
@@ -647,7 +645,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn response_head_of_a_backend_already_down_ends_at_suspect_after() {
-        let rt = runtime("");
+        let rt = runtime();
         let b = rt.table.backends[0].clone();
         b.set_up(false, "test");
         let t0 = tokio::time::Instant::now();
@@ -658,7 +656,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn response_head_ends_when_the_backend_goes_down_while_waiting() {
-        let rt = runtime("");
+        let rt = runtime();
         let b = rt.table.backends[0].clone();
         let downer = b.clone();
         tokio::spawn(async move {
