@@ -626,3 +626,98 @@ fn log_conn_error(peer: SocketAddr, e: &(dyn std::error::Error + 'static)) {
         _ => tracing::debug!(%peer, error = %e, "client connection ended with an error"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty};
+
+    #[test]
+    fn strip_port_keeps_the_host_and_ipv6_brackets() {
+        assert_eq!(strip_port("example.org:8080"), "example.org");
+        assert_eq!(strip_port("example.org"), "example.org");
+        assert_eq!(strip_port("[::1]:8443"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+        assert_eq!(strip_port("[::1"), "[::1");
+        assert_eq!(strip_port(""), "");
+    }
+
+    #[test]
+    fn https_port_is_the_first_tls_listener_else_443() {
+        let mut cfg = ServerSection::default();
+        cfg.tls_listen.clear();
+        assert_eq!(https_port(&cfg), 443);
+        cfg.tls_listen = vec![
+            "127.0.0.1:8443".parse().unwrap(),
+            "[::1]:9443".parse().unwrap(),
+        ];
+        assert_eq!(https_port(&cfg), 8443);
+    }
+
+    /// `to_https` for a request with these head lines, through a real
+    /// HTTP/1.1 connection in memory; the Location it answers.
+    async fn redirect(target: &str, host: Option<&str>, port: u16) -> (u16, Option<String>) {
+        let (a, b) = tokio::io::duplex(4096);
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+            Ok::<_, std::convert::Infallible>(to_https(&req, port))
+        });
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(a), svc),
+        );
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(b))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut req = Request::get(target);
+        if let Some(h) = host {
+            req = req.header(http::header::HOST, h);
+        }
+        let res = send
+            .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .unwrap();
+        let location = res
+            .headers()
+            .get(http::header::LOCATION)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let status = res.status().as_u16();
+        let _ = res.into_body().collect().await;
+        (status, location)
+    }
+
+    #[tokio::test]
+    async fn to_https_keeps_host_path_and_query_and_names_the_port() {
+        let cases = [
+            (
+                "/a/b?x=1",
+                Some("shop.example:8080"),
+                443,
+                "https://shop.example/a/b?x=1",
+            ),
+            (
+                "/",
+                Some("shop.example"),
+                8443,
+                "https://shop.example:8443/",
+            ),
+            ("/p", Some("[::1]:8080"), 8443, "https://[::1]:8443/p"),
+            ("/p", None, 443, "https://localhost/p"),
+        ];
+        for (target, host, port, want) in cases {
+            let (status, location) = redirect(target, host, port).await;
+            assert_eq!(status, 308, "{target} {host:?}");
+            assert_eq!(location.as_deref(), Some(want), "{target} {host:?}");
+        }
+    }
+
+    #[test]
+    fn configured_connection_limit_wins_over_the_fd_limit() {
+        let mut cfg = ServerSection {
+            max_connections: Some(7),
+            ..ServerSection::default()
+        };
+        assert_eq!(connection_limit(&cfg), 7);
+        cfg.max_connections = None;
+        assert!(connection_limit(&cfg) >= 64);
+    }
+}

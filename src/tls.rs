@@ -158,3 +158,123 @@ pub fn server_config(resolver: Arc<SniResolver>) -> Result<Arc<rustls::ServerCon
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, KeyPair};
+
+    /// A fresh directory for this test's files.
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("stickgate-tls-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A self-signed pair for `names`, written under `d` as `<stem>.crt/.key`.
+    fn pair(d: &Path, stem: &str, names: &[&str]) -> CertFiles {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let files = CertFiles {
+            cert: d.join(format!("{stem}.crt")),
+            key: d.join(format!("{stem}.key")),
+        };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        files
+    }
+
+    fn problem(r: Result<CertifiedKey, TlsError>) -> (PathBuf, String) {
+        match r {
+            Err(TlsError::File { file, problem }) => (file, problem),
+            other => panic!("expected a file error, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn load_pair_names_the_bad_file_and_the_problem() {
+        let d = dir("load");
+        let good = pair(&d, "a", &["a.example"]);
+        let other = pair(&d, "b", &["b.example"]);
+        assert!(load_pair(&good).is_ok());
+        let missing = CertFiles {
+            cert: d.join("missing.crt"),
+            key: good.key.clone(),
+        };
+        let (file, why) = problem(load_pair(&missing));
+        assert_eq!(file, missing.cert);
+        assert!(why.contains("cannot read certificate"), "{why}");
+        let empty = d.join("empty.crt");
+        std::fs::write(&empty, "not a pem\n").unwrap();
+        let (file, why) = problem(load_pair(&CertFiles {
+            cert: empty.clone(),
+            key: good.key.clone(),
+        }));
+        assert_eq!(file, empty);
+        assert!(why.contains("no CERTIFICATE"), "{why}");
+        let (file, why) = problem(load_pair(&CertFiles {
+            cert: good.cert.clone(),
+            key: good.cert.clone(),
+        }));
+        assert_eq!(file, good.cert);
+        assert!(why.contains("no usable private key"), "{why}");
+        let (file, why) = problem(load_pair(&CertFiles {
+            cert: good.cert.clone(),
+            key: other.key.clone(),
+        }));
+        assert_eq!(file, other.key);
+        assert!(why.contains("does not match"), "{why}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn trust_roots_refuses_a_file_without_certificates() {
+        let d = dir("roots");
+        let good = pair(&d, "ca", &["ca.example"]);
+        assert_eq!(trust_roots(Some(&good.cert)).unwrap().len(), 1);
+        let (file, why) = match trust_roots(Some(&good.key)) {
+            Err(TlsError::File { file, problem }) => (file, problem),
+            other => panic!("{:?}", other.map(|r| r.len())),
+        };
+        assert_eq!(file, good.key);
+        assert!(why.contains("no PEM certificate"), "{why}");
+        assert!(trust_roots(Some(&d.join("missing.pem"))).is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn sni_picks_the_covering_certificate_else_the_first() {
+        let d = dir("sni");
+        let a = pair(&d, "a", &["a.example"]);
+        let b = pair(&d, "b", &["*.b.example"]);
+        assert!(matches!(
+            SniResolver::load(&[]),
+            Err(TlsError::NoCertificate)
+        ));
+        let r = SniResolver::load(&[a.clone(), b.clone()]).unwrap();
+        let certs = r.certs.load();
+        assert!(covers(&certs[0], "a.example"));
+        assert!(!covers(&certs[0], "b.example"));
+        assert!(covers(&certs[1], "www.b.example"));
+        assert!(
+            !covers(&certs[1], "b.example"),
+            "a wildcard covers one label"
+        );
+        assert!(!covers(&certs[1], "not a name"));
+        // A failed reload keeps the certificates in force.
+        let broken = CertFiles {
+            cert: d.join("missing.crt"),
+            key: a.key.clone(),
+        };
+        assert!(r.reload(&[broken]).is_err());
+        assert_eq!(r.certs.load().len(), 2);
+        r.reload(&[b]).unwrap();
+        assert_eq!(r.certs.load().len(), 1);
+        assert!(server_config(r).is_ok());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

@@ -184,10 +184,15 @@ pub async fn run(
     let mut stale_retry = true;
     let mut last: Option<Failure> = None;
     let mut sent_id: Option<String> = None;
-    for n in 0..up.retries + 2 {
+    // The first attempt and `retries` more; a stale keep-alive connection
+    // retried on the same node adds one (it says nothing about the node).
+    let mut attempts = up.retries + 1;
+    let mut n = 0;
+    while n < attempts {
         if n > 0 {
             rt.stats.retries.fetch_add(1, Ordering::Relaxed);
         }
+        n += 1;
         let decision = match rt.table.decide(&*rt.store, session, &tried).await {
             Ok(d) => d,
             Err(e) => return Err(last.unwrap_or(e.into())),
@@ -236,6 +241,7 @@ pub async fn run(
                 tracing::debug!(error = %miss.failure, "attempt failed, retrying if allowed");
                 if miss.stale && stale_retry && stay {
                     stale_retry = false;
+                    attempts += 1;
                     tried.remove(decision.index);
                 }
                 pending = miss.unsent;
@@ -385,8 +391,14 @@ async fn response_head<F: std::future::Future>(
     let mut deadline = start + t.after;
     let mut suspect_at = (!t.suspect_after.is_zero()).then(|| start + t.suspect_after);
     let mut down: Option<tokio::sync::watch::Receiver<u64>> = None;
+    // When to look whether the client has paused its body too long (the
+    // backend's deadline may be much later than `body_timeout`).
+    let mut client_check = t.progress.map(|_| start + t.body_timeout);
     loop {
-        let wake = suspect_at.map_or(deadline, |s| s.min(deadline));
+        let wake = [suspect_at, client_check]
+            .into_iter()
+            .flatten()
+            .fold(deadline, tokio::time::Instant::min);
         let went_down = async {
             match down.as_mut() {
                 Some(rx) => rx.changed().await.is_ok(),
@@ -399,6 +411,11 @@ async fn response_head<F: std::future::Future>(
             _ = tokio::time::sleep_until(wake) => {}
         }
         let now = tokio::time::Instant::now();
+        if let (Some(p), Some(at)) = (t.progress, client_check) {
+            if at <= now {
+                client_check = client_pause(p, t.body_timeout, now)?;
+            }
+        }
         if suspect_at.is_some_and(|s| s <= now) {
             // Only a request sent to its end waits for a head: while its
             // body still moves (or a backend applies backpressure to it),
@@ -439,6 +456,26 @@ async fn response_head<F: std::future::Future>(
         } else {
             return Err(late);
         }
+    }
+}
+
+/// The next time to look at a request body's progress, `None` once the
+/// body was sent to its end, or `Late::Client` when the upstream has been
+/// waiting on the client for `limit` since its last byte.
+fn client_pause(
+    p: &Progress,
+    limit: Duration,
+    now: tokio::time::Instant,
+) -> Result<Option<tokio::time::Instant>, Late> {
+    if p.complete() {
+        return Ok(None);
+    }
+    let due = tokio::time::Instant::from_std(p.last()) + limit;
+    match (p.waiting_on_client(), due > now) {
+        (_, true) => Ok(Some(due)),
+        (true, false) => Err(Late::Client),
+        // Moving, or held back by the backend: look again later.
+        (false, false) => Ok(Some(now + limit)),
     }
 }
 
@@ -548,5 +585,114 @@ async fn attempt(
             let failure = Failure::ClientTimeout(rt.config.server.body_timeout);
             Err(miss(failure, Verdict::None, false))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use std::path::Path;
+
+    /// A runtime with one backend where nothing listens, active checks off.
+    fn runtime() -> Arc<Runtime> {
+        let text = "[server]\nlisten = [\"127.0.0.1:0\"]\n[health]\nenabled = false\n\
+                    [[backend]]\nroute = \"t1\"\nurl = \"http://127.0.0.1:1\"\n";
+        let cfg = crate::config::from_str(text, Path::new("test.toml")).unwrap();
+        Runtime::start(cfg, MemoryStore::new(Duration::from_secs(60), 10))
+    }
+
+    fn timers(after_ms: u64, suspect_ms: u64) -> Timers<'static> {
+        Timers {
+            after: Duration::from_millis(after_ms),
+            body_timeout: Duration::from_secs(60),
+            suspect_after: Duration::from_millis(suspect_ms),
+            progress: None,
+        }
+    }
+
+    #[test]
+    fn only_idempotent_methods_are_replayable() {
+        for m in ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"] {
+            assert!(replayable(&m.parse().unwrap()), "{m}");
+        }
+        for m in ["POST", "PATCH", "CONNECT", "PROPFIND"] {
+            assert!(!replayable(&m.parse().unwrap()), "{m}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn response_head_gives_up_exactly_at_the_response_timeout() {
+        let rt = runtime();
+        let b = rt.table.backends[0].clone();
+        let t0 = tokio::time::Instant::now();
+        let r = response_head(&timers(2000, 0), &rt, &b, std::future::pending::<()>()).await;
+        assert_eq!(r, Err(Late::Backend));
+        assert_eq!(t0.elapsed(), Duration::from_millis(2000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn response_head_returns_an_answer_that_beats_the_timer() {
+        let rt = runtime();
+        let b = rt.table.backends[0].clone();
+        let answer = async {
+            tokio::time::sleep(Duration::from_millis(1999)).await;
+            42
+        };
+        let r = response_head(&timers(2000, 0), &rt, &b, answer).await;
+        assert_eq!(r, Ok(42));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn response_head_of_a_backend_already_down_ends_at_suspect_after() {
+        let rt = runtime();
+        let b = rt.table.backends[0].clone();
+        b.set_up(false, "test");
+        let t0 = tokio::time::Instant::now();
+        let r = response_head(&timers(60_000, 500), &rt, &b, std::future::pending::<()>()).await;
+        assert_eq!(r, Err(Late::Down));
+        assert_eq!(t0.elapsed(), Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn response_head_ends_when_the_backend_goes_down_while_waiting() {
+        let rt = runtime();
+        let b = rt.table.backends[0].clone();
+        let downer = b.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            downer.set_up(false, "test");
+        });
+        let t0 = tokio::time::Instant::now();
+        let r = response_head(&timers(60_000, 500), &rt, &b, std::future::pending::<()>()).await;
+        assert_eq!(r, Err(Late::Down));
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_millis(500) && waited < Duration::from_secs(60),
+            "{waited:?}"
+        );
+    }
+
+    #[test]
+    fn failures_map_to_one_status_each() {
+        let route: Arc<str> = "t1".into();
+        let status = |f: Failure| f.response().status().as_u16();
+        let connect = |source| Failure::Connect {
+            route: route.clone(),
+            source,
+        };
+        assert_eq!(status(NoBackend { total: 2 }.into()), 503);
+        assert_eq!(status(connect(ConnectError::Queue(4))), 503);
+        assert_eq!(
+            status(connect(ConnectError::Timeout(Duration::from_secs(1)))),
+            502
+        );
+        let timeout = Failure::Timeout {
+            route: route.clone(),
+            after: Duration::from_secs(1),
+        };
+        assert_eq!(status(timeout), 504);
+        assert_eq!(status(Failure::WentDown { route }), 504);
+        assert_eq!(status(Failure::ClientTimeout(Duration::from_secs(1))), 408);
     }
 }

@@ -450,3 +450,81 @@ impl OwnedSession {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn config(extra: &str, backends: &[(&str, u16)]) -> Config {
+        let nodes: String = backends
+            .iter()
+            .map(|(r, p)| format!("[[backend]]\nroute = \"{r}\"\nurl = \"http://127.0.0.1:{p}\"\n"))
+            .collect();
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[health]\nenabled = false\n{extra}\n{nodes}"
+        );
+        crate::config::from_str(&text, Path::new("test.toml")).unwrap()
+    }
+
+    #[test]
+    fn error_responses_are_short_plain_text() {
+        let r = error_response(StatusCode::BAD_GATEWAY, "502 bad gateway\n");
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            r.headers()[http::header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
+    }
+
+    #[test]
+    fn owned_session_borrows_back_with_the_configured_separator() {
+        let owned = OwnedSession {
+            value: "ABC--t1".into(),
+            source: Source::Cookie,
+        };
+        let s = owned.borrow("--");
+        assert_eq!((s.base, s.route), ("ABC", Some("t1")));
+        let s = owned.borrow(".");
+        assert_eq!((s.base, s.route), ("ABC--t1", None));
+        // An id the parser refuses is still carried whole, without a route.
+        let odd = OwnedSession {
+            value: "--t1".into(),
+            source: Source::PathParameter,
+        };
+        let s = odd.borrow("--");
+        assert_eq!((s.value, s.base, s.route), ("--t1", "--t1", None));
+        assert_eq!(s.source, Source::PathParameter);
+    }
+
+    #[tokio::test]
+    async fn reload_keeps_unchanged_backends_and_warns_about_restart_only_keys() {
+        let store = MemoryStore::new(Duration::from_secs(60), 100);
+        let rt = Runtime::start(config("", &[("a", 1), ("b", 2)]), store);
+        rt.table.backends[0].set_up(false, "test");
+        let (next, warnings) = rt.reloaded(config("", &[("a", 1), ("b", 3), ("c", 4)]));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(Arc::ptr_eq(&rt.table.backends[0], &next.table.backends[0]));
+        assert!(!next.table.backends[0].is_up(), "health carried over");
+        assert!(!Arc::ptr_eq(&rt.table.backends[1], &next.table.backends[1]));
+        assert_eq!(next.table.backends.len(), 3);
+        assert!(
+            Arc::ptr_eq(&rt.stats, &next.stats),
+            "counters outlive reloads"
+        );
+        let (_, warnings) = rt.reloaded(config(
+            "[session]\nmax_sessions = 5\n",
+            &[("a", 1), ("b", 2)],
+        ));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("max_sessions"), "{warnings:?}");
+        // New pool settings rebuild every backend.
+        let (next, _) = rt.reloaded(config(
+            "[upstream]\nmax_connections = 3\n",
+            &[("a", 1), ("b", 2)],
+        ));
+        assert!(!Arc::ptr_eq(&rt.table.backends[0], &next.table.backends[0]));
+    }
+}
