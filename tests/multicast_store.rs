@@ -28,6 +28,10 @@ use stickgate::store::{Cached, SessionStore, StateChange};
 const IDLE: Duration = Duration::from_secs(600);
 /// Bound on every "eventually" in these tests.
 const WITHIN: Duration = Duration::from_secs(10);
+/// Most a claim may take to reach the other store (and simultaneous claims
+/// to converge): one datagram each way, with room for a busy 2-core machine.
+/// Figures are as fine as `eventually`'s 10 ms poll.
+const CONVERGE: Duration = Duration::from_secs(1);
 
 // ---------------------------------------------------------------------------
 // Helpers.
@@ -510,7 +514,8 @@ async fn claims_agree_across_balancers() {
     let second = b.claim("ORPHAN", Some("dead"), "n2".into()).await;
     assert_eq!(&*second, "n1", "the move already made wins");
     assert_eq!(&*a.claim("ORPHAN", Some("dead"), "n3".into()).await, "n1");
-    eprintln!("claim: replicated after {took:?}; both balancers answer n1");
+    eprintln!("claim: replicated after {took:?} (10 ms polls); both balancers answer n1");
+    assert!(took < CONVERGE, "claim took {took:?} to replicate");
 
     // Same orphan claimed on both at once with different heirs: versions
     // tie, the greater route wins everywhere.
@@ -536,7 +541,8 @@ async fn claims_agree_across_balancers() {
             && route(&*b, "RACE").as_deref() == Some(&*want)
     })
     .await;
-    eprintln!("simultaneous claims converged on {want} after {took:?}");
+    eprintln!("simultaneous claims converged on {want} after {took:?} (10 ms polls)");
+    assert!(took < CONVERGE, "simultaneous claims took {took:?} to converge");
     // Counts agree too.
     let on_n1 = if want == "n1" { 2 } else { 1 };
     for s in [&a, &b] {
