@@ -302,7 +302,12 @@ async fn a_claim_made_on_one_balancer_is_followed_by_the_other() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|n| (n["route"].as_str().unwrap().to_owned(), n["sessions"]["current"].as_u64().unwrap()))
+            .map(|n| {
+                (
+                    n["route"].as_str().unwrap().to_owned(),
+                    n["sessions"]["current"].as_u64().unwrap(),
+                )
+            })
             .collect();
         b_counts == a_counts
     })

@@ -11,11 +11,11 @@
 //! need it.
 mod common;
 
+use common::{free_port, tempdir};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use common::{free_port, tempdir};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -542,7 +542,10 @@ async fn claims_agree_across_balancers() {
     })
     .await;
     eprintln!("simultaneous claims converged on {want} after {took:?} (10 ms polls)");
-    assert!(took < CONVERGE, "simultaneous claims took {took:?} to converge");
+    assert!(
+        took < CONVERGE,
+        "simultaneous claims took {took:?} to converge"
+    );
     // Counts agree too.
     let on_n1 = if want == "n1" { 2 } else { 1 };
     for s in [&a, &b] {

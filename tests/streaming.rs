@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const GIB: u64 = 1 << 30;
-/// Most the balancer's RSS may grow over its idle baseline while streaming.
-const MAX_GROWTH_KIB: u64 = 32 * 1024;
+/// Most the balancer's RSS may grow over its idle baseline while streaming:
+/// growth measured here is 0.9-3.1 MiB, so this leaves a 2.5x margin,
+/// while a balancer buffering the stalled quarter would grow by hundreds.
+const MAX_GROWTH_KIB: u64 = 8 * 1024;
 /// Give up on a transfer after this long (a stall must fail, not hang).
 const TRANSFER_LIMIT: Duration = Duration::from_secs(240);
 
@@ -214,7 +216,10 @@ async fn one_gib_download_streams_in_flat_memory() {
     let (peak, samples) = sampler.finish();
     report("download", got, took - STALL, baseline, peak, samples);
     assert_eq!(got, GIB, "download byte count");
-    assert_eq!(foreign, 0, "bytes other than the node's filler in the download");
+    assert_eq!(
+        foreign, 0,
+        "bytes other than the node's filler in the download"
+    );
     assert!(samples >= 10, "transfer too short to sample");
     assert!(
         peak.saturating_sub(baseline) <= MAX_GROWTH_KIB,

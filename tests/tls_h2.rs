@@ -487,7 +487,9 @@ async fn backends_over_tls_and_http2() {
     }
     // `http2 = true` must really speak HTTP/2 (the inner gate speaks both,
     // so a balancer ignoring the key would pass everything above).
-    let want = ["HTTP/2.0", "HTTP/2.0", "HTTP/2.0", "HTTP/2.0", "HTTP/1.1", "HTTP/1.1"];
+    let want = [
+        "HTTP/2.0", "HTTP/2.0", "HTTP/2.0", "HTTP/2.0", "HTTP/1.1", "HTTP/1.1",
+    ];
     let mut versions = Vec::new();
     let logged = wait_for(Duration::from_secs(10), || {
         versions = proxied_versions(&inner_log);

@@ -334,4 +334,47 @@ mod tests {
         note_status(&b, &on, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!b.is_up());
     }
+
+    /// A one-shot HTTP server on loopback answering `status_line`; its port.
+    fn answer_once(status_line: &'static str) -> u16 {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let _ = write!(s, "{status_line}\r\ncontent-length: 0\r\n\r\n");
+            }
+        });
+        port
+    }
+
+    fn check(port: u16) -> Result<(), String> {
+        let cfg = BackendConfig::plain("t1", "127.0.0.1", port, 1);
+        let b = Backend::new(cfg, PoolSettings::from_upstream(&Default::default()));
+        let h = HealthSection {
+            timeout: std::time::Duration::from_secs(5),
+            ..HealthSection::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(check_once(&b, &h))
+    }
+
+    #[test]
+    fn check_once_passes_a_2xx_and_fails_an_error_status_or_refusal() {
+        assert_eq!(check(answer_once("HTTP/1.1 200 OK")), Ok(()));
+        assert_eq!(
+            check(answer_once("HTTP/1.1 503 Service Unavailable")),
+            Err("status 503".to_owned())
+        );
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        assert!(check(refused).is_err(), "nothing listens on {refused}");
+    }
 }
