@@ -12,6 +12,7 @@
 #
 #   scripts/mutants.sh                  # everything (hours)
 #   SHARD=0/12 scripts/mutants.sh       # one twelfth (~30 mutants)
+#   scripts/mutants.sh --re 'check_once'  # extra arguments go to cargo mutants
 #   IN_PLACE=1 scripts/mutants.sh       # mutate this tree, reuse ./target
 #                                       # (no copy, no fresh build; do not
 #                                       # edit or build here meanwhile)
@@ -42,7 +43,7 @@ else
 fi
 
 status=0
-cargo mutants "${args[@]}" -- --lib || status=$?
+cargo mutants "${args[@]}" "$@" -- --lib || status=$?
 out="${OUT:-.}/mutants.out"
 count() { [ -f "$out/$1.txt" ] && wc -l <"$out/$1.txt" || echo 0; }
 echo "mutants: caught $(count caught), missed $(count missed), timeout $(count timeout), unviable $(count unviable)"

@@ -377,4 +377,36 @@ mod tests {
         };
         assert!(check(refused).is_err(), "nothing listens on {refused}");
     }
+
+    #[test]
+    fn a_passed_rescue_probe_holds_off_the_next_for_the_cooldown() {
+        let port = answer_once("HTTP/1.1 200 OK");
+        let cfg = BackendConfig::plain("t1", "127.0.0.1", port, 1);
+        let b = Arc::new(Backend::new(
+            cfg,
+            PoolSettings::from_upstream(&Default::default()),
+        ));
+        let h = Arc::new(HealthSection {
+            timeout: std::time::Duration::from_secs(5),
+            ..HealthSection::default()
+        });
+        let cooldown = std::time::Duration::from_secs(60);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            probe_now(&b, &h, cooldown);
+            for _ in 0..500 {
+                if !b.rescue_probing.load(Ordering::Acquire) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_ne!(b.rescue_ok_ms.load(Ordering::Relaxed), 0, "probe passed");
+            probe_now(&b, &h, cooldown);
+        });
+        assert_eq!(b.stats.rescue_probes.load(Ordering::Relaxed), 1);
+        assert!(b.is_up());
+    }
 }
