@@ -15,7 +15,9 @@
 #   scripts/mutants.sh --re 'check_once'  # extra arguments go to cargo mutants
 #   IN_PLACE=1 scripts/mutants.sh       # mutate this tree, reuse ./target
 #                                       # (no copy, no fresh build; do not
-#                                       # edit or build here meanwhile)
+#                                       # edit, build or run drills here
+#                                       # meanwhile: target/debug/stickgate
+#                                       # is a mutant's for a while)
 #
 # Results: mutants.out/ (caught.txt, missed.txt, timeout.txt, unviable.txt),
 # and a one-line summary at the end. Installs cargo-mutants if missing.

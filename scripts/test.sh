@@ -32,11 +32,11 @@ fi
 lo_multicast() {
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    if ! ip link show lo | grep -q MULTICAST; then
+    if ! ip link show lo | grep MULTICAST >/dev/null; then
         echo "scripts/test.sh: ip link set lo multicast on" >&2
         $SUDO ip link set lo multicast on
     fi
-    if ! ip route show 224.0.0.0/4 | grep -q .; then
+    if ! ip route show 224.0.0.0/4 | grep . >/dev/null; then
         echo "scripts/test.sh: ip route add 224.0.0.0/4 dev lo" >&2
         $SUDO ip route add 224.0.0.0/4 dev lo
     fi
