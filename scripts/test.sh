@@ -3,7 +3,8 @@
 # (redis-server, whose instances the tests start on free loopback ports;
 # curl, openssl, ss, python3; Debian's python3-prometheus-client, the real
 # parser the /metrics drill uses; chromium, the headless browser the status
-# page drill drives), then runs formatting, lint and every test.
+# page drill drives), makes multicast work on loopback for the multicast
+# drills, then runs formatting, lint and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,23 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+
+# Loopback multicast (tests/multicast*.rs fail without it): `lo` must have
+# the MULTICAST flag and 224.0.0.0/4 must route via lo. Idempotent: changes
+# only what is missing, and needs root (or sudo) only then.
+lo_multicast() {
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    if ! ip link show lo | grep MULTICAST >/dev/null; then
+        echo "scripts/test.sh: ip link set lo multicast on" >&2
+        $SUDO ip link set lo multicast on
+    fi
+    if ! ip route show 224.0.0.0/4 | grep . >/dev/null; then
+        echo "scripts/test.sh: ip route add 224.0.0.0/4 dev lo" >&2
+        $SUDO ip route add 224.0.0.0/4 dev lo
+    fi
+}
+lo_multicast
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings

@@ -887,7 +887,9 @@ async fn metrics_parse_as_openmetrics() {
     assert_eq!(of(&failovers, "stickgate_failovers_total", &[]), 1.0);
     let retries = family("stickgate_retries", "counter");
     let retried = of(&retries, "stickgate_retries_total", &[]);
-    assert!(retried < made as f64, "retries {retried}");
+    // tomcat3 was down before the first request, so nothing was ever
+    // attempted there: the failover picked the heir at once, no retry.
+    assert_eq!(retried, 0.0, "retries");
 
     let transitions = family("stickgate_backend_health_transitions", "counter");
     let t = |route| {

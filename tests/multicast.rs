@@ -4,10 +4,10 @@
 //!
 //! Loopback multicast: Linux delivers it on `lo` once the socket names
 //! 127.0.0.1 as its interface (the store does). Where it does not, run as
-//! root `ip link set lo multicast on; ip route add 224.0.0.0/4 dev lo`;
-//! `tests/multicast_store.rs` probes and does that automatically; here a
-//! balancer that cannot join the group fails to start with that hint in
-//! its log.
+//! root `ip link set lo multicast on; ip route add 224.0.0.0/4 dev lo`
+//! (`scripts/test.sh` does); without it these drills fail: a balancer that
+//! cannot join the group fails to start with that hint in its log, and
+//! one whose datagrams never arrive fails the replication waits.
 mod common;
 use common::*;
 use serde_json::Value;
@@ -33,21 +33,6 @@ fn key_file() -> PathBuf {
     path
 }
 
-/// A loopback port free for both UDP and TCP, below the kernel's
-/// ephemeral range (32768+) so that ports other tests get by binding port 0
-/// never collide with it between picking and binding.
-fn replication_port() -> u16 {
-    loop {
-        let port = 20_000 + (rand::random::<u16>() % 12_000);
-        let Ok(_udp) = std::net::UdpSocket::bind(("127.0.0.1", port)) else {
-            continue;
-        };
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 /// A cluster's shared multicast settings; `store(i)` is balancer `i`'s
 /// `[store]` section, with the default heartbeat (500 ms) and drop time
 /// (3 s), and a generous `timeout` (the longest a request waits for a
@@ -62,7 +47,7 @@ struct Cluster {
 
 impl Cluster {
     fn new(balancers: usize, static_peers: bool) -> Cluster {
-        let group_port = replication_port();
+        let group_port = free_port();
         Cluster {
             group: if static_peers {
                 // IPv6 groups are not joined: multicast is off, and only
@@ -72,7 +57,7 @@ impl Cluster {
                 format!("228.0.0.5:{group_port}")
             },
             key: key_file(),
-            listen: (0..balancers).map(|_| replication_port()).collect(),
+            listen: (0..balancers).map(|_| free_port()).collect(),
             static_peers,
         }
     }
@@ -309,9 +294,24 @@ async fn a_claim_made_on_one_balancer_is_followed_by_the_other() {
         on_t2 >= 3,
         "A's equal weights should give t2 some heirs: {a_heirs:?}"
     );
-    // Give the last claim time to cross (a client switching balancers in
-    // under a millisecond is not realistic).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every claim has crossed once B counts the sessions per node as A does
+    // (t1's orphans moved to their heirs).
+    let a_counts = a.session_counts().await;
+    wait_status(&b, "B counts sessions per node as A does", |s| {
+        let b_counts: Vec<(String, u64)> = s["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["route"].as_str().unwrap().to_owned(),
+                    n["sessions"]["current"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        b_counts == a_counts
+    })
+    .await;
     for id in &orphans {
         for (via, g, hits) in [("B", &b, 3), ("A", &a, 4)] {
             let r = hit(&c, g, Some(id)).await;

@@ -155,7 +155,16 @@ async fn reload_removing_a_backend_fails_its_sessions_over() {
             (r, started.elapsed())
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // In flight once tomcat2 counts it (not merely sent by the client).
+    let mut inflight = serde_json::Value::Null;
+    for _ in 0..200 {
+        inflight = gate.backend_status("tomcat2").await["inflight"].clone();
+        if inflight == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(inflight, 1, "the slow request never reached tomcat2");
 
     write_config(
         &gate,

@@ -171,12 +171,17 @@ async fn blackhole_backend_does_not_slow_the_healthy_one() {
         errors.len()
     );
     assert!(errors.is_empty(), "client-visible errors: {errors:#?}");
+    // Exactly one request tried the blackhole (then it is down), counted by
+    // the balancer itself: a latency threshold alone would also count
+    // requests a busy 2-core machine happened to slow down.
+    let tried = gate.backend_status("blackhole").await["errors"].clone();
     assert_eq!(
-        slow.len(),
+        tried,
         1,
-        "exactly one request should pay the connect timeout (then the blackhole is down); latencies ms: {:?}",
+        "requests that tried the blackhole; latencies ms: {:?}",
         lat.iter().map(|d| ms(*d)).collect::<Vec<_>>()
     );
+    assert!(!slow.is_empty(), "no request paid the connect timeout");
     let (first_failover, cost) = slow[0];
     assert!(
         first_failover < 3,
@@ -192,8 +197,9 @@ async fn blackhole_backend_does_not_slow_the_healthy_one() {
     let after = &lat[first_failover + 1..];
     assert!(after.len() >= 50);
     let after = &after[..50];
-    let (med_before, med_after, p90_after) = (
+    let (med_before, p90_before, med_after, p90_after) = (
         percentile(&before, 0.5),
+        percentile(&before, 0.9),
         percentile(after, 0.5),
         percentile(after, 0.9),
     );
@@ -205,9 +211,10 @@ async fn blackhole_backend_does_not_slow_the_healthy_one() {
         ms(*after.iter().max().unwrap())
     );
     assert!(
-        p90_after < Duration::from_millis(200),
-        "p90 after failover {:.1} ms",
-        ms(p90_after)
+        p90_after < p90_before * 3 + Duration::from_millis(100),
+        "p90 after failover {:.1} ms vs {:.1} ms without the blackhole",
+        ms(p90_after),
+        ms(p90_before)
     );
     assert!(
         med_after < med_before * 3 + Duration::from_millis(20),
@@ -272,7 +279,9 @@ async fn sigkill_under_load_has_no_client_visible_errors() {
         b2.toml()
     )));
     let done = Arc::new(AtomicUsize::new(0));
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Generous: every request must be made (and succeed), however busy
+    // the machine; the deadline only stops a hang.
+    let deadline = Instant::now() + Duration::from_secs(90);
     let mut tasks = Vec::new();
     for _ in 0..CLIENTS {
         let gate = gate.clone();
@@ -364,9 +373,14 @@ async fn sigkill_under_load_has_no_client_visible_errors() {
         eprintln!("  stickgate: {l}");
     }
     assert!(errors.is_empty(), "{} client-visible errors", errors.len());
+    assert_eq!(
+        total,
+        CLIENTS * PER_CLIENT,
+        "every client must finish all its requests"
+    );
     assert!(
-        after_kill >= CLIENTS * 20,
-        "the kill was not mid-load: only {after_kill} requests after it"
+        after_kill >= CLIENTS * PER_CLIENT / 2,
+        "the kill was not mid-load: only {after_kill} of {total} requests after it"
     );
     assert!(on_dead >= 1, "no session started on tomcat1");
     for (c, r) in runs.iter().enumerate() {

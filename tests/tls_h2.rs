@@ -439,8 +439,18 @@ async fn backends_over_tls_and_http2() {
         &rcgen::PKCS_ECDSA_P256_SHA256,
     );
     let node = Backend::start("app", &[]);
-    // An inner stickgate terminates TLS (h2 + http/1.1) and h2c for the node.
-    let (inner, inner_tls) = tls_gate(&[ip], &node.toml(), "h2c = true");
+    // An inner stickgate terminates TLS (h2 + http/1.1) and h2c for the node;
+    // its JSON access log shows which protocol each request arrived over.
+    let inner_log = dir.join("inner-access.log");
+    let (inner, inner_tls) = tls_gate(
+        &[ip],
+        &format!(
+            "{}[log]\naccess_log = \"{}\"\naccess_log_format = \"json\"\n",
+            node.toml(),
+            inner_log.display()
+        ),
+        "h2c = true",
+    );
     let backends = format!(
         "[[backend]]\nroute = \"h2c\"\nurl = \"http://127.0.0.1:{}\"\nhttp2 = true\n\
          [[backend]]\nroute = \"tlsh2\"\nurl = \"https://127.0.0.1:{inner_tls}\"\nhttp2 = true\nca_file = \"{ca}\"\n\
@@ -475,6 +485,33 @@ async fn backends_over_tls_and_http2() {
         assert_eq!(b["health"], "up", "{b}");
         assert_eq!(b["errors"], 0, "{b}");
     }
+    // `http2 = true` must really speak HTTP/2 (the inner gate speaks both,
+    // so a balancer ignoring the key would pass everything above).
+    let want = [
+        "HTTP/2.0", "HTTP/2.0", "HTTP/2.0", "HTTP/2.0", "HTTP/1.1", "HTTP/1.1",
+    ];
+    let mut versions = Vec::new();
+    let logged = wait_for(Duration::from_secs(10), || {
+        versions = proxied_versions(&inner_log);
+        versions.len() >= want.len()
+    });
+    assert!(logged.is_ok(), "inner access log: {versions:?}");
+    assert_eq!(
+        versions, want,
+        "protocol per request (h2c GET+POST, tlsh2 GET+POST, tlsh1 GET+POST)"
+    );
+}
+
+/// The HTTP version of each `/headers` and `/upload` request in a JSON
+/// access log (health checks left out), in order.
+fn proxied_versions(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "/headers" || v["target"] == "/upload")
+        .map(|v| v["version"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 #[tokio::test]

@@ -334,4 +334,79 @@ mod tests {
         note_status(&b, &on, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!b.is_up());
     }
+
+    /// A one-shot HTTP server on loopback answering `status_line`; its port.
+    fn answer_once(status_line: &'static str) -> u16 {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let _ = write!(s, "{status_line}\r\ncontent-length: 0\r\n\r\n");
+            }
+        });
+        port
+    }
+
+    fn check(port: u16) -> Result<(), String> {
+        let cfg = BackendConfig::plain("t1", "127.0.0.1", port, 1);
+        let b = Backend::new(cfg, PoolSettings::from_upstream(&Default::default()));
+        let h = HealthSection {
+            timeout: std::time::Duration::from_secs(5),
+            ..HealthSection::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(check_once(&b, &h))
+    }
+
+    #[test]
+    fn check_once_passes_a_2xx_and_fails_an_error_status_or_refusal() {
+        assert_eq!(check(answer_once("HTTP/1.1 200 OK")), Ok(()));
+        assert_eq!(
+            check(answer_once("HTTP/1.1 503 Service Unavailable")),
+            Err("status 503".to_owned())
+        );
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        assert!(check(refused).is_err(), "nothing listens on {refused}");
+    }
+
+    #[test]
+    fn a_passed_rescue_probe_holds_off_the_next_for_the_cooldown() {
+        let port = answer_once("HTTP/1.1 200 OK");
+        let cfg = BackendConfig::plain("t1", "127.0.0.1", port, 1);
+        let b = Arc::new(Backend::new(
+            cfg,
+            PoolSettings::from_upstream(&Default::default()),
+        ));
+        let h = Arc::new(HealthSection {
+            timeout: std::time::Duration::from_secs(5),
+            ..HealthSection::default()
+        });
+        let cooldown = std::time::Duration::from_secs(60);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            probe_now(&b, &h, cooldown);
+            for _ in 0..500 {
+                if !b.rescue_probing.load(Ordering::Acquire) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_ne!(b.rescue_ok_ms.load(Ordering::Relaxed), 0, "probe passed");
+            probe_now(&b, &h, cooldown);
+        });
+        assert_eq!(b.stats.rescue_probes.load(Ordering::Relaxed), 1);
+        assert!(b.is_up());
+    }
 }

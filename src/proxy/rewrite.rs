@@ -242,4 +242,75 @@ mod tests {
         ));
         assert!(!is_removal(&Cookie::parse("J=x; Path=/").unwrap()));
     }
+
+    mod failover_cookie {
+        use super::super::*;
+        use crate::backend::PoolSettings;
+        use crate::config::{Algorithm, BackendConfig};
+        use crate::store::memory::MemoryStore;
+        use std::time::Duration;
+
+        fn table() -> Table {
+            let backends = ["t1", "t2"]
+                .iter()
+                .map(|r| {
+                    let cfg = BackendConfig::plain(r, "127.0.0.1", 1, 1);
+                    let pool = PoolSettings::from_upstream(&Default::default());
+                    Arc::new(Backend::new(cfg, pool))
+                })
+                .collect();
+            Table::new(backends, Algorithm::WeightedRoundRobin)
+        }
+
+        /// Apply the response side of a failover t1 -> t2 of `X.t1` to a
+        /// response with `set_cookie` (if any) and `status_ok`.
+        fn after_failover(set_cookie: Option<&str>, status_ok: bool) -> (HeaderMap, Learned) {
+            let t = table();
+            let store = MemoryStore::new(Duration::from_secs(60), 10);
+            let id = SessionId::parse("X.t1", ".", Source::Cookie).unwrap();
+            let reason = Reason::Failover { from: "t1".into() };
+            let x = Exchange {
+                table: &t,
+                store: &*store,
+                cookie: "JSESSIONID",
+                separator: ".",
+                served: &t.backends[1],
+                reason: &reason,
+                session: Some(&id),
+                https: false,
+            };
+            let mut h = HeaderMap::new();
+            if let Some(c) = set_cookie {
+                h.append(SET_COOKIE, c.parse().unwrap());
+            }
+            let learned = apply(&x, &mut h, status_ok);
+            (h, learned)
+        }
+
+        fn set_cookies(h: &HeaderMap) -> Vec<&str> {
+            h.get_all(SET_COOKIE)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        }
+
+        #[test]
+        fn a_failed_over_session_gets_our_cookie_on_success_only() {
+            let (h, learned) = after_failover(None, true);
+            assert_eq!(set_cookies(&h), ["JSESSIONID=X.t2; HttpOnly; Path=/"]);
+            assert!(learned.0.is_empty(), "{learned:?}");
+            let (h, _) = after_failover(None, false);
+            assert!(
+                set_cookies(&h).is_empty(),
+                "an error answer keeps the old cookie"
+            );
+        }
+
+        #[test]
+        fn the_backends_own_cookie_is_learned_and_not_doubled() {
+            let (h, learned) = after_failover(Some("JSESSIONID=Y.t2; Path=/app"), true);
+            assert_eq!(set_cookies(&h), ["JSESSIONID=Y.t2; Path=/app"]);
+            assert_eq!(learned.0, vec![("Y".to_owned(), Arc::from("t2"))]);
+        }
+    }
 }

@@ -226,3 +226,94 @@ impl Table {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::PoolSettings;
+    use crate::config::BackendConfig;
+    use crate::store::memory::MemoryStore;
+    use std::time::Duration;
+
+    fn table(routes: &[&str]) -> Table {
+        let backends = routes
+            .iter()
+            .map(|r| {
+                let cfg = BackendConfig::plain(r, "127.0.0.1", 1, 1);
+                let pool = PoolSettings::from_upstream(&Default::default());
+                Arc::new(Backend::new(cfg, pool))
+            })
+            .collect();
+        Table::new(backends, Algorithm::WeightedRoundRobin)
+    }
+
+    fn decide(t: &Table, store: &MemoryStore, cookie: &str, tried: &Tried) -> Decision {
+        let id = SessionId::parse(cookie, ".", Source::Cookie).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(t.decide(store, Some(&id), tried)).unwrap()
+    }
+
+    #[test]
+    fn failed_over_from_names_the_lost_route_only_for_a_failover() {
+        let f = Reason::Failover { from: "t1".into() };
+        assert_eq!(f.failed_over_from(), Some("t1"));
+        assert_eq!(Reason::Sticky.failed_over_from(), None);
+        assert_eq!(Reason::New.failed_over_from(), None);
+    }
+
+    #[test]
+    fn orphan_goes_to_a_live_heir_never_its_down_node() {
+        let t = table(&["t1", "t2", "t3"]);
+        t.backends[0].set_up(false, "test");
+        let store = MemoryStore::new(Duration::from_secs(60), 100);
+        for n in 0..20 {
+            let d = decide(&t, &store, &format!("ID{n}.t1"), &Tried::default());
+            assert_ne!(d.index, 0, "ID{n} sent to its down node");
+            assert_eq!(d.reason, Reason::Failover { from: "t1".into() });
+        }
+    }
+
+    #[test]
+    fn heir_skips_tried_backends_and_is_the_same_for_every_table() {
+        let (a, b) = (table(&["t1", "t2", "t3"]), table(&["t1", "t2", "t3"]));
+        for t in [&a, &b] {
+            t.backends[0].set_up(false, "test");
+        }
+        let store = MemoryStore::new(Duration::from_secs(60), 100);
+        let mut heirs = [0usize; 3];
+        for n in 0..30 {
+            let id = format!("ID{n}.t1");
+            let first = decide(&a, &store, &id, &Tried::default()).index;
+            assert_eq!(
+                first,
+                decide(
+                    &b,
+                    &MemoryStore::new(Duration::from_secs(60), 100),
+                    &id,
+                    &Tried::default()
+                )
+                .index
+            );
+            heirs[first] += 1;
+            let mut tried = Tried::default();
+            tried.add(first);
+            let second = decide(
+                &a,
+                &MemoryStore::new(Duration::from_secs(60), 100),
+                &id,
+                &tried,
+            )
+            .index;
+            assert!(
+                second != first && second != 0,
+                "{id}: {first} then {second}"
+            );
+        }
+        assert!(
+            heirs[1] > 0 && heirs[2] > 0,
+            "rendezvous spreads heirs: {heirs:?}"
+        );
+    }
+}

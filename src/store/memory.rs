@@ -563,4 +563,17 @@ mod tests {
         let c = s.counts();
         assert_eq!((c[0].1.current, c[0].1.peak), (1, 2));
     }
+
+    #[test]
+    fn status_reports_kind_capacity_health_and_expiries() {
+        let s = MemoryStore::new(Duration::from_millis(20), 10);
+        s.bind("X", &Arc::from("a"));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(s.sweep(), 1);
+        let st = s.status();
+        assert_eq!(st.kind, "memory");
+        assert_eq!(st.capacity, 10);
+        assert!(st.healthy, "a memory store is always healthy");
+        assert_eq!((st.sessions, st.expired), (0, 1));
+    }
 }

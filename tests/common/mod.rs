@@ -20,10 +20,15 @@ use std::time::{Duration, Instant};
 /// can take it as their source port before the process under test binds
 /// it. A port is handed out once per test process, so tests running side
 /// by side never get the same one before either has bound it.
+///
+/// The port is free for UDP as well: the multicast drills bind one port for
+/// both (datagrams and full-state transfer), and take theirs from here too.
 pub fn free_port() -> u16 {
     for _ in 0..1000 {
         let port = rand::random_range(10_000..32_000);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() && claim(&[port]) {
+        let free = std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free && claim(&[port]) {
             return port;
         }
     }
@@ -178,9 +183,12 @@ pub struct Gate {
     pub log: PathBuf,
 }
 
-/// Fast health settings for drills, used unless a test gives its own.
+/// Fast health settings for drills, used unless a test gives its own: a
+/// dead node (connection refused) is down within about 0.5 s, while a live
+/// one on a busy 2-core machine needs two checks in a row over 1 s each
+/// to be taken down by mistake.
 pub const FAST_HEALTH: &str =
-    "[health]\ninterval = \"200ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 1\n";
+    "[health]\ninterval = \"200ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 2\n";
 
 impl Gate {
     /// Start stickgate with `[server]`/`[admin]` filled in and `body` (any
@@ -288,7 +296,9 @@ impl Gate {
     }
 }
 
-/// A fresh directory under the system temp dir.
+/// A fresh directory under the system temp dir, removed when the test
+/// process exits unless the test that made it failed: a failed drill's
+/// config and logs stay for reading (their paths are printed at exit).
 pub fn tempdir() -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "stickgate-test-{}-{}",
@@ -296,7 +306,60 @@ pub fn tempdir() -> PathBuf {
         rand_suffix()
     ));
     std::fs::create_dir_all(&d).unwrap();
+    temp_dirs::register(&d);
     d
+}
+
+/// Temp dirs made by this test process, and the tests that panicked.
+mod temp_dirs {
+    use std::path::{Path, PathBuf};
+    use std::sync::{Mutex, Once};
+
+    /// (dir, name of the test thread that made it).
+    static MADE: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
+    /// Names of threads that panicked (libtest names them after the test).
+    static FAILED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    fn thread_name() -> String {
+        std::thread::current().name().unwrap_or("?").to_owned()
+    }
+
+    /// Remember `dir` for removal at exit; the first call installs the
+    /// panic hook and the exit handler.
+    pub fn register(dir: &Path) {
+        static INSTALL: Once = Once::new();
+        INSTALL.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                lock(&FAILED).push(thread_name());
+                previous(info)
+            }));
+            // SAFETY: `remove_all` takes no arguments and does not panic (it
+            // ignores every error), so nothing unwinds out of the handler.
+            unsafe { libc::atexit(remove_all) };
+        });
+        lock(&MADE).push((dir.to_owned(), thread_name()));
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    extern "C" fn remove_all() {
+        let failed = lock(&FAILED).clone();
+        for (dir, test) in lock(&MADE).drain(..) {
+            if failed.contains(&test) {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "kept {} of failed test {test}",
+                    dir.display()
+                );
+            } else {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
 }
 
 fn rand_suffix() -> u64 {
