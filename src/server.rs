@@ -484,19 +484,16 @@ impl Watch {
         // After expiry the connection gets a moment to say goodbye (408 or
         // GOAWAY), then it is dropped whatever it is doing.
         let mut hard_stop: Option<Instant> = None;
+        // No wake-up per request: the clock is re-read at least every
+        // `recheck` (the shorter of the two timers), and a deadline is never
+        // earlier than a head start or request end seen at the last check
+        // plus that, so sleeping until the next check loses no precision.
+        let recheck = self.timing.recheck();
         let result = loop {
-            let due = self.timing.due();
-            let timing = &self.timing;
-            let at = hard_stop.or(due.map(|(at, _)| at));
-            let wake = async {
-                match at {
-                    Some(at) => tokio::select! {
-                        _ = tokio::time::sleep_until(at) => {}
-                        _ = timing.wake.notified() => {}
-                    },
-                    None => timing.wake.notified().await,
-                }
-            };
+            let next = Instant::now() + recheck;
+            let at =
+                hard_stop.unwrap_or_else(|| self.timing.due().map_or(next, |(at, _)| at.min(next)));
+            let wake = tokio::time::sleep_until(at);
             tokio::select! {
                 r = conn.as_mut() => break r,
                 _ = self.drain.changed(), if !draining => {

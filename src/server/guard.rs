@@ -6,8 +6,9 @@
 //! Three parts share one [`Timing`]: the IO wrapper [`Guarded`] (sees
 //! bytes arrive, answers 408 and fails the read once a deadline passed),
 //! the service (counts requests in flight, see [`Timing::begin`]) and the
-//! connection task, which sleeps until [`Timing::due`] and then expires
-//! the connection.
+//! connection task, which sleeps until [`Timing::due`] (re-checked at
+//! least every [`Timing::recheck`], so requests never wake it) and then
+//! expires the connection.
 
 use super::framing::HeadScan;
 use bytes::Bytes;
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 /// How an expired connection ends.
@@ -35,9 +36,6 @@ pub enum Expiry {
 /// One connection's clock and request count.
 pub struct Timing {
     state: Mutex<State>,
-    /// Woken when the deadline may have moved: the last request in flight
-    /// ended, or a head started after an idle spell.
-    pub wake: Notify,
     header: Duration,
     idle: Duration,
 }
@@ -69,7 +67,6 @@ impl Timing {
                 expired: None,
                 conflicts: VecDeque::new(),
             }),
-            wake: Notify::new(),
             header,
             idle,
         })
@@ -77,6 +74,13 @@ impl Timing {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How often the connection task re-reads the clock: the shorter
+    /// timer, so no deadline is ever passed by more than scheduling delay
+    /// although nothing wakes the task when a request starts or ends.
+    pub fn recheck(&self) -> Duration {
+        self.header.min(self.idle).max(Duration::from_millis(1))
     }
 
     /// Deadline for the first request head (the protocol sniff uses it).
@@ -116,8 +120,6 @@ impl Timing {
         let mut s = self.lock();
         if s.in_flight == 0 && s.requests > 0 && s.head_started.is_none() {
             s.head_started = Some(Instant::now());
-            drop(s);
-            self.wake.notify_one();
         }
     }
 
@@ -153,8 +155,6 @@ impl Drop for InFlight {
         s.in_flight -= 1;
         if s.in_flight == 0 {
             s.idle_since = Instant::now();
-            drop(s);
-            self.0.wake.notify_one();
         }
     }
 }
