@@ -245,21 +245,11 @@ mod tests {
 
     mod failover_cookie {
         use super::super::*;
-        use crate::backend::PoolSettings;
-        use crate::config::{Algorithm, BackendConfig};
         use crate::store::memory::MemoryStore;
         use std::time::Duration;
 
         fn table() -> Table {
-            let backends = ["t1", "t2"]
-                .iter()
-                .map(|r| {
-                    let cfg = BackendConfig::plain(r, "127.0.0.1", 1, 1);
-                    let pool = PoolSettings::from_upstream(&Default::default());
-                    Arc::new(Backend::new(cfg, pool))
-                })
-                .collect();
-            Table::new(backends, Algorithm::WeightedRoundRobin)
+            Table::for_tests(&["t1", "t2"])
         }
 
         /// Apply the response side of a failover t1 -> t2 of `X.t1` to a

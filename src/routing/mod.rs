@@ -63,6 +63,23 @@ impl Table {
         }
     }
 
+    /// A round-robin table of plain backends named `routes` (unit tests
+    /// of routing and of the response rewrite share it).
+    #[cfg(test)]
+    pub(crate) fn for_tests(routes: &[&str]) -> Table {
+        use crate::backend::PoolSettings;
+        use crate::config::BackendConfig;
+        let backends = routes
+            .iter()
+            .map(|r| {
+                let cfg = BackendConfig::plain(r, "127.0.0.1", 1, 1);
+                let pool = PoolSettings::from_upstream(&Default::default());
+                Arc::new(Backend::new(cfg, pool))
+            })
+            .collect();
+        Table::new(backends, Algorithm::WeightedRoundRobin)
+    }
+
     /// Index of the backend named `route`.
     pub fn index_of(&self, route: &str) -> Option<usize> {
         self.backends.iter().position(|b| b.route() == route)
@@ -230,21 +247,11 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::PoolSettings;
-    use crate::config::BackendConfig;
     use crate::store::memory::MemoryStore;
     use std::time::Duration;
 
     fn table(routes: &[&str]) -> Table {
-        let backends = routes
-            .iter()
-            .map(|r| {
-                let cfg = BackendConfig::plain(r, "127.0.0.1", 1, 1);
-                let pool = PoolSettings::from_upstream(&Default::default());
-                Arc::new(Backend::new(cfg, pool))
-            })
-            .collect();
-        Table::new(backends, Algorithm::WeightedRoundRobin)
+        Table::for_tests(routes)
     }
 
     fn decide(t: &Table, store: &MemoryStore, cookie: &str, tried: &Tried) -> Decision {
