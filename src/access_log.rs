@@ -291,12 +291,17 @@ mod tests {
             .header("user-agent", "curl/8 \"x\"")
             .body(())
             .unwrap();
+        capture(req, Some("jsessionid"))
+    }
+
+    /// The head of `req` as a plain-HTTP client on loopback sent it.
+    fn capture(req: http::Request<()>, param: Option<&str>) -> Head {
         let (parts, ()) = req.into_parts();
         let client = ClientInfo {
             peer: "127.0.0.1:5000".parse().unwrap(),
             https: false,
         };
-        Head::capture(&parts, client, Some("jsessionid"))
+        Head::capture(&parts, client, param)
     }
 
     #[test]
@@ -318,12 +323,7 @@ mod tests {
         )
         .body(())
         .unwrap();
-        let (parts, ()) = req.into_parts();
-        let client = ClientInfo {
-            peer: "127.0.0.1:5000".parse().unwrap(),
-            https: false,
-        };
-        let h = Head::capture(&parts, client, Some("sid"));
+        let h = capture(req, Some("sid"));
         let line = combined(
             &h,
             http::StatusCode::OK,
@@ -359,12 +359,7 @@ mod tests {
             .header("referer", "r\\")
             .body(())
             .unwrap();
-        let (parts, ()) = req.into_parts();
-        let client = ClientInfo {
-            peer: "127.0.0.1:5000".parse().unwrap(),
-            https: false,
-        };
-        let h = Head::capture(&parts, client, None);
+        let h = capture(req, None);
         let none = Served {
             route: None,
             reason: None,

@@ -469,41 +469,16 @@ async fn forged_ids_are_never_sent_to_multicast_peers() {
 async fn sentinel_master_over_tls_with_a_password() {
     const PASS: &str = "tls-master-pass";
     let dir = tempdir();
-    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
-        .expect("certificate");
-    let (cert, key, ca) = (dir.join("r.crt"), dir.join("r.key"), dir.join("ca.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    std::fs::write(&ca, ck.cert.pem()).unwrap();
-    let tls_files = format!(
-        "tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients no\n",
-        cert.display(),
-        key.display(),
-        ca.display()
-    );
     // A TLS-only master that needs a password; the sentinel reaches it
     // over TLS too, and answers clients in plain text.
-    let port = free_port();
-    let child = std::process::Command::new("redis-server")
-        .args(["--port", "0", "--tls-port", &port.to_string()])
-        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .args(["--requirepass", PASS, "--tls-auth-clients", "no"])
-        .arg("--tls-cert-file")
-        .arg(&cert)
-        .arg("--tls-key-file")
-        .arg(&key)
-        .arg("--tls-ca-cert-file")
-        .arg(&ca)
-        .current_dir(&dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    let _master = Proc { child };
-    wait_for(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .expect("TLS master did not listen");
+    let master = TlsRedis::start(&dir, PASS);
+    let (port, ca) = (master.port, master.ca.clone());
+    let tls_files = format!(
+        "tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients no\n",
+        master.cert.display(),
+        master.key.display(),
+        ca.display()
+    );
     let sentinel = Sentinel::start_with(
         "tlsmaster",
         port,

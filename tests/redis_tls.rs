@@ -2,49 +2,12 @@
 //! a real redis-server with a certificate made by the test.
 mod common;
 use common::*;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// A TLS-only redis-server with `requirepass`, certificate from rcgen.
 fn tls_redis(dir: &std::path::Path) -> (Proc, u16, std::path::PathBuf) {
-    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
-        .expect("certificate");
-    let (cert, key, ca) = (
-        dir.join("redis.crt"),
-        dir.join("redis.key"),
-        dir.join("ca.pem"),
-    );
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    std::fs::write(&ca, ck.cert.pem()).unwrap();
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--tls-port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .arg("--tls-cert-file")
-        .arg(&cert)
-        .arg("--tls-key-file")
-        .arg(&key)
-        .arg("--tls-ca-cert-file")
-        .arg(&ca)
-        .args(["--tls-auth-clients", "no", "--requirepass", "s3cret-pass"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server (run scripts/test.sh to install it)");
-    let proc = Proc { child };
-    wait_for(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .expect("TLS redis-server did not listen");
-    (proc, port, ca)
+    let r = TlsRedis::start(dir, "s3cret-pass");
+    (r.proc, r.port, r.ca)
 }
 
 #[tokio::test]

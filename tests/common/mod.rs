@@ -1111,3 +1111,59 @@ pub fn replay_order(sessions: &[(String, String)]) -> Vec<&(String, String)> {
     v.sort_by(|a, b| a.1.cmp(&b.1));
     v
 }
+
+/// A TLS-only `redis-server` on a free loopback port that requires
+/// `password`, with a self-signed certificate (rcgen) written to `dir`,
+/// which is also its working directory. Killed when dropped.
+pub struct TlsRedis {
+    pub proc: Proc,
+    pub port: u16,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The certificate, to trust as a CA (`store.redis_ca_file`).
+    pub ca: PathBuf,
+}
+
+impl TlsRedis {
+    /// Start it and wait until it accepts TCP connections.
+    pub fn start(dir: &std::path::Path, password: &str) -> TlsRedis {
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("certificate");
+        let (cert, key, ca) = (
+            dir.join("redis.crt"),
+            dir.join("redis.key"),
+            dir.join("ca.pem"),
+        );
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        std::fs::write(&ca, ck.cert.pem()).unwrap();
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--tls-auth-clients", "no", "--requirepass", password])
+            .arg("--tls-cert-file")
+            .arg(&cert)
+            .arg("--tls-key-file")
+            .arg(&key)
+            .arg("--tls-ca-cert-file")
+            .arg(&ca)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (run scripts/test.sh to install it)");
+        let proc = Proc { child };
+        wait_for(Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .expect("TLS redis-server did not listen");
+        TlsRedis {
+            proc,
+            port,
+            cert,
+            key,
+            ca,
+        }
+    }
+}
