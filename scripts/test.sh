@@ -44,5 +44,5 @@ lo_multicast() {
 lo_multicast
 
 cargo fmt --all -- --check
-cargo clippy --all-targets --quiet -- -D warnings
-cargo test --all-targets --no-fail-fast
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo test --workspace --all-targets --no-fail-fast

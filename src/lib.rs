@@ -1,112 +1,17 @@
 //! stickgate: a sticky, session-replicating HTTP load balancer for
 //! Tomcat-style (`jvmRoute`) clusters.
 //!
-//! Data flows one way: [`server`] accepts a request, [`proxy`] finds its
-//! session and asks [`routing`] for a backend, sends it upstream through the
-//! [`backend`] pool, and rewrites the response. [`store`] remembers which
-//! session lives where; [`admin`] shows it all.
+//! The balancer itself lives in the `stickgate-core` crate (`core/`),
+//! re-exported here whole so `stickgate::config`, `stickgate::run` and the
+//! rest keep their paths. This crate adds the tools the `stickgate` binary
+//! ships beside it and that the core never uses: the [`demo`] node, the
+//! failover [`drill`] and the mod_jk [`import`]. Keeping them out of the core
+//! means a change to a tool cannot touch the request path.
 
-pub mod access_log;
-pub mod admin;
-pub mod backend;
-pub mod body;
-pub mod config;
+#![forbid(unsafe_code)]
+
+pub use stickgate_core::*;
+
 pub mod demo;
 pub mod drill;
 pub mod import;
-pub mod proxy;
-pub mod reload;
-pub mod routing;
-pub mod server;
-pub mod store;
-pub mod tls;
-
-use config::{Config, StoreKind};
-use std::future::Future;
-use std::path::PathBuf;
-use std::sync::Arc;
-use store::{MemoryStore, SessionStore, StoreError};
-
-/// Why the balancer could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Bind(#[from] server::BindError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Tls(#[from] tls::TlsError),
-}
-
-/// Build and start the session store the config asks for.
-pub async fn build_store(config: &Config) -> Result<Arc<dyn SessionStore>, StoreError> {
-    let idle = config.session.idle_timeout;
-    let cap = config.session.max_sessions;
-    Ok(match config.store.kind {
-        StoreKind::Memory => {
-            let s = MemoryStore::new(idle, cap);
-            s.start_sweeper();
-            s
-        }
-        StoreKind::Redis => {
-            let routes = config.backends.iter().map(|b| b.route.clone()).collect();
-            store::redis::RedisStore::start(&config.store, idle, cap, routes).await?
-        }
-        StoreKind::Multicast => {
-            store::multicast::MulticastStore::start(&config.store, idle, cap).await?
-        }
-    })
-}
-
-/// Run the balancer until `shutdown` resolves, then drain gracefully.
-/// `source` is the config file, re-read on SIGHUP and `POST /reload`.
-pub async fn run(
-    config: Config,
-    source: Option<PathBuf>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), StartError> {
-    let plain = server::bind_all(&config.server.listen).await?;
-    let tls_listeners = server::bind_all(&config.server.tls_listen).await?;
-    let admin_listener = match config.admin.listen {
-        Some(a) => Some(server::bind(a)?),
-        None => None,
-    };
-    let (tls, resolver) = if config.server.tls_listen.is_empty() {
-        (None, None)
-    } else {
-        let r = tls::SniResolver::load(&config.server.certificate)?;
-        (Some(tls::server_config(r.clone())?), Some(r))
-    };
-    let store = build_store(&config).await?;
-    let (listen, tls_listen) = (
-        config.server.listen.clone(),
-        config.server.tls_listen.clone(),
-    );
-    let server_cfg = config.server.clone();
-    let access_log = access_log::AccessLogger::open(config.access_log.as_ref());
-    let runtime = proxy::Runtime::start(config, store);
-    let proxy = proxy::Proxy::new(runtime, access_log);
-    proxy.follow_states();
-    let stats = Arc::new(server::ServerStats::default());
-    let server = server::Server::new(proxy.clone(), stats.clone(), server_cfg, tls);
-    for (l, a) in plain.into_iter().zip(listen) {
-        server.add(l, a, server::Side::Plain);
-    }
-    for (l, a) in tls_listeners.into_iter().zip(tls_listen) {
-        server.add(l, a, server::Side::Tls);
-    }
-    let reloader = reload::Reloader::new(source, proxy.clone(), server.clone(), resolver);
-    let admin_task = admin_listener.map(|l| {
-        if let Ok(a) = l.local_addr() {
-            tracing::info!(addr = %a, "admin API listening");
-        }
-        let admin = admin::Admin::new(proxy.clone(), stats.clone(), reloader.clone());
-        tokio::spawn(admin::serve(admin, l))
-    });
-    let reload_task = tokio::spawn(reload::on_sighup(reloader));
-    server.run_until(shutdown).await;
-    for t in admin_task.into_iter().chain([reload_task]) {
-        t.abort();
-    }
-    Ok(())
-}

@@ -1,6 +1,8 @@
 //! The `stickgate` command: the binary edge, where errors become one-line
 //! messages and exit codes.
 
+#![forbid(unsafe_code)]
+
 mod cli_ctl;
 mod cli_demo;
 

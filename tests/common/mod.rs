@@ -336,7 +336,10 @@ mod temp_dirs {
             }));
             // SAFETY: `remove_all` takes no arguments and does not panic (it
             // ignores every error), so nothing unwinds out of the handler.
-            unsafe { libc::atexit(remove_all) };
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::atexit(remove_all)
+            };
         });
         lock(&MADE).push((dir.to_owned(), thread_name()));
     }

@@ -80,7 +80,9 @@ pub struct ServerStats {
 
 /// Raise the soft open-file limit to the hard one (a proxy needs two
 /// descriptors per request, and distributions start processes at 1024);
-/// returns the soft limit in force afterwards.
+/// returns the soft limit in force afterwards. The one place the crate
+/// needs `unsafe`: libc has no safe wrapper for these two calls.
+#[allow(unsafe_code)]
 pub fn raise_fd_limit() -> Option<u64> {
     let mut r = libc::rlimit {
         rlim_cur: 0,
