@@ -420,3 +420,51 @@ async fn h2_extended_connect_reaches_the_websocket() {
     assert_eq!(next_data(&mut ws).await, Message::text("over h2"));
     ws.close(None).await.unwrap();
 }
+
+/// An upgrade for a session whose node died goes through the one attempt
+/// loop: the dead node is marked down, the heir answers the 101 with the
+/// new route, and the extra attempt counts as a retry (before the loops
+/// were merged, WebSocket retries were not counted). Active checks are off,
+/// so only the failed attempt can have found the node dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_to_a_dead_node_retries_on_the_heir_and_counts_the_retry() {
+    let (mut a, mut b) = two_nodes();
+    let gate = Gate::start(&format!(
+        "[health]\nenabled = false\n{}{}",
+        a.toml(),
+        b.toml()
+    ));
+    let (mut ws, cookie) = open(&gate, None).await;
+    let cookie = cookie.expect("new session cookie on the 101");
+    let (home, _) = whoami(&mut ws).await;
+    ws.close(None).await.unwrap();
+    let heir = if home == a.route {
+        a.proc.kill();
+        b.route.clone()
+    } else {
+        b.proc.kill();
+        a.route.clone()
+    };
+    let before = gate.status().await;
+    let (mut ws, set) = open(&gate, Some(&cookie)).await;
+    assert_eq!(whoami(&mut ws).await.0, heir);
+    let set = set.expect("the failover 101 carries the new route cookie");
+    assert!(
+        set.ends_with(&format!(".{heir}")),
+        "Set-Cookie {set} names {heir}"
+    );
+    ws.close(None).await.unwrap();
+    let after = gate.status().await;
+    let count = |s: &serde_json::Value| s["retries"].as_u64().expect("retries in status");
+    assert_eq!(count(&after) - count(&before), 1, "one retry counted");
+    let health = |route: &str| {
+        after["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["route"] == route)
+            .map(|b| b["health"].clone())
+            .unwrap()
+    };
+    assert_eq!(health(&home), "down", "dead node marked down");
+}

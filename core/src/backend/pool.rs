@@ -297,10 +297,16 @@ impl Pool {
         }
     }
 
-    /// A fresh HTTP/1.1 connection (with upgrades: WebSocket tunnels use
-    /// it), whatever the backend's usual protocol.
-    pub async fn connect(&self) -> Result<http1::SendRequest<UpstreamBody>, ConnectError> {
-        self.connect_tracked().await.map(|(s, _)| s)
+    /// A fresh HTTP/1.1 connection with upgrades (WebSocket tunnels use
+    /// it), whatever the backend's usual protocol; it never returns to the
+    /// pool.
+    pub async fn connect_upgrade(&self) -> Result<Conn, ConnectError> {
+        let (s, w) = self.connect_tracked().await?;
+        Ok(Conn {
+            sender: Sender::H1(s, w),
+            reused: false,
+            peer_closed: 0,
+        })
     }
 
     /// A fresh HTTP/1.1 connection whose task tells the pool when the

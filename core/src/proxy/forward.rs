@@ -16,9 +16,14 @@
 //! backend (see `health::suspect`); when the backend goes down meanwhile,
 //! idempotent requests waiting on it go to the heir at once, the others get
 //! 504.
+//!
+//! This is the one attempt loop: plain requests and WebSocket upgrades
+//! (see [`Outgoing::upgrade`]) go through [`run`], so both follow the same
+//! retry rules, the same timers and the same counters. An attempt that
+//! fails says itself whether another may follow ([`Miss`]).
 
 use super::{error_response, headers, retry, rewrite, ClientInfo, Runtime};
-use crate::backend::pool::ConnectError;
+use crate::backend::pool::{ConnectError, Sender};
 use crate::backend::{health, Backend};
 use crate::body::{Exchange, Progress, ResponseBody, UpstreamBody};
 use crate::config::Config;
@@ -38,6 +43,9 @@ pub struct Done {
     pub exchange: Exchange,
     pub backend: Arc<Backend>,
     pub reason: Reason,
+    /// For an upgrade: the fresh connection's sender, kept until the
+    /// upgrade resolves (it never returns to the pool).
+    pub upgrade: Option<Sender>,
 }
 
 /// Why a request got no backend response; each maps to one status.
@@ -122,13 +130,69 @@ fn replayable(m: &Method) -> bool {
 }
 
 /// What a replay needs: the head of a bodiless idempotent request.
-struct Head {
+struct Replay {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 }
 
-impl Head {
+/// What the attempt loop sends: the client's request for the first
+/// attempt, the head to rebuild it for another, and how it travels.
+pub struct Outgoing {
+    request: Option<Request<UpstreamBody>>,
+    replay: Option<Replay>,
+    /// The request body's progress (a body is being streamed).
+    progress: Option<Arc<Progress>>,
+    /// A WebSocket upgrade: always over a fresh HTTP/1.1 connection.
+    upgrade: bool,
+}
+
+impl Outgoing {
+    /// A client request; replayable when idempotent and bodiless.
+    pub fn request(parts: Parts, body: Incoming) -> Self {
+        let replay = (body.is_end_stream() && replayable(&parts.method)).then(|| Replay {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        });
+        let progress = (!body.is_end_stream()).then(Progress::new);
+        let body = match &progress {
+            Some(p) => UpstreamBody::Tracked(body, p.clone()),
+            None => UpstreamBody::Client(body),
+        };
+        Outgoing {
+            request: Some(Request::from_parts(parts, body)),
+            replay,
+            progress,
+            upgrade: false,
+        }
+    }
+
+    /// A WebSocket upgrade: a bodiless GET, so every attempt may be
+    /// replayed on another backend.
+    pub fn upgrade(uri: Uri, headers: HeaderMap) -> Self {
+        Outgoing {
+            request: None,
+            replay: Some(Replay {
+                method: Method::GET,
+                uri,
+                headers,
+            }),
+            progress: None,
+            upgrade: true,
+        }
+    }
+}
+
+impl Outgoing {
+    /// The headers a replay would send (tests look at the upgrade's).
+    #[cfg(test)]
+    pub(super) fn replay_headers(&self) -> Option<&HeaderMap> {
+        self.replay.as_ref().map(|r| &r.headers)
+    }
+}
+
+impl Replay {
     fn request(&self) -> Request<UpstreamBody> {
         let mut r = Request::new(UpstreamBody::Empty);
         *r.method_mut() = self.method.clone();
@@ -138,7 +202,8 @@ impl Head {
     }
 }
 
-/// A failed attempt: the request if it never left, and what to conclude.
+/// A failed attempt: the request if it never left, what to conclude about
+/// the backend, and whether another attempt may follow.
 struct Miss {
     unsent: Option<Request<UpstreamBody>>,
     failure: Failure,
@@ -164,22 +229,17 @@ enum Verdict {
 /// Route and send the request, retrying as the module docs describe.
 pub async fn run(
     rt: &Runtime,
-    parts: Parts,
-    body: Incoming,
+    out: Outgoing,
     session: Option<&SessionId<'_>>,
 ) -> Result<Done, Failure> {
     let up = &rt.config.upstream;
-    let head = (body.is_end_stream() && replayable(&parts.method)).then(|| Head {
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        headers: parts.headers.clone(),
-    });
-    let progress = (!body.is_end_stream()).then(Progress::new);
-    let body = match &progress {
-        Some(p) => UpstreamBody::Tracked(body, p.clone()),
-        None => UpstreamBody::Client(body),
-    };
-    let mut pending = Some(Request::from_parts(parts, body));
+    let Outgoing {
+        request,
+        replay: head,
+        progress,
+        upgrade,
+    } = out;
+    let mut pending = request;
     let mut tried = Tried::default();
     let mut stale_retry = true;
     let mut last: Option<Failure> = None;
@@ -207,7 +267,7 @@ pub async fn run(
             }
             (None, None) => break,
         };
-        fit_request(rt, &mut req, &backend, session, &mut sent_id);
+        fit_request(rt, &mut req, &backend, session, &mut sent_id, upgrade);
         let stay = retry::stay_on_node(
             up.retry_same_node,
             rt.config.session.failover,
@@ -215,13 +275,19 @@ pub async fn run(
             decision.index,
             &decision.reason,
         );
-        match attempt(rt, &backend, req, progress.as_ref(), stay).await {
-            Ok((response, exchange)) => {
+        let how = if upgrade {
+            Via::Upgrade
+        } else {
+            Via::Pool { stay }
+        };
+        match attempt(rt, &backend, req, progress.as_ref(), how).await {
+            Ok((response, exchange, upgrade)) => {
                 return Ok(Done {
                     response,
                     exchange,
                     backend,
                     reason: decision.reason,
+                    upgrade,
                 })
             }
             Err(miss) => {
@@ -258,16 +324,18 @@ pub async fn run(
 }
 
 /// Per-attempt changes: Host and session id (see `fit_host_and_session`),
-/// then the URI form the backend's protocol needs.
+/// then the URI form the backend's protocol needs (an upgrade always
+/// travels over HTTP/1.1).
 fn fit_request(
     rt: &Runtime,
     req: &mut Request<UpstreamBody>,
     backend: &Backend,
     session: Option<&SessionId<'_>>,
     sent_id: &mut Option<String>,
+    upgrade: bool,
 ) {
     fit_host_and_session(rt, req, backend, session, sent_id);
-    if backend.config.http2 {
+    if backend.config.http2 && !upgrade {
         absolute_uri(req, backend);
     } else if req.uri().scheme().is_some() {
         let pq = req
@@ -286,7 +354,7 @@ fn fit_request(
 /// client still names another one (the failover request and every request
 /// sent before the client saw the new cookie). `sent_id` is what an
 /// earlier attempt already put in the request.
-pub(super) fn fit_host_and_session(
+fn fit_host_and_session(
     rt: &Runtime,
     req: &mut Request<UpstreamBody>,
     backend: &Backend,
@@ -479,14 +547,26 @@ fn client_pause(
     }
 }
 
-/// One attempt on one backend.
+/// Which connection an attempt uses.
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    /// A pooled keep-alive connection; `stay`: after a peer close, a fresh
+    /// one to the same node rather than failing at once.
+    Pool { stay: bool },
+    /// A fresh HTTP/1.1 connection that never returns to the pool.
+    Upgrade,
+}
+
+/// One attempt on one backend: the response head, the exchange that
+/// returns the connection when the body ends, and for an upgrade the
+/// connection's sender.
 async fn attempt(
     rt: &Runtime,
     backend: &Arc<Backend>,
     req: Request<UpstreamBody>,
     progress: Option<&Arc<Progress>>,
-    stay: bool,
-) -> Result<(Response<Incoming>, Exchange), Miss> {
+    via: Via,
+) -> Result<(Response<Incoming>, Exchange, Option<Sender>), Miss> {
     let route = backend.config.route.clone();
     let permit = match backend.pool.permit().await {
         Ok(p) => p,
@@ -502,7 +582,11 @@ async fn attempt(
     };
     let mut exchange = Exchange::begin(backend.clone(), permit);
     backend.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let conn = match backend.pool.checkout(stay).await {
+    let conn = match via {
+        Via::Pool { stay } => backend.pool.checkout(stay).await,
+        Via::Upgrade => backend.pool.connect_upgrade().await,
+    };
+    let conn = match conn {
         Ok(c) => c,
         Err(source) => {
             let verdict = if let ConnectError::Closing(_) = source {
@@ -540,10 +624,13 @@ async fn attempt(
     };
     let sent_at = std::time::Instant::now();
     match response_head(&timers, rt, backend, sender.try_send(req)).await {
-        Ok(Ok(resp)) => {
-            exchange.set_sender(sender, progress.cloned());
-            Ok((resp, exchange))
-        }
+        Ok(Ok(resp)) => match via {
+            Via::Upgrade => Ok((resp, exchange, Some(sender))),
+            Via::Pool { .. } => {
+                exchange.set_sender(sender, progress.cloned());
+                Ok((resp, exchange, None))
+            }
+        },
         Ok(Err(mut e)) => {
             let unsent = e.take_message();
             let err = e.into_error();

@@ -45,6 +45,18 @@ pub struct ProxyStats {
     pub local_errors: [AtomicU64; 2],
 }
 
+impl ProxyStats {
+    /// Count an answer the balancer made itself, by status class.
+    fn count_local(&self, status: StatusCode) {
+        let slot = match status.as_u16() {
+            400..=499 => &self.local_errors[0],
+            500..=599 => &self.local_errors[1],
+            _ => return,
+        };
+        slot.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl Runtime {
     /// Build backends (with pools and health checkers) for `config`.
     pub fn start(config: Config, store: Arc<dyn SessionStore>) -> Arc<Self> {
@@ -300,29 +312,26 @@ impl Proxy {
         };
         let session = owned.as_ref().map(|o| o.borrow(&s.separator));
         let ws = websocket::detect(&parts);
-        let (response, served) = if let Err(r) = headers::check_request(&parts, &rt.config.server) {
+        let (response, by) = if let Err(r) = headers::check_request(&parts, &rt.config.server) {
             tracing::info!(peer = %client.peer, error = %r, "request refused");
-            (r.response(), None)
+            (r.response(), AnsweredBy::Balancer)
         } else if parts.method == http::Method::CONNECT && ws.is_none() {
             let r = error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "CONNECT is not supported by this reverse proxy\n",
             );
-            (r, None)
+            (r, AnsweredBy::Balancer)
         } else if let Some(kind) = ws {
             let (r, served) =
                 websocket::handle(&rt, parts, session.as_ref(), client, kind, started).await;
-            (r, served.map(Some))
+            (r, served.map_or(AnsweredBy::Balancer, AnsweredBy::Backend))
         } else {
             forward::prepare(&mut parts, &rt.config, client);
-            match forward::run(&rt, parts, body, session.as_ref()).await {
+            let out = forward::Outgoing::request(parts, body);
+            match forward::run(&rt, out, session.as_ref()).await {
                 Ok(done) => {
-                    // Only the access log needs to know who answered.
-                    let served = log
-                        .as_ref()
-                        .map(|_| (done.backend.clone(), done.reason.clone()));
-                    let r = finish(&rt, done, session.as_ref(), client, started).await;
-                    (r, Some(served))
+                    let (r, served) = finish(&rt, done, session.as_ref(), client, started).await;
+                    (r, AnsweredBy::Backend(served))
                 }
                 Err(f) => {
                     if let Some(s) = &session {
@@ -330,18 +339,16 @@ impl Proxy {
                     } else {
                         tracing::warn!(error = %f, "request failed");
                     }
-                    (f.response(), None)
+                    (f.response(), AnsweredBy::Balancer)
                 }
             }
         };
-        let Some(served) = served else {
-            // The balancer answered itself: count it by class.
-            let class = response.status().as_u16() / 100;
-            if let Some(c) = rt.stats.local_errors.get((class as usize).wrapping_sub(4)) {
-                c.fetch_add(1, Ordering::Relaxed);
+        let served = match by {
+            AnsweredBy::Backend(served) => Some(served),
+            AnsweredBy::Balancer => {
+                rt.stats.count_local(response.status());
+                None
             }
-            self.log(log, &response, None, session.as_ref(), started);
-            return response;
         };
         self.log(log, &response, served.as_ref(), session.as_ref(), started);
         response
@@ -352,18 +359,31 @@ impl Proxy {
         &self,
         log: Option<(Arc<AccessLogger>, access_log::Head)>,
         response: &Response<ResponseBody>,
-        served: Option<&websocket::Served>,
+        served: Option<&Served>,
         session: Option<&SessionId<'_>>,
         started: Instant,
     ) {
         let Some((log, head)) = log else { return };
         let served = access_log::Served {
-            route: served.map(|(b, _)| b.route()),
-            reason: served.map(|(_, r)| r),
+            route: served.map(|s| s.backend.route()),
+            reason: served.map(|s| &s.reason),
             session: session.map(|s| s.base),
         };
         log.write(head, response.status(), served, started.elapsed());
     }
+}
+
+/// Who answered a request: the balancer itself (refused, no backend,
+/// upstream failure) or a backend.
+enum AnsweredBy {
+    Balancer,
+    Backend(Served),
+}
+
+/// The backend that answered and why it was chosen (counters, access log).
+pub struct Served {
+    pub backend: Arc<Backend>,
+    pub reason: crate::routing::Reason,
 }
 
 /// Turn the upstream response into the client response.
@@ -373,12 +393,13 @@ async fn finish(
     session: Option<&SessionId<'_>>,
     client: ClientInfo,
     started: Instant,
-) -> Response<ResponseBody> {
+) -> (Response<ResponseBody>, Served) {
     let forward::Done {
         response,
         exchange,
         backend,
         reason,
+        upgrade: _,
     } = done;
     let (mut parts, body) = response.into_parts();
     backend
@@ -387,31 +408,51 @@ async fn finish(
         .record(parts.status.as_u16(), started.elapsed());
     health::note_status(&backend, &rt.config.health, parts.status);
     headers::strip_hop_by_hop(&mut parts.headers);
-    if reason.failed_over_from().is_some() {
-        backend.stats.failovers_in.fetch_add(1, Ordering::Relaxed);
+    let learn = !parts.status.is_server_error();
+    let served = Served { backend, reason };
+    answered(rt, &served, session, client, &mut parts.headers, learn).await;
+    let idle = crate::body::IdleTimer::new(rt.config.upstream.body_timeout);
+    let body = ResponseBody::Upstream {
+        body,
+        exchange,
+        idle,
+    };
+    (Response::from_parts(parts, body), served)
+}
+
+/// The one place a backend's answer is accounted and rewritten, for plain
+/// responses and WebSocket upgrades alike: a failover counts on the heir,
+/// then the session cookie gets its route (see `rewrite::apply`) and what
+/// the answer taught about the session is stored. `learn` is false for a
+/// 5xx, which binds nothing.
+pub(super) async fn answered(
+    rt: &Runtime,
+    served: &Served,
+    session: Option<&SessionId<'_>>,
+    client: ClientInfo,
+    headers: &mut http::HeaderMap,
+    learn: bool,
+) {
+    if served.reason.failed_over_from().is_some() {
+        served
+            .backend
+            .stats
+            .failovers_in
+            .fetch_add(1, Ordering::Relaxed);
     }
     let x = rewrite::Exchange {
         table: &rt.table,
         store: &*rt.store,
         cookie: &rt.config.session.cookie,
         separator: &rt.config.session.separator,
-        served: &backend,
-        reason: &reason,
+        served: &served.backend,
+        reason: &served.reason,
         session,
         https: client.https,
     };
-    rewrite::apply(&x, &mut parts.headers, !parts.status.is_server_error())
+    rewrite::apply(&x, headers, learn)
         .store_now(&*rt.store)
         .await;
-    let idle = crate::body::IdleTimer::new(rt.config.upstream.body_timeout);
-    Response::from_parts(
-        parts,
-        ResponseBody::Upstream {
-            body,
-            exchange,
-            idle,
-        },
-    )
 }
 
 /// A balancer-made response with a short text body.

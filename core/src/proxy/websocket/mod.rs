@@ -17,17 +17,15 @@
 pub mod frames;
 pub mod tunnel;
 
-use super::forward::{self, Done, Failure};
-use super::{error_response, finish, headers, redact, rewrite, ClientInfo, Runtime};
-use crate::backend::{health, Backend};
-use crate::body::{Exchange, ResponseBody, UpstreamBody};
-use crate::routing::{NoBackend, Reason, SessionId, Tried};
+use super::forward::{self, Done, Outgoing};
+use super::{answered, error_response, finish, headers, redact, ClientInfo, Runtime, Served};
+use crate::body::ResponseBody;
+use crate::routing::SessionId;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
@@ -93,9 +91,9 @@ pub async fn handle(
     // the handshake key and checks the answer itself.
     let key = (kind == Kind::ExtendedConnect).then(generate_key);
     forward::prepare(&mut parts, &rt.config, client);
-    let head = upgrade_head(parts, key.as_deref());
-    let up = match connect(rt, &head, session).await {
-        Ok(up) => up,
+    let out = upgrade_head(parts, key.as_deref());
+    let done = match forward::run(rt, out, session).await {
+        Ok(done) => done,
         Err(f) => {
             match session {
                 Some(s) => {
@@ -106,16 +104,11 @@ pub async fn handle(
             return (f.response(), None);
         }
     };
-    let Upgrading {
-        mut response,
-        backend,
-        reason,
-        exchange,
-        sender,
-    } = up;
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        drop(sender); // the connection closes once this answer is read
-        if kind == Kind::ExtendedConnect && response.status().is_success() {
+    if done.response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let mut done = done;
+        // The connection closes once this answer is read.
+        drop(done.upgrade.take());
+        if kind == Kind::ExtendedConnect && done.response.status().is_success() {
             // A 2xx would open an h2 tunnel toward a backend that did not
             // switch protocols.
             let r = error_response(
@@ -124,18 +117,16 @@ pub async fn handle(
             );
             return (r, None);
         }
-        let served = (backend.clone(), reason.clone());
-        let done = Done {
-            response,
-            exchange,
-            backend,
-            reason,
-        };
-        return (
-            finish(rt, done, session, client, started).await,
-            Some(served),
-        );
+        let (r, served) = finish(rt, done, session, client, started).await;
+        return (r, Some(served));
     }
+    let Done {
+        mut response,
+        exchange,
+        backend,
+        reason,
+        upgrade: sender,
+    } = done;
     if let Some(k) = &key {
         let want = derive_accept_key(k.as_bytes());
         let got = response.headers().get(header::SEC_WEBSOCKET_ACCEPT);
@@ -151,18 +142,10 @@ pub async fn handle(
         .stats
         .traffic
         .record(response.status().as_u16(), started.elapsed());
-    let served = (backend.clone(), reason.clone());
     let on_backend = hyper::upgrade::on(&mut response);
-    let out = client_response(
-        rt,
-        response.headers(),
-        kind,
-        &backend,
-        &reason,
-        session,
-        client,
-    )
-    .await;
+    let served = Served { backend, reason };
+    let out = client_response(rt, response.headers(), kind, &served, session, client).await;
+    let backend = &served.backend;
     let settings = tunnel::Settings {
         idle_timeout: rt.config.websocket.idle_timeout,
         ping_interval: rt.config.websocket.ping_interval,
@@ -216,19 +199,10 @@ pub async fn handle(
     (out, Some(served))
 }
 
-/// The backend that answered an upgrade and why it was chosen.
-pub type Served = (Arc<crate::backend::Backend>, crate::routing::Reason);
-
 /// Who a tunnel belongs to, for its log lines.
 struct Label {
     route: Arc<str>,
     session: Option<String>,
-}
-
-/// The request sent upstream, rebuilt for each attempt.
-struct Head {
-    uri: Uri,
-    headers: HeaderMap,
 }
 
 /// Turn the prepared client request into an HTTP/1.1 upgrade: hop-by-hop
@@ -236,7 +210,7 @@ struct Head {
 /// extended CONNECT add the handshake headers HTTP/2 does not carry. The
 /// upgrade is sent without a body, so no body framing the client sent
 /// (`Content-Length`) goes with it: the backend would wait for that body.
-fn upgrade_head(parts: Parts, key: Option<&str>) -> Head {
+fn upgrade_head(parts: Parts, key: Option<&str>) -> Outgoing {
     let mut h = parts.headers;
     h.remove(header::CONTENT_LENGTH);
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -246,102 +220,7 @@ fn upgrade_head(parts: Parts, key: Option<&str>) -> Head {
         h.entry(header::SEC_WEBSOCKET_VERSION)
             .or_insert(HeaderValue::from_static("13"));
     }
-    Head {
-        uri: parts.uri,
-        headers: h,
-    }
-}
-
-/// A backend answered the upgrade request.
-struct Upgrading {
-    response: Response<hyper::body::Incoming>,
-    backend: Arc<Backend>,
-    reason: Reason,
-    exchange: Exchange,
-    /// Kept until the upgrade resolves, so the connection task stays up.
-    sender: hyper::client::conn::http1::SendRequest<UpstreamBody>,
-}
-
-/// Route and send the upgrade request: a bodiless GET, so every failed
-/// attempt may be retried on another backend, `upstream.retries` times.
-async fn connect(
-    rt: &Runtime,
-    head: &Head,
-    session: Option<&SessionId<'_>>,
-) -> Result<Upgrading, Failure> {
-    let up = &rt.config.upstream;
-    let mut tried = Tried::default();
-    let mut last: Option<Failure> = None;
-    for _ in 0..=up.retries {
-        let decision = match rt.table.decide(&*rt.store, session, &tried).await {
-            Ok(d) => d,
-            Err(e) => return Err(last.unwrap_or(e.into())),
-        };
-        let backend = rt.table.backends[decision.index].clone();
-        tried.add(decision.index);
-        let route = backend.config.route.clone();
-        let (failure, mark_down) = match attempt(rt, &backend, head, session).await {
-            Ok((response, exchange, sender)) => {
-                return Ok(Upgrading {
-                    response,
-                    backend,
-                    reason: decision.reason,
-                    exchange,
-                    sender,
-                })
-            }
-            Err(Miss::Queue(source)) => (Failure::Connect { route, source }, false),
-            Err(Miss::Connect(source)) => (Failure::Connect { route, source }, true),
-            Err(Miss::Upstream(source)) => (Failure::Upstream { route, source }, true),
-            Err(Miss::Timeout(after)) => (Failure::Timeout { route, after }, true),
-        };
-        backend.stats.errors.fetch_add(1, Ordering::Relaxed);
-        if mark_down {
-            health::mark_down(&backend, &rt.config.health, &failure.to_string());
-        }
-        tracing::debug!(error = %failure, "websocket attempt failed, retrying if allowed");
-        last = Some(failure);
-    }
-    Err(last.unwrap_or(Failure::NoBackend(NoBackend {
-        total: rt.table.backends.len(),
-    })))
-}
-
-enum Miss {
-    Queue(crate::backend::pool::ConnectError),
-    Connect(crate::backend::pool::ConnectError),
-    Upstream(hyper::Error),
-    Timeout(Duration),
-}
-
-type Answered = (
-    Response<hyper::body::Incoming>,
-    Exchange,
-    hyper::client::conn::http1::SendRequest<UpstreamBody>,
-);
-
-/// One attempt on one backend over a fresh connection.
-async fn attempt(
-    rt: &Runtime,
-    backend: &Arc<Backend>,
-    head: &Head,
-    session: Option<&SessionId<'_>>,
-) -> Result<Answered, Miss> {
-    let permit = backend.pool.permit().await.map_err(Miss::Queue)?;
-    let exchange = Exchange::begin(backend.clone(), permit);
-    backend.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let mut sender = backend.pool.connect().await.map_err(Miss::Connect)?;
-    let mut req = Request::new(UpstreamBody::Empty);
-    *req.method_mut() = Method::GET;
-    *req.uri_mut() = head.uri.clone();
-    *req.headers_mut() = head.headers.clone();
-    forward::fit_host_and_session(rt, &mut req, backend, session, &mut None);
-    let after = rt.config.upstream.response_timeout;
-    match tokio::time::timeout(after, sender.send_request(req)).await {
-        Ok(Ok(resp)) => Ok((resp, exchange, sender)),
-        Ok(Err(e)) => Err(Miss::Upstream(e)),
-        Err(_) => Err(Miss::Timeout(after)),
-    }
+    Outgoing::upgrade(parts.uri, h)
 }
 
 /// The client's answer to a successful upgrade: the backend's headers
@@ -351,28 +230,14 @@ async fn client_response(
     rt: &Runtime,
     backend_headers: &HeaderMap,
     kind: Kind,
-    backend: &Backend,
-    reason: &Reason,
+    served: &Served,
     session: Option<&SessionId<'_>>,
     client: ClientInfo,
 ) -> Response<ResponseBody> {
     let mut h = backend_headers.clone();
     headers::strip_hop_by_hop(&mut h);
     h.remove(header::CONTENT_LENGTH);
-    if reason.failed_over_from().is_some() {
-        backend.stats.failovers_in.fetch_add(1, Ordering::Relaxed);
-    }
-    let x = rewrite::Exchange {
-        table: &rt.table,
-        store: &*rt.store,
-        cookie: &rt.config.session.cookie,
-        separator: &rt.config.session.separator,
-        served: backend,
-        reason,
-        session,
-        https: client.https,
-    };
-    rewrite::apply(&x, &mut h, true).store_now(&*rt.store).await;
+    answered(rt, served, session, client, &mut h, true).await;
     let mut r = Response::new(ResponseBody::empty());
     match kind {
         Kind::Upgrade => {
@@ -392,6 +257,7 @@ async fn client_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Request;
 
     fn parts(method: Method, version: Version, hs: &[(&str, &str)]) -> Parts {
         let mut b = Request::builder()
@@ -440,14 +306,12 @@ mod tests {
             Version::HTTP_11,
             &[("sec-websocket-version", "13"), ("content-length", "5")],
         );
-        let h = upgrade_head(p, Some("dGhlIHNhbXBsZSBub25jZQ=="));
-        assert!(!h.headers.contains_key(header::CONTENT_LENGTH));
-        assert_eq!(h.headers[header::UPGRADE], "websocket");
-        assert_eq!(h.headers[header::CONNECTION], "Upgrade");
-        assert_eq!(
-            h.headers[header::SEC_WEBSOCKET_KEY],
-            "dGhlIHNhbXBsZSBub25jZQ=="
-        );
-        assert_eq!(h.headers[header::SEC_WEBSOCKET_VERSION], "13");
+        let out = upgrade_head(p, Some("dGhlIHNhbXBsZSBub25jZQ=="));
+        let h = out.replay_headers().expect("an upgrade is replayable");
+        assert!(!h.contains_key(header::CONTENT_LENGTH));
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "Upgrade");
+        assert_eq!(h[header::SEC_WEBSOCKET_KEY], "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(h[header::SEC_WEBSOCKET_VERSION], "13");
     }
 }
