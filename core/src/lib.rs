@@ -4,15 +4,17 @@
 //! Data flows one way: [`server`] accepts a request, [`proxy`] finds its
 //! session and asks [`routing`] for a backend, sends it upstream through the
 //! [`backend`] pool, and rewrites the response. [`store`] remembers which
-//! session lives where; [`admin`] shows it all.
+//! session lives where; [`admin`] shows it all. The [`control`] plane
+//! (reload, backend states, pollers) changes what the request path sees,
+//! apart from it.
 
 pub mod access_log;
 pub mod admin;
 pub mod backend;
 pub mod body;
 pub mod config;
+pub mod control;
 pub mod proxy;
-pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod store;
@@ -92,7 +94,7 @@ pub async fn run(
     for (l, a) in tls_listeners.into_iter().zip(tls_listen) {
         server.add(l, a, server::Side::Tls);
     }
-    let reloader = reload::Reloader::new(source, proxy.clone(), server.clone(), resolver);
+    let reloader = control::reload::Reloader::new(source, proxy.clone(), server.clone(), resolver);
     let admin_task = admin_listener.map(|l| {
         if let Ok(a) = l.local_addr() {
             tracing::info!(addr = %a, "admin API listening");
@@ -100,7 +102,7 @@ pub async fn run(
         let admin = admin::Admin::new(proxy.clone(), stats.clone(), reloader.clone());
         tokio::spawn(admin::serve(admin, l))
     });
-    let reload_task = tokio::spawn(reload::on_sighup(reloader));
+    let reload_task = tokio::spawn(control::reload::on_sighup(reloader));
     server.run_until(shutdown).await;
     for t in admin_task.into_iter().chain([reload_task]) {
         t.abort();

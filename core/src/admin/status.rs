@@ -4,7 +4,7 @@
 use super::Admin;
 use crate::backend::stats::HealthEvent;
 use crate::backend::{AdminState, Backend};
-use crate::reload::ReloadStats;
+use crate::control::reload::ReloadStats;
 use crate::store::{SessionCounts, StoreStatus};
 use serde::Serialize;
 use std::sync::atomic::Ordering;

@@ -9,12 +9,12 @@ pub mod rewrite;
 pub mod websocket;
 
 use crate::access_log::{self, AccessLogger};
-use crate::backend::{health, AdminState, Backend, PoolSettings};
+use crate::backend::{health, Backend};
 use crate::body::ResponseBody;
 use crate::config::Config;
 pub use crate::routing::session::redact;
 use crate::routing::{SessionId, Source, Table};
-use crate::store::{SessionStore, StateChange};
+use crate::store::SessionStore;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -55,153 +55,6 @@ impl ProxyStats {
         };
         slot.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-impl Runtime {
-    /// Build backends (with pools and health checkers) for `config`.
-    pub fn start(config: Config, store: Arc<dyn SessionStore>) -> Arc<Self> {
-        let pool = PoolSettings::from_upstream(&config.upstream);
-        let backends: Vec<Arc<Backend>> = config
-            .backends
-            .iter()
-            .map(|b| Arc::new(Backend::new(b.clone(), pool.clone())))
-            .collect();
-        for b in &backends {
-            health::spawn_checker(b, config.health.clone());
-        }
-        Self::assemble(config, backends, store, Arc::default())
-    }
-
-    fn assemble(
-        config: Config,
-        backends: Vec<Arc<Backend>>,
-        store: Arc<dyn SessionStore>,
-        stats: Arc<ProxyStats>,
-    ) -> Arc<Self> {
-        let routes: Vec<Arc<str>> = backends.iter().map(|b| b.config.route.clone()).collect();
-        store.set_routes(&routes);
-        let table = Table::new(backends, config.algorithm);
-        let rt = Arc::new(Runtime {
-            config,
-            table,
-            store,
-            stats,
-        });
-        watch_health(Arc::downgrade(&rt));
-        rt
-    }
-
-    /// The runtime for a reloaded `config`, built from this one: unchanged
-    /// backends are the same objects (health, state, pool, counters and
-    /// in-flight requests carry on), changed ones succeed their old self,
-    /// new ones start fresh. The store stays; settings that only a restart
-    /// can change are reported in the returned warnings.
-    pub fn reloaded(&self, mut config: Config) -> (Arc<Self>, Vec<String>) {
-        let mut warnings = Vec::new();
-        if config.store != self.config.store {
-            warnings.push("[store] changed: the running store is kept; restart stickgate to apply the new store settings".to_owned());
-        }
-        let (a, b) = (&config.session, &self.config.session);
-        if a.idle_timeout != b.idle_timeout || a.max_sessions != b.max_sessions {
-            warnings.push("session.idle_timeout / session.max_sessions changed: they belong to the store; restart stickgate to apply them".to_owned());
-        }
-        if config.admin.listen != self.config.admin.listen {
-            // The listener keeps its address, so it keeps the token rules
-            // checked for that address too: a new loopback address without
-            // a token must not open the old public listener.
-            warnings.push(
-                "admin.listen changed: the admin listener and its token stay as they are until a restart"
-                    .to_owned(),
-            );
-            config.admin = self.config.admin.clone();
-        } else if config.admin.token != self.config.admin.token {
-            tracing::info!("admin token replaced by reload");
-        }
-        let pool = PoolSettings::from_upstream(&config.upstream);
-        let same_pool = config.upstream == self.config.upstream;
-        let same_health = config.health == self.config.health;
-        let mut backends = Vec::with_capacity(config.backends.len());
-        for bc in &config.backends {
-            let old = self
-                .table
-                .index_of(&bc.route)
-                .map(|i| &self.table.backends[i]);
-            let b = match old {
-                Some(o) if o.config == *bc && same_pool => {
-                    if !same_health {
-                        health::spawn_checker(o, config.health.clone());
-                    }
-                    o.clone()
-                }
-                Some(o) => {
-                    let b = Arc::new(Backend::succeed(o, bc.clone(), pool.clone()));
-                    health::spawn_checker(&b, config.health.clone());
-                    if o.config.state != bc.state {
-                        // The file now says otherwise: that is the newest
-                        // operator decision; share it like an API action.
-                        let state = AdminState::from(bc.state);
-                        impose_state(&*self.store, &b, state, "the reloaded config");
-                    }
-                    b
-                }
-                None => {
-                    let b = Arc::new(Backend::new(bc.clone(), pool.clone()));
-                    health::spawn_checker(&b, config.health.clone());
-                    tracing::info!(backend = %bc.route, "backend added by reload");
-                    b
-                }
-            };
-            backends.push(b);
-        }
-        for old in &self.table.backends {
-            if !config.backends.iter().any(|b| b.route == old.config.route) {
-                tracing::info!(
-                    backend = old.route(),
-                    "backend removed by reload; its sessions fail over"
-                );
-                self.store.route_down(old.route());
-            }
-        }
-        let rt = Self::assemble(config, backends, self.store.clone(), self.stats.clone());
-        (rt, warnings)
-    }
-}
-
-/// An operator's decision (API action or a changed `state` line): newer
-/// than anything this balancer has seen for the backend, applied at once
-/// and shared through the store with every other balancer; `stopped` also
-/// tells the store the route's sessions are leaving, like a node going down.
-fn impose_state(store: &dyn SessionStore, b: &Backend, state: AdminState, by: &str) {
-    let at_ms = crate::store::unix_ms().max(b.state_at_ms() + 1);
-    b.set_state(state, at_ms);
-    store.publish_state(b.route(), StateChange { state, at_ms });
-    if state == AdminState::Stopped {
-        store.route_down(b.route());
-    }
-    tracing::info!(backend = b.route(), state = %state, by, "state changed");
-}
-
-/// Tell the store when a backend goes down (see `SessionStore::route_down`),
-/// checking every 100 ms; stops with the runtime.
-fn watch_health(rt: std::sync::Weak<Runtime>) {
-    tokio::spawn(async move {
-        let mut seen: Vec<u64> = Vec::new();
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
-        loop {
-            tick.tick().await;
-            let Some(rt) = rt.upgrade() else { return };
-            seen.resize(rt.table.backends.len(), 0);
-            for (b, last) in rt.table.backends.iter().zip(seen.iter_mut()) {
-                let epoch = b.health_epoch();
-                if epoch != *last {
-                    *last = epoch;
-                    if !b.is_up() {
-                        rt.store.route_down(b.route());
-                    }
-                }
-            }
-        }
-    });
 }
 
 /// The proxy service shared by every listener and connection.
@@ -245,43 +98,6 @@ impl Proxy {
     /// the one they started with.
     pub fn swap(&self, runtime: Arc<Runtime>) {
         self.current.store(runtime);
-    }
-
-    /// An operator's state change through the admin API (see
-    /// `impose_state`). `None` when no backend has that route.
-    pub fn set_state(&self, route: &str, state: AdminState) -> Option<Arc<Backend>> {
-        let rt = self.runtime();
-        let b = rt.table.backends[rt.table.index_of(route)?].clone();
-        impose_state(&*rt.store, &b, state, "the admin API");
-        Some(b)
-    }
-
-    /// Apply state changes other balancers shared through the store,
-    /// checking every 200 ms; the newest change wins (see
-    /// `Backend::set_state`). Runs until the proxy is dropped.
-    pub fn follow_states(self: &Arc<Self>) {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(proxy) = weak.upgrade() else { return };
-                let rt = proxy.runtime();
-                for (route, change) in rt.store.states() {
-                    let Some(i) = rt.table.index_of(&route) else {
-                        continue;
-                    };
-                    let b = &rt.table.backends[i];
-                    if change.at_ms > b.state_at_ms() && b.set_state(change.state, change.at_ms) {
-                        if change.state == AdminState::Stopped {
-                            rt.store.route_down(&route);
-                        }
-                        tracing::info!(backend = %route, state = %change.state, "state changed by another balancer");
-                    }
-                }
-            }
-        });
     }
 
     /// Handle one client request; never fails (errors become responses).
@@ -495,20 +311,6 @@ impl OwnedSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::memory::MemoryStore;
-    use std::path::Path;
-    use std::time::Duration;
-
-    fn config(extra: &str, backends: &[(&str, u16)]) -> Config {
-        let nodes: String = backends
-            .iter()
-            .map(|(r, p)| format!("[[backend]]\nroute = \"{r}\"\nurl = \"http://127.0.0.1:{p}\"\n"))
-            .collect();
-        let text = format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\n[health]\nenabled = false\n{extra}\n{nodes}"
-        );
-        crate::config::from_str(&text, Path::new("test.toml")).unwrap()
-    }
 
     #[test]
     fn error_responses_are_short_plain_text() {
@@ -538,34 +340,5 @@ mod tests {
         let s = odd.borrow("--");
         assert_eq!((s.value, s.base, s.route), ("--t1", "--t1", None));
         assert_eq!(s.source, Source::PathParameter);
-    }
-
-    #[tokio::test]
-    async fn reload_keeps_unchanged_backends_and_warns_about_restart_only_keys() {
-        let store = MemoryStore::new(Duration::from_secs(60), 100);
-        let rt = Runtime::start(config("", &[("a", 1), ("b", 2)]), store);
-        rt.table.backends[0].set_up(false, "test");
-        let (next, warnings) = rt.reloaded(config("", &[("a", 1), ("b", 3), ("c", 4)]));
-        assert!(warnings.is_empty(), "{warnings:?}");
-        assert!(Arc::ptr_eq(&rt.table.backends[0], &next.table.backends[0]));
-        assert!(!next.table.backends[0].is_up(), "health carried over");
-        assert!(!Arc::ptr_eq(&rt.table.backends[1], &next.table.backends[1]));
-        assert_eq!(next.table.backends.len(), 3);
-        assert!(
-            Arc::ptr_eq(&rt.stats, &next.stats),
-            "counters outlive reloads"
-        );
-        let (_, warnings) = rt.reloaded(config(
-            "[session]\nmax_sessions = 5\n",
-            &[("a", 1), ("b", 2)],
-        ));
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].contains("max_sessions"), "{warnings:?}");
-        // New pool settings rebuild every backend.
-        let (next, _) = rt.reloaded(config(
-            "[upstream]\nmax_connections = 3\n",
-            &[("a", 1), ("b", 2)],
-        ));
-        assert!(!Arc::ptr_eq(&rt.table.backends[0], &next.table.backends[0]));
     }
 }
