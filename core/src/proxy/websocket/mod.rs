@@ -36,7 +36,7 @@ const UPGRADE_WAIT: Duration = Duration::from_secs(30);
 
 /// How the client asked for a WebSocket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum Handshake {
     /// HTTP/1.1 `Upgrade: websocket` (RFC 6455).
     Upgrade,
     /// HTTP/2 extended CONNECT with `:protocol websocket` (RFC 8441).
@@ -44,19 +44,19 @@ pub enum Kind {
 }
 
 /// Whether `parts` asks for a WebSocket, and how.
-pub fn detect(parts: &Parts) -> Option<Kind> {
+pub fn detect(parts: &Parts) -> Option<Handshake> {
     if parts.method == Method::CONNECT {
         let ws = parts
             .extensions
             .get::<hyper::ext::Protocol>()
             .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
-        return ws.then_some(Kind::ExtendedConnect);
+        return ws.then_some(Handshake::ExtendedConnect);
     }
     let upgrade = parts.method == Method::GET
         && parts.version == Version::HTTP_11
         && has_token(&parts.headers, header::UPGRADE, "websocket")
         && has_token(&parts.headers, header::CONNECTION, "upgrade");
-    upgrade.then_some(Kind::Upgrade)
+    upgrade.then_some(Handshake::Upgrade)
 }
 
 /// Whether any comma-separated token of header `name` equals `token`
@@ -77,7 +77,7 @@ pub async fn handle(
     mut parts: Parts,
     session: Option<&SessionId<'_>>,
     client: ClientInfo,
-    kind: Kind,
+    kind: Handshake,
     started: std::time::Instant,
 ) -> (Response<ResponseBody>, Option<Served>) {
     let Some(on_client) = parts.extensions.remove::<OnUpgrade>() else {
@@ -89,7 +89,7 @@ pub async fn handle(
     };
     // Extended CONNECT: the backend speaks HTTP/1.1, so the balancer makes
     // the handshake key and checks the answer itself.
-    let key = (kind == Kind::ExtendedConnect).then(generate_key);
+    let key = (kind == Handshake::ExtendedConnect).then(generate_key);
     forward::prepare(&mut parts, &rt.config, client);
     let out = upgrade_head(parts, key.as_deref());
     let done = match forward::run(rt, out, session).await {
@@ -108,7 +108,7 @@ pub async fn handle(
         let mut done = done;
         // The connection closes once this answer is read.
         drop(done.upgrade.take());
-        if kind == Kind::ExtendedConnect && done.response.status().is_success() {
+        if kind == Handshake::ExtendedConnect && done.response.status().is_success() {
             // A 2xx would open an h2 tunnel toward a backend that did not
             // switch protocols.
             let r = error_response(
@@ -229,7 +229,7 @@ fn upgrade_head(parts: Parts, key: Option<&str>) -> Outgoing {
 async fn client_response(
     rt: &Runtime,
     backend_headers: &HeaderMap,
-    kind: Kind,
+    kind: Handshake,
     served: &Served,
     session: Option<&SessionId<'_>>,
     client: ClientInfo,
@@ -240,12 +240,12 @@ async fn client_response(
     answered(rt, served, session, client, &mut h, true).await;
     let mut r = Response::new(ResponseBody::empty());
     match kind {
-        Kind::Upgrade => {
+        Handshake::Upgrade => {
             *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         }
-        Kind::ExtendedConnect => {
+        Handshake::ExtendedConnect => {
             *r.status_mut() = StatusCode::OK;
             h.remove(header::SEC_WEBSOCKET_ACCEPT);
         }
@@ -277,7 +277,7 @@ mod tests {
             ("connection", "keep-alive, Upgrade"),
         ];
         let p = parts(Method::GET, Version::HTTP_11, &ws);
-        assert_eq!(detect(&p), Some(Kind::Upgrade));
+        assert_eq!(detect(&p), Some(Handshake::Upgrade));
         let p = parts(Method::POST, Version::HTTP_11, &ws);
         assert_eq!(detect(&p), None, "only GET upgrades");
         let p = parts(Method::GET, Version::HTTP_10, &ws);
@@ -296,7 +296,7 @@ mod tests {
         assert_eq!(detect(&p), None, "plain CONNECT is not a WebSocket");
         p.extensions
             .insert(hyper::ext::Protocol::from_static("websocket"));
-        assert_eq!(detect(&p), Some(Kind::ExtendedConnect));
+        assert_eq!(detect(&p), Some(Handshake::ExtendedConnect));
     }
 
     #[test]

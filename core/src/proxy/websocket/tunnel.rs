@@ -47,14 +47,14 @@ pub enum End {
     /// Nothing received from either peer for `idle_timeout`.
     Idle,
     /// A peer sent something that is not a WebSocket frame stream.
-    Violation(Side, Violation),
+    Violation(Peer, Violation),
     /// One side ended and the other did not follow within the grace.
     Grace,
 }
 
 /// One peer of the tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub enum Peer {
     Client,
     Backend,
 }
@@ -67,7 +67,7 @@ pub struct Report {
     pub from_client: u64,
     pub from_backend: u64,
     /// Which side ended first, if one did.
-    pub first_gone: Option<Side>,
+    pub first_gone: Option<Peer>,
 }
 
 /// Pings sent to one peer and not yet answered.
@@ -122,10 +122,10 @@ impl Shared {
     }
 
     /// Pings sent toward `side`.
-    fn pings(&self, side: Side) -> &Mutex<Pings> {
+    fn pings(&self, side: Peer) -> &Mutex<Pings> {
         match side {
-            Side::Client => &self.to_client,
-            Side::Backend => &self.to_backend,
+            Peer::Client => &self.to_client,
+            Peer::Backend => &self.to_backend,
         }
     }
 }
@@ -158,8 +158,8 @@ where
     let from_backend = AtomicU64::new(0);
     let idle = (!s.idle_timeout.is_zero()).then_some(s.idle_timeout);
     let ping = s.ping_interval.filter(|p| !p.is_zero());
-    let up = pump(cr, bw, Side::Client, &shared, ping, &from_client);
-    let down = pump(br, cw, Side::Backend, &shared, ping, &from_backend);
+    let up = pump(cr, bw, Peer::Client, &shared, ping, &from_client);
+    let down = pump(br, cw, Peer::Backend, &shared, ping, &from_backend);
     tokio::pin!(up, down);
     let (mut up_done, mut down_done) = (false, false);
     let mut grace: Option<Instant> = None;
@@ -174,8 +174,8 @@ where
             (i, g) => i.or(g),
         };
         let ended = tokio::select! {
-            r = &mut up, if !up_done => { up_done = true; Some((Side::Client, r)) }
-            r = &mut down, if !down_done => { down_done = true; Some((Side::Backend, r)) }
+            r = &mut up, if !up_done => { up_done = true; Some((Peer::Client, r)) }
+            r = &mut down, if !down_done => { down_done = true; Some((Peer::Backend, r)) }
             _ = sleep_until_opt(wake) => None,
         };
         match ended {
@@ -207,7 +207,7 @@ where
 async fn pump<R, W>(
     mut src: R,
     mut dst: W,
-    from: Side,
+    from: Peer,
     shared: &Shared,
     ping_interval: Option<Duration>,
     count: &AtomicU64,
@@ -217,11 +217,11 @@ where
     W: AsyncWrite + Unpin,
 {
     let to = match from {
-        Side::Client => Side::Backend,
-        Side::Backend => Side::Client,
+        Peer::Client => Peer::Backend,
+        Peer::Backend => Peer::Client,
     };
     // Frames toward the backend are client frames: masked.
-    let mask = || (to == Side::Backend).then(rand::random::<[u8; 4]>);
+    let mask = || (to == Peer::Backend).then(rand::random::<[u8; 4]>);
     let mut buf = vec![0u8; BUF];
     let mut out: Vec<u8> = Vec::with_capacity(BUF + frames::MAX_HEADER);
     let mut parser = Parser::new();
@@ -403,7 +403,7 @@ mod tests {
         drop(c_end);
         let r = t.await.unwrap();
         assert_eq!(r.end, End::Closed);
-        assert_eq!(r.first_gone, Some(Side::Backend));
+        assert_eq!(r.first_gone, Some(Peer::Backend));
     }
 
     #[tokio::test(start_paused = true)]
@@ -517,7 +517,7 @@ mod tests {
         c_end.read_to_end(&mut rest).await.unwrap();
         drop(c_end);
         let r = t.await.unwrap();
-        assert_eq!(r.first_gone, Some(Side::Backend));
+        assert_eq!(r.first_gone, Some(Peer::Backend));
     }
 
     #[tokio::test]
@@ -529,7 +529,7 @@ mod tests {
         let r = t.await.unwrap();
         assert_eq!(
             r.end,
-            End::Violation(Side::Client, Violation::ReservedOpcode(3))
+            End::Violation(Peer::Client, Violation::ReservedOpcode(3))
         );
         let mut rest = Vec::new();
         b_end.read_to_end(&mut rest).await.unwrap();
