@@ -657,3 +657,82 @@ async fn client_certificate_is_presented_to_an_https_backend() {
         r.status
     );
 }
+
+/// Connect over TLS with `cfg` (its session cache carries tickets from one
+/// connection to the next), send one GET and read the answer, so TLS 1.3
+/// tickets sent after the handshake reach the client; returns how the
+/// handshake went.
+async fn resume_probe(port: u16, cfg: &Arc<rustls::ClientConfig>) -> rustls::HandshakeKind {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg.clone())
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer))
+        .await
+        .expect("answer within 10 s")
+        .ok();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    kind
+}
+
+/// A client config trusting `ca`, limited to `versions`.
+fn resuming_client(
+    ca: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(cfg)
+}
+
+#[tokio::test]
+async fn returning_tls_clients_resume_instead_of_a_full_handshake() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let dir = tempdir();
+    let ca = Ca::new(&dir);
+    let a = ca.leaf(&dir, "a", &["a.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let node = Backend::start("tomcat1", &[]);
+    // Defaults: tickets and the session cache on.
+    let (_on, port) = tls_gate(&[a.clone()], &node.toml(), "");
+    for (label, versions) in [
+        ("TLS 1.3", &[&rustls::version::TLS13][..]),
+        ("TLS 1.2", &[&rustls::version::TLS12][..]),
+    ] {
+        let client = resuming_client(&ca.pem, versions);
+        assert_eq!(resume_probe(port, &client).await, Full, "{label} first");
+        assert_eq!(resume_probe(port, &client).await, Resumed, "{label} again");
+    }
+    // The session cache alone (no tickets) still resumes.
+    let (_cache, port) = tls_gate(&[a.clone()], &node.toml(), "tls_session_tickets = false");
+    let client = resuming_client(&ca.pem, &[&rustls::version::TLS13]);
+    assert_eq!(resume_probe(port, &client).await, Full);
+    assert_eq!(resume_probe(port, &client).await, Resumed, "cache only");
+    // Both off: every handshake is full.
+    let (_off, port) = tls_gate(
+        &[a],
+        &node.toml(),
+        "tls_session_tickets = false\ntls_session_cache = 0",
+    );
+    let client = resuming_client(&ca.pem, &[&rustls::version::TLS13]);
+    assert_eq!(resume_probe(port, &client).await, Full);
+    assert_eq!(resume_probe(port, &client).await, Full, "resumption off");
+}

@@ -74,7 +74,13 @@ pub async fn run(
         (None, None)
     } else {
         let r = tls::SniResolver::load(&config.server.certificate)?;
-        (Some(tls::server_config(r.clone())?), Some(r))
+        (
+            Some(tls::server_config(
+                r.clone(),
+                tls::Resumption::of(&config.server),
+            )?),
+            Some(r),
+        )
     };
     let store = build_store(&config).await?;
     let (listen, tls_listen) = (

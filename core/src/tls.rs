@@ -148,7 +148,10 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// rustls server settings: TLS 1.2/1.3, ALPN h2 then http/1.1.
-pub fn server_config(resolver: Arc<SniResolver>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(
+    resolver: Arc<SniResolver>,
+    resumption: Resumption,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -156,7 +159,38 @@ pub fn server_config(resolver: Arc<SniResolver>) -> Result<Arc<rustls::ServerCon
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.session_storage = if resumption.cache > 0 {
+        rustls::server::ServerSessionMemoryCache::new(resumption.cache)
+    } else {
+        Arc::new(rustls::server::NoServerSessionStorage {})
+    };
+    if resumption.tickets {
+        cfg.ticketer =
+            rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Setup(e.to_string()))?;
+    }
     Ok(Arc::new(cfg))
+}
+
+/// How returning TLS clients skip the full handshake (`server.tls_session_*`):
+/// a full handshake costs the balancer an ECDHE and a signature, a resumed
+/// one a fraction of that, so reconnecting browsers and health checkers
+/// are far cheaper with it on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resumption {
+    /// Stateless session tickets (keys in memory, rotated every 6 hours).
+    pub tickets: bool,
+    /// Entries of the server-side session cache; 0: no cache.
+    pub cache: usize,
+}
+
+impl Resumption {
+    /// The settings `server` asks for.
+    pub fn of(server: &crate::config::raw::ServerSection) -> Self {
+        Resumption {
+            tickets: server.tls_session_tickets,
+            cache: server.tls_session_cache,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -274,7 +308,16 @@ mod tests {
         assert_eq!(r.certs.load().len(), 2);
         r.reload(&[b]).unwrap();
         assert_eq!(r.certs.load().len(), 1);
-        assert!(server_config(r).is_ok());
+        let on = Resumption {
+            tickets: true,
+            cache: 100,
+        };
+        assert!(server_config(r.clone(), on).is_ok());
+        let off = Resumption {
+            tickets: false,
+            cache: 0,
+        };
+        assert!(server_config(r, off).is_ok());
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -80,6 +80,14 @@ pub struct ServerSection {
     /// they are removed, so a client cannot forge its address or scheme.
     pub trusted_proxies: Vec<Cidr>,
     pub tcp_keepalive: KeepaliveSection,
+    /// TLS session tickets (stateless resumption, TLS 1.3 and 1.2): a
+    /// returning client skips the full handshake. Keys live in memory only
+    /// and rotate every 6 hours.
+    pub tls_session_tickets: bool,
+    /// Entries in the server-side TLS session cache (resumption by session
+    /// id, for clients without tickets); 0 turns it off. Filled on use,
+    /// each entry a few hundred bytes.
+    pub tls_session_cache: usize,
 }
 
 impl Default for ServerSection {
@@ -104,6 +112,8 @@ impl Default for ServerSection {
             preserve_host: true,
             trusted_proxies: Vec::new(),
             tcp_keepalive: KeepaliveSection::default(),
+            tls_session_tickets: true,
+            tls_session_cache: 20_000,
         }
     }
 }

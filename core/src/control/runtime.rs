@@ -58,6 +58,13 @@ impl Runtime {
         if a.idle_timeout != b.idle_timeout || a.max_sessions != b.max_sessions {
             warnings.push("session.idle_timeout / session.max_sessions changed: they belong to the store; restart stickgate to apply them".to_owned());
         }
+        let (a, b) = (&config.server, &self.config.server);
+        if !self.config.server.tls_listen.is_empty()
+            && (a.tls_session_tickets, a.tls_session_cache)
+                != (b.tls_session_tickets, b.tls_session_cache)
+        {
+            warnings.push("server.tls_session_tickets / server.tls_session_cache changed: TLS listeners keep their settings; restart stickgate to apply them".to_owned());
+        }
         if config.admin.listen != self.config.admin.listen {
             // The listener keeps its address, so it keeps the token rules
             // checked for that address too: a new loopback address without
