@@ -712,7 +712,7 @@ async fn returning_tls_clients_resume_instead_of_a_full_handshake() {
     let a = ca.leaf(&dir, "a", &["a.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
     let node = Backend::start("tomcat1", &[]);
     // Defaults: tickets and the session cache on.
-    let (_on, port) = tls_gate(&[a.clone()], &node.toml(), "");
+    let (_on, port) = tls_gate(std::slice::from_ref(&a), &node.toml(), "");
     for (label, versions) in [
         ("TLS 1.3", &[&rustls::version::TLS13][..]),
         ("TLS 1.2", &[&rustls::version::TLS12][..]),
