@@ -722,7 +722,11 @@ async fn returning_tls_clients_resume_instead_of_a_full_handshake() {
         assert_eq!(resume_probe(port, &client).await, Resumed, "{label} again");
     }
     // The session cache alone (no tickets) still resumes.
-    let (_cache, port) = tls_gate(&[a.clone()], &node.toml(), "tls_session_tickets = false");
+    let (_cache, port) = tls_gate(
+        std::slice::from_ref(&a),
+        &node.toml(),
+        "tls_session_tickets = false",
+    );
     let client = resuming_client(&ca.pem, &[&rustls::version::TLS13]);
     assert_eq!(resume_probe(port, &client).await, Full);
     assert_eq!(resume_probe(port, &client).await, Resumed, "cache only");
