@@ -143,3 +143,74 @@ tomcat1_cookie() {
     [ -n "$sid" ] || die "no tomcat1 session cookie from stickgate at $url"
     echo "JSESSIONID=$sid"
 }
+
+# Two nginx processes as fast backends on ports $1 and $2 (routes tomcat1
+# and tomcat2): every path answers {"route":"tomcatN"}, and a request
+# without a JSESSIONID cookie gets a Set-Cookie with a fresh id (as
+# ../shared/BENCHMARKS.md sets them up).
+nginx_backends() { # port1 port2
+    local n p
+    for n in 1 2; do
+        p=${!n}
+        mkdir -p "$WORK/be$n/logs"
+        cat >"$WORK/be$n/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $WORK/be$n/nginx.pid;
+error_log $WORK/be$n/logs/error.log warn;
+worker_rlimit_nofile 20000;
+events { worker_connections 16384; }
+http {
+    access_log off;
+    keepalive_requests 100000;
+    keepalive_timeout 300s;
+    default_type application/json;
+    server {
+        listen 127.0.0.1:$p;
+        location / {
+            if (\$cookie_jsessionid = "") {
+                add_header Set-Cookie "JSESSIONID=\$request_id.tomcat$n; Path=/; HttpOnly";
+            }
+            return 200 '{"route":"tomcat$n"}';
+        }
+    }
+}
+NGINX
+        nginx -p "$WORK/be$n" -c "$WORK/be$n/nginx.conf" &
+        PIDS+=($!)
+    done
+}
+
+# HAProxy config routing on the JSESSIONID suffix, as BENCHMARKS.md says.
+haproxy_sticky_cfg() { # file port backend1 backend2 maxconn
+    cat >"$1" <<HAPROXY
+global
+    nbthread 2
+    maxconn $5
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 300s
+    timeout server 30s
+    timeout http-keep-alive 300s
+    option redispatch
+    retries 3
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:$2
+    http-request set-var(txn.route) req.cook(JSESSIONID),field(2,.)
+    use_backend be_tomcat1 if { var(txn.route) -m str tomcat1 }
+    use_backend be_tomcat2 if { var(txn.route) -m str tomcat2 }
+    default_backend be_all
+backend be_tomcat1
+    server t1 127.0.0.1:$3 check inter 1s
+    server t2 127.0.0.1:$4 check inter 1s backup
+backend be_tomcat2
+    server t2 127.0.0.1:$4 check inter 1s
+    server t1 127.0.0.1:$3 check inter 1s backup
+backend be_all
+    balance roundrobin
+    server t1 127.0.0.1:$3 check inter 1s
+    server t2 127.0.0.1:$4 check inter 1s
+HAPROXY
+}
