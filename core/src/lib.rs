@@ -109,8 +109,15 @@ pub async fn run(
         tokio::spawn(admin::serve(admin, l))
     });
     let reload_task = tokio::spawn(control::reload::on_sighup(reloader));
-    server.run_until(shutdown).await;
-    for t in admin_task.into_iter().chain([reload_task]) {
+    control::systemd::ready(&proxy.summary());
+    let watchdog = control::systemd::spawn_watchdog();
+    server
+        .run_until(async {
+            shutdown.await;
+            control::systemd::stopping();
+        })
+        .await;
+    for t in admin_task.into_iter().chain([reload_task]).chain(watchdog) {
         t.abort();
     }
     Ok(())

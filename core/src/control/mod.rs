@@ -2,9 +2,10 @@
 //! kept apart from it. [`reload`] re-reads the configuration (SIGHUP,
 //! `POST /reload`), [`runtime`] builds the request path's `Runtime` and
 //! reconciles it with the running one, [`states`] applies and shares
-//! backend states. The request path (`proxy`) only reads the `Runtime` in
-//! force.
+//! backend states, [`systemd`] tells the service manager how it goes. The
+//! request path (`proxy`) only reads the `Runtime` in force.
 
 pub mod reload;
 mod runtime;
 mod states;
+pub mod systemd;

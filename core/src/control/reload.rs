@@ -105,7 +105,9 @@ impl Reloader {
     /// return why not. Logged either way.
     pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
         let _one_at_a_time = self.serial.lock().await;
+        super::systemd::reloading();
         let result = self.apply().await;
+        super::systemd::ready(&self.proxy.summary());
         match &result {
             Ok(r) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);

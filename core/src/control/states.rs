@@ -46,6 +46,17 @@ pub(super) fn watch_health(rt: std::sync::Weak<Runtime>) {
 }
 
 impl Proxy {
+    /// One line for `systemctl status`: backends up and sessions known.
+    pub fn summary(&self) -> String {
+        let rt = self.runtime();
+        let up = rt.table.backends.iter().filter(|b| b.is_up()).count();
+        let sessions: u64 = rt.store.counts().iter().map(|(_, c)| c.current).sum();
+        format!(
+            "{up}/{} backends up, {sessions} sessions",
+            rt.table.backends.len()
+        )
+    }
+
     /// An operator's state change through the admin API (see
     /// `impose_state`). `None` when no backend has that route.
     pub fn set_state(&self, route: &str, state: AdminState) -> Option<Arc<Backend>> {
