@@ -72,6 +72,21 @@ enum Op {
         from: Option<Arc<str>>,
         to: Arc<str>,
     },
+    /// The counting-set bookkeeping of a binding already written through
+    /// (see `RedisStore::bind_now`): only the binding must be in Redis
+    /// before the response leaves; counts follow behind.
+    Count {
+        key: String,
+        route: Arc<str>,
+        stored: Stored,
+    },
+}
+
+/// What the BIND script left in Redis: the route before and after.
+#[derive(Debug)]
+struct Stored {
+    old: String,
+    now: String,
 }
 
 /// Cluster-wide count of one route, refreshed from Redis every second.
@@ -422,31 +437,61 @@ impl RedisStore {
             .await
     }
 
+    /// Write the binding (one script call); a newer move stored by another
+    /// balancer is kept and followed in the cache.
+    async fn bind_step(
+        &self,
+        h: &mut conn::Handle,
+        id: &str,
+        key: &str,
+        route: &Arc<str>,
+        at: u64,
+    ) -> redis::RedisResult<Stored> {
+        let (old, now): (String, String) = scripts::BIND
+            .key(key)
+            .arg(&**route)
+            .arg(unix_ms())
+            .arg(self.ttl_ms)
+            .arg(at)
+            .invoke_async(h)
+            .await?;
+        if now != **route && self.configured(&now) {
+            // Another balancer moved it after we decided: follow.
+            self.cache.bind(id, &self.intern(&now));
+        }
+        Ok(Stored { old, now })
+    }
+
+    /// The counting sets after a binding: counted under the stored route,
+    /// and no longer under the one it replaced.
+    async fn count_step(
+        &self,
+        h: &mut conn::Handle,
+        key: &str,
+        route: &str,
+        stored: &Stored,
+        expiry: u64,
+    ) -> redis::RedisResult<()> {
+        if stored.now != route {
+            return self.zadd(h, &stored.now, key, expiry).await;
+        }
+        if !stored.old.is_empty() && stored.old != route {
+            self.zrem(h, &stored.old, key).await?;
+        }
+        self.zadd(h, route, key, expiry).await
+    }
+
     async fn apply(&self, op: Op) -> redis::RedisResult<()> {
         let mut h = self.conn.handle().await?;
         let now = unix_ms();
         let expiry = now + self.ttl_ms;
         match op {
             Op::Bind { id, key, route, at } => {
-                let (old, stored): (String, String) = scripts::BIND
-                    .key(&key)
-                    .arg(&*route)
-                    .arg(now)
-                    .arg(self.ttl_ms)
-                    .arg(at)
-                    .invoke_async(&mut h)
-                    .await?;
-                if stored != *route {
-                    // Another balancer moved it after we decided: follow.
-                    if self.configured(&stored) {
-                        self.cache.bind(&id, &self.intern(&stored));
-                    }
-                    return self.zadd(&mut h, &stored, &key, expiry).await;
-                }
-                if !old.is_empty() && *old != *route {
-                    self.zrem(&mut h, &old, &key).await?;
-                }
-                self.zadd(&mut h, &route, &key, expiry).await
+                let stored = self.bind_step(&mut h, &id, &key, &route, at).await?;
+                self.count_step(&mut h, &key, &route, &stored, expiry).await
+            }
+            Op::Count { key, route, stored } => {
+                self.count_step(&mut h, &key, &route, &stored, expiry).await
             }
             Op::Touch { key, route } => {
                 let stored: Option<String> = scripts::TOUCH
@@ -820,16 +865,27 @@ impl SessionStore for RedisStore {
                 return;
             }
             let at = unix_ms();
+            let key = self.key(id);
             let op = |at| Op::Bind {
                 id: id.into(),
-                key: self.key(id),
+                key: key.clone(),
                 route: route.clone(),
                 at,
             };
+            // One round trip before the response leaves: the binding. Its
+            // counting-set bookkeeping is written behind.
+            let write = async {
+                let mut h = self.conn.handle().await?;
+                self.bind_step(&mut h, id, &key, route, at).await
+            };
             // A retry keeps the decision time, so it cannot outrank a
             // move another balancer made meanwhile.
-            match tokio::time::timeout(self.timeout, self.apply(op(at))).await {
-                Ok(Ok(())) => {}
+            match tokio::time::timeout(self.timeout, write).await {
+                Ok(Ok(stored)) => self.enqueue(Op::Count {
+                    key: key.clone(),
+                    route: route.clone(),
+                    stored,
+                }),
                 Ok(Err(e)) => {
                     self.failed(&e).await;
                     self.enqueue(op(at));
