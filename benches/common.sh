@@ -181,8 +181,9 @@ NGINX
     done
 }
 
-# HAProxy config routing on the JSESSIONID suffix, as BENCHMARKS.md says.
-haproxy_sticky_cfg() { # file port backend1 backend2 maxconn
+# HAProxy config routing on the JSESSIONID suffix, as BENCHMARKS.md says;
+# the optional sixth argument is added to the bind line (TLS: "ssl crt ...").
+haproxy_sticky_cfg() { # file port backend1 backend2 maxconn [bind-options]
     cat >"$1" <<HAPROXY
 global
     nbthread 2
@@ -197,7 +198,7 @@ defaults
     retries 3
     http-reuse always
 frontend fe
-    bind 127.0.0.1:$2
+    bind 127.0.0.1:$2 ${6:-}
     http-request set-var(txn.route) req.cook(JSESSIONID),field(2,.)
     use_backend be_tomcat1 if { var(txn.route) -m str tomcat1 }
     use_backend be_tomcat2 if { var(txn.route) -m str tomcat2 }
