@@ -26,6 +26,12 @@ need() { # cmd package
 }
 
 build_release() {
+    if [ -n "${GATE_BIN:-}" ]; then
+        # A given binary (e.g. a build measured before a change): no build.
+        [ -x "$GATE_BIN" ] || die "GATE_BIN=$GATE_BIN is not an executable"
+        BACKEND_BIN=${BACKEND_BIN:-${CARGO_TARGET_DIR:-target}/release/examples/backend}
+        return 0
+    fi
     echo "$NAME: building release binaries (cargo build --release --bin stickgate --example backend)" >&2
     timeout "$BUILD_TIMEOUT" cargo build --release --quiet --bin stickgate --example backend ||
         die "release build failed or took longer than ${BUILD_TIMEOUT}s"
