@@ -308,11 +308,12 @@ impl Cdp {
             json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile }),
         )
         .await;
-        self.wait_eval(
-            "window.innerWidth",
-            &format!("a {width} px wide viewport"),
-            |v| v.as_u64() == Some(u64::from(width)),
-        )
+        // A phone widens the layout viewport to fit a page wider than the
+        // screen, so a wider innerWidth already means horizontal overflow.
+        let what = format!("a {width} px wide viewport (wider: the page does not fit the screen)");
+        self.wait_eval("window.innerWidth", &what, |v| {
+            v.as_u64() == Some(u64::from(width))
+        })
         .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

@@ -783,6 +783,9 @@ mod tests {
             h.watch(&table.backends, &[], &reloads, 200.0 + i as f64);
         }
         assert_eq!(h.lock().events.len(), EVENTS);
+        // The worst case: every event with the longest text and a route.
+        let worst = EVENTS * (std::mem::size_of::<Event>() + TEXT_MAX + 64);
+        assert!(worst < 64 * 1024, "{worst} bytes of events at most");
     }
 
     #[test]
