@@ -210,7 +210,38 @@ async fn history_shape_bounds_and_bad_minutes() {
     }
     let r = admin_post(&gate, "/api/history").await;
     assert_eq!(r.status, 405, "POST /api/history");
-    history(&gate, "?minutes=2").await;
+
+    // Stopping tomcat1 moves its sessions as their clients come back: one
+    // failover event on tomcat2 counting them.
+    assert_eq!(
+        admin_post(&gate, "/api/backends/tomcat1/stop").await.status,
+        200
+    );
+    for id in &ids {
+        assert_eq!(hit(&c, &gate, Some(id)).await.status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let doc = history(&gate, "?minutes=2").await;
+        let failovers: Vec<&serde_json::Value> = doc["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "failover")
+            .collect();
+        if let [e] = failovers.as_slice() {
+            if e["count"] == sessions1 {
+                assert_eq!(e["route"], "tomcat2", "{e}");
+                println!("failover event: {}", e["text"]);
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failover event counting {sessions1} sessions: {failovers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 #[tokio::test]
