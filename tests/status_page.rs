@@ -4,6 +4,13 @@
 //! page re-renders it, and it loads nothing from anywhere but the admin
 //! listener (no external assets).
 //!
+//! After traffic and a drain it also checks the trends: sparklines with
+//! points, the drain bar's remaining count, the event timeline, and that the
+//! page fits 1280x900 and 390x844 (stacked cards) without horizontal
+//! scrolling, in light and dark mode. Screenshots of each go to an artefact
+//! directory (`STICKGATE_ARTEFACTS`, default `$TMPDIR/stickgate-status-page`,
+//! overwritten by every run, never committed); the test prints its path.
+//!
 //! Needs `/usr/bin/chromium` (Debian package `chromium`; `scripts/test.sh`
 //! installs it). `STICKGATE_STATUS_SCREENSHOT=/tmp/x.png` saves a screenshot
 //! of the page after the drain.
@@ -270,6 +277,81 @@ impl Cdp {
     }
 }
 
+/// Where the screenshots go: kept after the run for a person to look at.
+fn artefact_dir() -> PathBuf {
+    let dir = std::env::var_os("STICKGATE_ARTEFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("stickgate-status-page"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Cdp {
+    /// Save a PNG of the viewport as `dir/name`.
+    async fn screenshot(&mut self, dir: &std::path::Path, name: &str) {
+        let shot = self
+            .call("Page.captureScreenshot", json!({ "format": "png" }))
+            .await;
+        use base64::Engine;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap())
+            .unwrap();
+        std::fs::write(dir.join(name), png).unwrap();
+    }
+
+    /// Emulate a `width` x `height` screen (`mobile`: honour the viewport
+    /// meta tag, as a phone does) and wait until the page has laid out at
+    /// that width.
+    async fn resize(&mut self, width: u32, height: u32, mobile: bool) {
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile }),
+        )
+        .await;
+        // A phone widens the layout viewport to fit a page wider than the
+        // screen, so a wider innerWidth already means horizontal overflow.
+        let what = format!("a {width} px wide viewport (wider: the page does not fit the screen)");
+        self.wait_eval("window.innerWidth", &what, |v| {
+            v.as_u64() == Some(u64::from(width))
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    /// Assert that nothing scrolls sideways: not the page, and not the
+    /// table's box (which would hide a too-wide table inside the page).
+    async fn assert_fits(&mut self, what: &str) {
+        let v = self
+            .eval(
+                "(function(){var d=document.documentElement,w=document.querySelector('.wrap');\
+                 return {doc:d.scrollWidth,inner:window.innerWidth,wrap:w.scrollWidth,wrapClient:w.clientWidth}})()",
+            )
+            .await;
+        let n = |k: &str| v[k].as_u64().unwrap();
+        assert!(
+            n("doc") <= n("inner"),
+            "{what}: document.documentElement.scrollWidth {} > window.innerWidth {}",
+            n("doc"),
+            n("inner")
+        );
+        assert!(
+            n("wrap") <= n("wrapClient"),
+            "{what}: the backends table scrolls sideways inside its box: {v}"
+        );
+    }
+}
+
+/// Points drawn by the sparkline `series` of `route` (0 without one).
+fn spark_points(route: &str, series: &str) -> String {
+    format!(
+        "(function(){{var s=document.querySelector('#backends tr[data-route={route}] svg.spark[data-series={series}]');\
+         if(!s)return {{points:0,max:0,lines:0}};\
+         var p=s.querySelector('polyline');\
+         return {{points:Number(s.getAttribute('data-points')),max:Number(s.getAttribute('data-max')),\
+         lines:p?p.getAttribute('points').trim().split(/\\s+/).length:0}}}})()"
+    )
+}
+
 fn row_text(route: &str) -> String {
     format!(
         "(document.querySelector('#backends tr[data-route={route}]') || {{}}).textContent || ''"
@@ -281,7 +363,12 @@ async fn status_page_renders_and_drains_in_headless_chromium() {
     let started = Instant::now();
     let b1 = Backend::start("tomcat1", &[]);
     let b2 = Backend::start("tomcat2", &[]);
-    let mut gate = Gate::start(&format!("{FAST_HEALTH}{}{}", b1.toml(), b2.toml()));
+    // A history point every second (the body continues [admin]).
+    let mut gate = Gate::start(&format!(
+        "history_interval = \"1s\"\n{FAST_HEALTH}{}{}",
+        b1.toml(),
+        b2.toml()
+    ));
     gate.wait_health("tomcat1", "up").await;
     gate.wait_health("tomcat2", "up").await;
     let base = format!("http://127.0.0.1:{}/", gate.admin_port);
@@ -303,6 +390,10 @@ async fn status_page_renders_and_drains_in_headless_chromium() {
         let r = hit(&c, &gate, id.as_deref()).await;
         assert_eq!(r.status, 200);
         id = id.or_else(|| r.set_cookie("JSESSIONID"));
+    }
+    // Sessions on both nodes, so the drain below has some to wait for.
+    for _ in 0..4 {
+        new_session(&c, &gate).await;
     }
 
     let browser = Chromium::start();
@@ -462,6 +553,108 @@ async fn status_page_renders_and_drains_in_headless_chromium() {
             .unwrap();
         std::fs::write(&path, png).unwrap();
     }
+
+    // Trends. The page draws one sparkline per series from /api/history
+    // (a point every second here): points for every backend, and tomcat2's
+    // requests/s above zero after the traffic above.
+    for route in ["tomcat1", "tomcat2"] {
+        for series in ["requests", "errors", "sessions"] {
+            cdp.wait_eval(
+                &spark_points(route, series),
+                &format!("a {series} sparkline of {route} with points"),
+                |v| v["points"].as_u64().unwrap_or(0) >= 2 && v["lines"] == v["points"],
+            )
+            .await;
+        }
+    }
+    cdp.wait_eval(
+        &spark_points("tomcat2", "requests"),
+        "tomcat2's requests sparkline above zero",
+        |v| v["max"].as_f64().unwrap_or(0.0) > 0.0,
+    )
+    .await;
+
+    // The drain bar of tomcat1 shows what the API says is left.
+    let remaining = gate.backend_status("tomcat1").await["sessions_remaining"]
+        .as_u64()
+        .unwrap();
+    assert!(remaining >= 1, "no session on tomcat1 to drain");
+    let bar = cdp
+        .wait_eval(
+            "(function(){var d=document.querySelector('#backends tr[data-route=tomcat1] .drain');\
+             return d?{remaining:d.getAttribute('data-remaining'),text:d.textContent,\
+             bar:!!d.querySelector('.track .fill')}:null})()",
+            "the drain bar of tomcat1",
+            |v| v["remaining"].as_str() == Some(&remaining.to_string()),
+        )
+        .await;
+    assert!(
+        bar["text"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{remaining} of {remaining} left")),
+        "drain bar text: {bar}"
+    );
+    assert_eq!(bar["bar"], true, "drain bar without its bar: {bar}");
+    let none = cdp
+        .eval("document.querySelector('#backends tr[data-route=tomcat2] .drain').textContent")
+        .await;
+    assert_eq!(none, "", "tomcat2 is active: no drain bar");
+
+    // The event timeline shows the drain.
+    cdp.wait_eval(
+        "Array.prototype.map.call(document.querySelectorAll('#events li[data-kind=state]'),function(l){return l.textContent}).join('|')",
+        "the drain in the event timeline",
+        |v| v.as_str().is_some_and(|t| t.contains("tomcat1: active -> draining")),
+    )
+    .await;
+
+    // Both screen sizes, light and dark: no horizontal scrolling, and a
+    // screenshot of each for a person to look at.
+    let shots = artefact_dir();
+    cdp.resize(1280, 900, false).await;
+    cdp.assert_fits("1280x900").await;
+    cdp.screenshot(&shots, "status-1280x900.png").await;
+    cdp.resize(390, 844, true).await;
+    cdp.assert_fits("390x844").await;
+    let card = cdp
+        .eval(
+            "getComputedStyle(document.querySelector('#backends tr[data-route=tomcat1]')).display",
+        )
+        .await;
+    assert_eq!(card, "block", "at 390 px the rows are stacked cards");
+    cdp.screenshot(&shots, "status-390x844.png").await;
+    cdp.call(
+        "Emulation.setEmulatedMedia",
+        json!({ "features": [{ "name": "prefers-color-scheme", "value": "dark" }] }),
+    )
+    .await;
+    let bg = cdp
+        .wait_eval(
+            "getComputedStyle(document.body).backgroundColor",
+            "a dark background with prefers-color-scheme: dark",
+            |v| {
+                v.as_str().is_some_and(|c| {
+                    let rgb: Vec<u32> = c
+                        .trim_start_matches("rgb(")
+                        .trim_end_matches(')')
+                        .split(',')
+                        .filter_map(|x| x.trim().parse().ok())
+                        .collect();
+                    rgb.len() == 3 && rgb.iter().sum::<u32>() < 200
+                })
+            },
+        )
+        .await;
+    cdp.assert_fits("390x844, dark").await;
+    cdp.screenshot(&shots, "status-390x844-dark.png").await;
+    cdp.resize(1280, 900, false).await;
+    cdp.assert_fits("1280x900, dark").await;
+    cdp.screenshot(&shots, "status-1280x900-dark.png").await;
+    eprintln!(
+        "status page screenshots (1280x900, 390x844, light and dark; dark background {bg}): {}",
+        shots.display()
+    );
 
     // The admin API goes away: a visible error banner, the last data kept.
     gate.proc.kill();

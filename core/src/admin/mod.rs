@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | GET | `/` | HTML status page |
 //! | GET | `/api/status` | JSON status |
+//! | GET | `/api/history?minutes=N` | trends per backend and events (see [`history`]) |
 //! | POST | `/api/backends/{route}/{drain,disable,stop,enable}` | change a state |
 //! | POST | `/reload` (or `/api/reload`) | reload the config file |
 //! | GET | `/metrics` | OpenMetrics / Prometheus text |
@@ -17,6 +18,7 @@
 //! machine can reach a loopback admin port.
 
 pub mod client;
+pub mod history;
 mod metrics;
 pub mod status;
 
@@ -45,6 +47,8 @@ pub struct Admin {
     pub proxy: Arc<Proxy>,
     pub stats: Arc<ServerStats>,
     pub reloader: Arc<Reloader>,
+    /// Trends for the status page, fed by [`history::spawn`].
+    pub history: history::History,
     started: Instant,
 }
 
@@ -56,14 +60,19 @@ impl std::fmt::Debug for Admin {
 
 impl Admin {
     /// Admin state for a running balancer. The token is read from the
-    /// config in force on every request, so a reload rotates it.
+    /// config in force on every request, so a reload rotates it. Starts the
+    /// history sampler (a control-plane task that ends with the admin
+    /// state), so it must be called inside the main runtime.
     pub fn new(proxy: Arc<Proxy>, stats: Arc<ServerStats>, reloader: Arc<Reloader>) -> Arc<Self> {
-        Arc::new(Admin {
+        let admin = Arc::new(Admin {
             proxy,
             stats,
             reloader,
+            history: history::History::default(),
             started: Instant::now(),
-        })
+        });
+        history::spawn(Arc::downgrade(&admin));
+        admin
     }
 }
 
@@ -182,6 +191,7 @@ async fn route(admin: Arc<Admin>, req: Request<Incoming>) -> Response<ResponseBo
             r
         }
         (&Method::GET, "/api/status") => json(StatusCode::OK, &status::snapshot(&admin)),
+        (&Method::GET, "/api/history") => history_answer(&admin, req.uri().query()),
         (&Method::GET, "/metrics") => {
             let mut r = Response::new(ResponseBody::full(metrics::render(&admin)));
             r.headers_mut().insert(
@@ -229,7 +239,7 @@ async fn route(admin: Arc<Admin>, req: Request<Incoming>) -> Response<ResponseBo
                 None => error(StatusCode::NOT_FOUND, "backend removed meanwhile"),
             }
         }
-        (_, "/" | "/api/status" | "/metrics") => {
+        (_, "/" | "/api/status" | "/api/history" | "/metrics") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
         }
         (_, "/reload" | "/api/reload") => error(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
@@ -238,8 +248,28 @@ async fn route(admin: Arc<Admin>, req: Request<Incoming>) -> Response<ResponseBo
         }
         _ => error(
             StatusCode::NOT_FOUND,
-            "not found; try GET /, GET /api/status, GET /metrics, POST /api/backends/{route}/{action}, POST /reload",
+            "not found; try GET /, GET /api/status, GET /api/history, GET /metrics, POST /api/backends/{route}/{action}, POST /reload",
         ),
+    }
+}
+
+/// `GET /api/history?minutes=N`: 400 with the reason for a bad query.
+fn history_answer(admin: &Admin, query: Option<&str>) -> Response<ResponseBody> {
+    let rt = admin.proxy.runtime();
+    let interval = rt.config.admin.history_interval;
+    match history::parse_minutes(query, interval) {
+        Ok(minutes) => {
+            let counts = rt.store.counts();
+            let doc = admin.history.document(
+                minutes,
+                interval,
+                &rt.table.backends,
+                &counts,
+                history::now_unix(),
+            );
+            json(StatusCode::OK, &doc)
+        }
+        Err(reason) => error(StatusCode::BAD_REQUEST, reason),
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Config {
 pub struct AdminRules {
     pub listen: Option<SocketAddr>,
     pub token: Option<AdminToken>,
+    /// Spacing of the trend history's points (1 s ..= 60 s).
+    pub history_interval: Duration,
 }
 
 /// The admin bearer token, read once at load; `Debug` never shows it.
@@ -315,9 +317,16 @@ fn check_admin(a: &AdminSection) -> Result<AdminRules, Problem> {
             ));
         }
     }
+    if a.history_interval < Duration::from_secs(1) || a.history_interval > Duration::from_secs(60) {
+        return Err(bad(
+            "admin.history_interval",
+            "must be 1s..=60s (default 10s: 360 points are one hour)",
+        ));
+    }
     Ok(AdminRules {
         listen: a.listen,
         token,
+        history_interval: a.history_interval,
     })
 }
 

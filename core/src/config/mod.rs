@@ -112,6 +112,7 @@ mod tests {
         assert!(c.server.tcp_keepalive.time <= std::time::Duration::from_secs(300));
         assert_eq!(c.backends[1].weight, 3);
         assert_eq!(c.backends[1].domain.as_deref(), Some("A"));
+        assert_eq!(c.admin.history_interval.as_secs(), 10);
     }
 
     #[test]
@@ -135,6 +136,14 @@ mod tests {
             ("[upstream]\nretries = 9", "upstream.retries"),
             ("[store]\nkind = \"etcd\"", "etcd"),
             ("[admin]\nlisten = \"0.0.0.0:9901\"", "admin.listen"),
+            (
+                "[admin]\nhistory_interval = \"500ms\"",
+                "admin.history_interval",
+            ),
+            (
+                "[admin]\nhistory_interval = \"2m\"",
+                "admin.history_interval",
+            ),
         ];
         for (text, needle) in cases {
             let e = parse(text).unwrap_err().to_string();

@@ -238,6 +238,11 @@ pub struct AdminSection {
     /// File holding the bearer token every admin request must present;
     /// required when `listen` is not a loopback address.
     pub token_file: Option<PathBuf>,
+    /// How often the status page's trend history takes a point (it keeps
+    /// 360 per backend: one hour at the default 10 s). Shorter only so a
+    /// drill need not wait 10 s per point.
+    #[serde(with = "humantime_serde")]
+    pub history_interval: Duration,
 }
 
 impl Default for AdminSection {
@@ -245,6 +250,7 @@ impl Default for AdminSection {
         Self {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
             token_file: None,
+            history_interval: Duration::from_secs(10),
         }
     }
 }
