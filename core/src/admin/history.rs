@@ -13,7 +13,7 @@
 use super::Admin;
 use crate::backend::stats::LatencySnapshot;
 use crate::backend::{AdminState, Backend};
-use crate::reload::ReloadStats;
+use crate::control::reload::ReloadStats;
 use crate::store::SessionCounts;
 use serde::Serialize;
 use std::collections::VecDeque;
