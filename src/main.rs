@@ -87,16 +87,36 @@ enum ImportSource {
     },
 }
 
+/// Logging to stderr, filtered by `STICKGATE_LOG`: a level (`debug`) and
+/// per-target levels (`info,stickgate_core::store=debug`). A value that
+/// does not parse is named in one line and `info` is used. (A target
+/// filter, not tracing's regex-based env-filter: the same directives for
+/// levels and targets, at a fraction of the binary size.)
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STICKGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = match std::env::var("STICKGATE_LOG") {
+        Ok(v) => v
+            .parse::<tracing_subscriber::filter::Targets>()
+            .unwrap_or_else(|e| {
+                eprintln!(
+                    "stickgate: STICKGATE_LOG={v:?} is not a log filter ({e}); using \"info\""
+                );
+                info_filter()
+            }),
+        Err(_) => info_filter(),
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => b.init(),
-        LogFormat::Json => b.json().init(),
+        LogFormat::Text => registry.with(layer).init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
     }
+}
+
+/// Everything at `info` and above.
+fn info_filter() -> tracing_subscriber::filter::Targets {
+    tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
 }
 
 fn main() -> ExitCode {
