@@ -10,7 +10,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use stickgate::demo::node::{serve, NodeConfig};
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 /// Command line of the demo backend; mirrors the Tomcat settings a sticky
 /// balancer cares about.
@@ -42,11 +41,18 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
+    // RUST_LOG as target=level directives; warnings only by default.
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing_subscriber::filter::Targets>().ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::WARN)
+        });
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(level)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
     let args = Args::parse();
     let cfg = NodeConfig {
