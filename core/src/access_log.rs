@@ -5,9 +5,9 @@
 //! parameter and `jsessionid=` query parameter, in the request target and
 //! in the Referer, is replaced by it too.
 
+use crate::client_info::ClientInfo;
 use crate::config::{AccessLog, AccessLogFormat};
-use crate::proxy::ClientInfo;
-use crate::routing::session::redact;
+use crate::redact::redact;
 use crate::routing::Reason;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};

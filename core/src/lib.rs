@@ -8,12 +8,16 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admin_state;
 pub mod backend;
 pub mod body;
+pub mod client_info;
 pub mod config;
 pub mod proxy;
+pub mod redact;
 pub mod reload;
 pub mod routing;
+pub mod secret;
 pub mod server;
 pub mod store;
 pub mod tls;

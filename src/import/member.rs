@@ -5,10 +5,10 @@
 //! keepalive, CPing) are collected into [`Global`] for
 //! [`globals`](super::globals) to merge. Every other setting is noted.
 
+use super::error::ImportError;
 use super::globals::Global;
 use super::model::{kind, Kind, Model};
 use super::notes::Cx;
-use super::ImportError;
 use std::collections::HashSet;
 
 /// One `[[backend]]`.

@@ -6,8 +6,8 @@
 //! module groups the lines, resolves references and says what type each
 //! worker is, before anything is mapped.
 
+use super::error::{syntax, ImportError};
 use super::properties::{self, Properties, Property};
-use super::{syntax, ImportError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 

@@ -6,11 +6,11 @@
 //! and everything a mount did beyond that (exclusions, other workers,
 //! extensions) is noted, so the migration shows what Apache httpd did.
 
+use super::error::ImportError;
 use super::model::{kind, split_list, Kind, Model};
 use super::notes::Cx;
 use super::plan::Plan;
 use super::properties::Properties;
-use super::ImportError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -6,11 +6,11 @@
 //! values the global settings ([`globals`](super::globals)). The result
 //! is a [`Plan`], which only needs writing out.
 
+use super::error::ImportError;
 use super::globals::{globals, secs_to_ms, Global};
 use super::member::{member, token_problem, Backend};
 use super::model::{kind, split_list, Kind, Model, Settings, BALANCE_LISTS};
 use super::notes::Cx;
-use super::ImportError;
 use std::collections::{HashMap, HashSet};
 
 /// What will be written: the chosen worker mapped to stickgate settings.
@@ -144,7 +144,12 @@ pub(super) fn plan(cx: &mut Cx<'_>, m: &Model, asked: Option<&str>) -> Result<Pl
         used.insert(name.clone());
         p.backends.push(b);
     }
-    globals(cx, &g, &mut p);
+    let merged = globals(cx, &g);
+    p.connect_timeout = merged.connect_timeout;
+    p.response_timeout = merged.response_timeout;
+    p.pool_idle_timeout = merged.pool_idle_timeout;
+    p.keepalive = merged.keepalive;
+    p.active_health = merged.active_health;
     p.used = used;
     Ok(p)
 }

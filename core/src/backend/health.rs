@@ -2,8 +2,8 @@
 //! real traffic. Both only flip the backend's atomic `up` flag, which every
 //! request reads; selection never waits on a check.
 
+use super::upstream_body::UpstreamBody;
 use super::Backend;
-use crate::body::UpstreamBody;
 use crate::config::raw::HealthSection;
 use http::{Request, StatusCode};
 use std::sync::atomic::Ordering;

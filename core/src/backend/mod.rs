@@ -8,92 +8,16 @@
 pub mod health;
 pub mod pool;
 pub mod stats;
+pub mod upstream_body;
 
-use crate::config::{BackendConfig, InitialState};
+use crate::config::BackendConfig;
 use arc_swap::ArcSwapOption;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+pub use crate::admin_state::AdminState;
 pub use pool::{Pool, PoolSettings};
-
-/// Administrative state, as an operator (or the config) sets it; the
-/// meanings follow mod_jk's activation so migrating operators keep theirs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AdminState {
-    /// Takes new and existing sessions.
-    Active = 0,
-    /// Rolling restarts: keeps serving its existing sessions until they end
-    /// or expire, takes no new ones while an active backend can.
-    Draining = 1,
-    /// mod_jk's "disabled": only requests of sessions it already holds;
-    /// never new sessions, never another node's orphans.
-    Disabled = 2,
-    /// mod_jk's "stopped": no traffic at all; its sessions fail over now.
-    Stopped = 3,
-}
-
-impl AdminState {
-    /// Every state, in code order.
-    pub const ALL: [AdminState; 4] = [
-        AdminState::Active,
-        AdminState::Draining,
-        AdminState::Disabled,
-        AdminState::Stopped,
-    ];
-
-    /// The state with this code (`state as u8`, also the multicast wire
-    /// number); `None` for a code this build does not know, so a peer's
-    /// garbage is refused, never mapped to some other state.
-    pub fn from_code(code: u8) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| *s as u8 == code)
-    }
-
-    /// The state named `name` ([`AdminState::as_str`]).
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == name)
-    }
-
-    /// The name used in the API, the config and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AdminState::Active => "active",
-            AdminState::Draining => "draining",
-            AdminState::Disabled => "disabled",
-            AdminState::Stopped => "stopped",
-        }
-    }
-
-    /// The state an admin action (`enable`, `drain`, `disable`, `stop`)
-    /// sets; `None` for an unknown action.
-    pub fn from_action(action: &str) -> Option<Self> {
-        Some(match action {
-            "enable" => AdminState::Active,
-            "drain" => AdminState::Draining,
-            "disable" => AdminState::Disabled,
-            "stop" => AdminState::Stopped,
-            _ => return None,
-        })
-    }
-}
-
-impl std::fmt::Display for AdminState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl From<InitialState> for AdminState {
-    fn from(s: InitialState) -> Self {
-        match s {
-            InitialState::Active => AdminState::Active,
-            InitialState::Draining => AdminState::Draining,
-            InitialState::Disabled => AdminState::Disabled,
-            InitialState::Stopped => AdminState::Stopped,
-        }
-    }
-}
 
 /// Cookie attributes the backend last used for the session cookie, reused
 /// when the balancer has to write the cookie itself after a failover.
@@ -151,7 +75,7 @@ impl Backend {
     /// Build the runtime object; it starts healthy (like HAProxy) so traffic
     /// flows at once, and the first checks correct that within `fall` rounds.
     pub fn new(config: BackendConfig, pool: PoolSettings) -> Self {
-        let state = AdminState::from(config.state) as u8;
+        let state = config.state as u8;
         Backend {
             pool: Pool::new(&config, pool),
             config,

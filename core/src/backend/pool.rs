@@ -7,7 +7,7 @@
 //! connect failure leaves the request (and its unsent body) in our hands, so
 //! even a POST can be retried on another node.
 
-use crate::body::UpstreamBody;
+use super::upstream_body::UpstreamBody;
 use crate::config::{BackendConfig, Keepalive};
 use http::{Request, Response};
 use hyper::body::Incoming;

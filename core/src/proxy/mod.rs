@@ -11,6 +11,7 @@ pub mod websocket;
 use crate::access_log::{self, AccessLogger};
 use crate::backend::{health, AdminState, Backend, PoolSettings};
 use crate::body::ResponseBody;
+pub use crate::client_info::ClientInfo;
 use crate::config::Config;
 pub use crate::routing::session::redact;
 use crate::routing::{SessionId, Source, Table};
@@ -18,7 +19,6 @@ use crate::store::{SessionStore, StateChange};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -196,13 +196,6 @@ fn watch_health(rt: std::sync::Weak<Runtime>) {
 pub struct Proxy {
     current: ArcSwap<Runtime>,
     access_log: ArcSwapOption<AccessLogger>,
-}
-
-/// Facts about the client connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientInfo {
-    pub peer: SocketAddr,
-    pub https: bool,
 }
 
 impl Proxy {

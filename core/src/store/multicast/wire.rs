@@ -28,7 +28,7 @@
 //! secrecy (see [`super::auth`]).
 
 use super::auth::{Key, Reject, TAG_LEN};
-use crate::backend::AdminState;
+use crate::admin_state::AdminState;
 use crate::store::StateChange;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -461,7 +461,7 @@ fn group_by_size<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::AdminState;
+    use crate::admin_state::AdminState;
     use rand::{Rng, RngCore};
 
     fn st(route: &str, state: AdminState, at_ms: u64) -> StateRecord {

@@ -701,7 +701,7 @@ fn parse_state(value: &str) -> Option<StateChange> {
         return None;
     }
     Some(StateChange {
-        state: crate::backend::AdminState::from_name(name)?,
+        state: crate::admin_state::AdminState::from_name(name)?,
         at_ms: at.parse().ok()?,
     })
 }
@@ -1011,7 +1011,7 @@ impl SessionStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::AdminState;
+    use crate::admin_state::AdminState;
 
     #[test]
     fn state_values_parse_strictly() {
