@@ -13,6 +13,7 @@ pub mod backend;
 pub mod body;
 pub mod client_info;
 pub mod config;
+pub mod lock;
 pub mod proxy;
 pub mod redact;
 pub mod reload;

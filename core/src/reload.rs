@@ -5,6 +5,7 @@
 
 use crate::access_log::AccessLogger;
 use crate::config::{self, Config, ConfigError};
+use crate::lock::lock;
 use crate::proxy::{Proxy, Runtime};
 use crate::server::{self, BindError, Server, Side};
 use crate::store::unix_ms;
@@ -95,7 +96,7 @@ impl Reloader {
         ReloadStats {
             ok: self.ok.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
-            last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+            last_error: lock(&self.last_error).clone(),
             last_error_unix: nonzero(&self.last_error_unix),
             last_ok_unix: nonzero(&self.last_ok_unix),
         }
@@ -119,9 +120,7 @@ impl Reloader {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 self.last_error_unix
                     .store(unix_ms() / 1000, Ordering::Relaxed);
-                if let Ok(mut l) = self.last_error.lock() {
-                    *l = Some(e.to_string());
-                }
+                *lock(&self.last_error) = Some(e.to_string());
                 tracing::error!(error = %e, "reload refused; the previous configuration keeps running");
             }
         }
@@ -142,7 +141,7 @@ impl Reloader {
         let (runtime, warnings): (Arc<Runtime>, _) = old.reloaded(new);
         let server_cfg = runtime.config.server.clone();
         if let Some((resolver, fresh_config)) = tls {
-            let mut slot = self.resolver.lock().unwrap_or_else(|e| e.into_inner());
+            let mut slot = lock(&self.resolver);
             *slot = Some(resolver);
             self.server.set_config(server_cfg.clone(), fresh_config);
         } else {
@@ -182,11 +181,7 @@ impl Reloader {
         if new.server.tls_listen.is_empty() {
             return Ok(None);
         }
-        let current = self
-            .resolver
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let current = lock(&self.resolver).clone();
         Ok(Some(match current {
             Some(r) => {
                 r.reload(&new.server.certificate)?;

@@ -266,7 +266,7 @@ impl Server {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Accepter>> {
-        self.accepters.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock::lock(&self.accepters)
     }
 
     /// A free connection slot; says so in the log when all are taken.

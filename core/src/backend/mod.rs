@@ -12,11 +12,12 @@ pub mod upstream_body;
 
 use crate::config::BackendConfig;
 use arc_swap::ArcSwapOption;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 pub use crate::admin_state::AdminState;
+pub use health::Health;
 pub use pool::{Pool, PoolSettings};
 
 /// Cookie attributes the backend last used for the session cookie, reused
@@ -34,9 +35,6 @@ pub struct CookieTemplate {
 pub struct Backend {
     pub config: BackendConfig,
     state: AtomicU8,
-    up: AtomicBool,
-    /// When the health flag last changed (for the status API).
-    last_change: std::sync::Mutex<Instant>,
     pub inflight: AtomicU32,
     /// Traffic and health counters; shared with the backend's successor
     /// after a reload changes its settings, so counters never reset.
@@ -46,29 +44,9 @@ pub struct Backend {
     state_at_ms: AtomicU64,
     pub cookie_template: ArcSwapOption<CookieTemplate>,
     pub pool: Pool,
-    /// Consecutive good/bad health verdicts (rise/fall), shared by active
-    /// and passive checks so a passive failure restarts the rise count.
-    pub(crate) ok_streak: AtomicU32,
-    pub(crate) fail_streak: AtomicU32,
-    /// Consecutive failed requests (timeouts, and 5xx with `passive_5xx`);
-    /// any other answer resets it (see `health::note_failure`).
-    pub(crate) passive_streak: AtomicU32,
-    /// A backoff probe task is running (active checks off).
-    pub(crate) probing: AtomicBool,
-    /// Bumped on every health change, so watchers notice transitions.
-    health_epoch: AtomicU64,
-    /// Which active checker is current (see `health::spawn_checker`).
-    pub(crate) checker_generation: AtomicU64,
-    /// Bumped each time the backend goes down, so requests waiting on it
-    /// for a response head learn it at once (see [`Backend::watch_down`]).
-    down: tokio::sync::watch::Sender<u64>,
-    /// A hung-node rescue probe is in flight (at most one per backend).
-    pub(crate) rescue_probing: AtomicBool,
-    /// When the last rescue probe passed (ms on `Backend::born`), so a
-    /// merely slow backend is not probed more than once per `suspect_after`.
-    pub(crate) rescue_ok_ms: AtomicU64,
-    /// Origin of the millisecond clocks above.
-    pub(crate) born: Instant,
+    /// Reachability: the up flag every request reads, and the counters and
+    /// probes that change it (see [`health`]).
+    pub health: Health,
 }
 
 impl Backend {
@@ -80,22 +58,11 @@ impl Backend {
             pool: Pool::new(&config, pool),
             config,
             state: AtomicU8::new(state),
-            up: AtomicBool::new(true),
-            last_change: std::sync::Mutex::new(Instant::now()),
             inflight: AtomicU32::new(0),
             stats: Arc::default(),
             state_at_ms: AtomicU64::new(0),
             cookie_template: ArcSwapOption::empty(),
-            ok_streak: AtomicU32::new(0),
-            fail_streak: AtomicU32::new(0),
-            passive_streak: AtomicU32::new(0),
-            probing: AtomicBool::new(false),
-            health_epoch: AtomicU64::new(0),
-            checker_generation: AtomicU64::new(0),
-            down: tokio::sync::watch::Sender::new(0),
-            rescue_probing: AtomicBool::new(false),
-            rescue_ok_ms: AtomicU64::new(0),
-            born: Instant::now(),
+            health: Health::new(),
         }
     }
 
@@ -114,10 +81,7 @@ impl Backend {
             b.state_at_ms.store(old.state_at_ms(), Ordering::Relaxed);
         }
         if same_server {
-            b.up.store(old.is_up(), Ordering::Relaxed);
-            if let (Ok(mut mine), Ok(theirs)) = (b.last_change.lock(), old.last_change.lock()) {
-                *mine = *theirs;
-            }
+            b.health.carry_over(&old.health);
             b.cookie_template.store(old.cookie_template.load_full());
         }
         b
@@ -152,24 +116,13 @@ impl Backend {
 
     /// Whether health checks (active or passive) consider it reachable.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.health.is_up()
     }
 
     /// Record a health verdict and why; returns true if this changed the
     /// flag, so the caller logs each transition once.
     pub fn set_up(&self, up: bool, reason: &str) -> bool {
-        let changed = self.up.swap(up, Ordering::AcqRel) != up;
-        if changed {
-            if !up {
-                self.down.send_modify(|n| *n += 1);
-            }
-            self.stats.health_history.push(up, reason);
-            self.health_epoch.fetch_add(1, Ordering::AcqRel);
-            if let Ok(mut t) = self.last_change.lock() {
-                *t = Instant::now();
-            }
-        }
-        changed
+        self.health.set_up(up, reason, &self.stats.health_history)
     }
 
     /// A receiver that changes when this backend next goes down. Only
@@ -177,27 +130,22 @@ impl Backend {
     /// the fast path never touches the channel; subscribe first, then
     /// check [`Backend::is_up`], and no transition can slip between.
     pub fn watch_down(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.down.subscribe()
+        self.health.watch_down()
     }
 
     /// Whether a rescue probe passed after `t` (see `health::suspect`).
     pub fn probed_ok_since(&self, t: Instant) -> bool {
-        let at = self.rescue_ok_ms.load(Ordering::Relaxed);
-        let since = t.saturating_duration_since(self.born).as_millis() as u64;
-        at != 0 && at >= since
+        self.health.probed_ok_since(t)
     }
 
-    /// Counter of health changes (see `health_epoch`).
+    /// Counter of health changes, so pollers notice transitions.
     pub fn health_epoch(&self) -> u64 {
-        self.health_epoch.load(Ordering::Acquire)
+        self.health.epoch()
     }
 
     /// Seconds since the health flag last changed.
     pub fn since_change(&self) -> f64 {
-        self.last_change
-            .lock()
-            .map(|t| t.elapsed().as_secs_f64())
-            .unwrap_or(0.0)
+        self.health.since_change()
     }
 
     /// May serve requests of sessions it already holds.

@@ -9,6 +9,7 @@
 
 use super::upstream_body::UpstreamBody;
 use crate::config::{BackendConfig, Keepalive};
+use crate::lock::lock;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
@@ -230,7 +231,7 @@ impl Pool {
     /// than try a node that may be stopping).
     pub async fn checkout(&self, fresh_after_close: bool) -> Result<Conn, ConnectError> {
         if self.http2 {
-            let shared = self.shared_h2.lock().ok().and_then(|s| s.clone());
+            let shared = lock(&self.shared_h2).clone();
             if let Some(mut s) = shared.filter(|s| !s.is_closed()) {
                 if self.ready_within(s.ready()).await {
                     return Ok(Conn {
@@ -241,9 +242,7 @@ impl Pool {
                 }
             }
             let s = self.connect_h2().await?;
-            if let Ok(mut slot) = self.shared_h2.lock() {
-                *slot = Some(s.clone());
-            }
+            *lock(&self.shared_h2) = Some(s.clone());
             return Ok(Conn {
                 sender: Sender::H2(s),
                 reused: false,
@@ -391,7 +390,7 @@ impl Pool {
         &self,
         peer_closed: &mut usize,
     ) -> Option<(http1::SendRequest<UpstreamBody>, Arc<ConnWatch>)> {
-        let mut idle = self.idle.lock().ok()?;
+        let mut idle = lock(&self.idle);
         while let Some(mut c) = idle.pop() {
             if c.since.elapsed() >= self.settings.idle_timeout {
                 continue;
@@ -414,18 +413,17 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() >= self.settings.max_idle {
-                idle.retain(|c| c.sender.as_ref().is_some_and(|s| !s.is_closed()));
-            }
-            if idle.len() < self.settings.max_idle {
-                watch.idle.store(true, Ordering::Relaxed);
-                idle.push(Idle {
-                    sender: Some(sender),
-                    watch,
-                    since: Instant::now(),
-                });
-            }
+        let mut idle = lock(&self.idle);
+        if idle.len() >= self.settings.max_idle {
+            idle.retain(|c| c.sender.as_ref().is_some_and(|s| !s.is_closed()));
+        }
+        if idle.len() < self.settings.max_idle {
+            watch.idle.store(true, Ordering::Relaxed);
+            idle.push(Idle {
+                sender: Some(sender),
+                watch,
+                since: Instant::now(),
+            });
         }
     }
 
@@ -439,17 +437,13 @@ impl Pool {
     /// and forget closes seen so far (they are explained).
     pub fn clear(&self) {
         self.forget_closes();
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.clear();
-        }
-        if let Ok(mut s) = self.shared_h2.lock() {
-            *s = None;
-        }
+        lock(&self.idle).clear();
+        *lock(&self.shared_h2) = None;
     }
 
     /// Number of idle connections, for the status API.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().map(|i| i.len()).unwrap_or(0)
+        lock(&self.idle).len()
     }
 }
 

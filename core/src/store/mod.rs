@@ -120,7 +120,7 @@ impl StateBook {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, StateChange>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock::lock(&self.map)
     }
 
     /// Keep `change` for `route` if it supersedes what is known; returns

@@ -15,13 +15,14 @@ use super::diag::{bump, unix_ms, Stats, LOG_EVERY_MS};
 use super::membership::{Heard, Membership};
 use super::versions::{judge, Meta, Verdict, Versions};
 use super::wire::{self, Body, Header, Record, StateRecord, MAX_DATAGRAM};
+use crate::lock::lock;
 use crate::redact::redact;
 use crate::store::{MemoryStore, SessionStore, StateBook, StateChange};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch, Notify};
@@ -100,10 +101,6 @@ pub struct Parts {
     pub drop_time: Duration,
     pub max_sessions: usize,
     pub stop: watch::Receiver<()>,
-}
-
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Node {

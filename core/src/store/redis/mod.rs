@@ -42,6 +42,7 @@ use super::{
     StoreError, StoreFuture, StoreStatus, MAX_STATE_SKEW_MS,
 };
 use crate::config::raw::StoreSection;
+use crate::lock::lock;
 use arc_swap::ArcSwap;
 use conn::Conn;
 use std::collections::{HashMap, HashSet};
@@ -233,10 +234,7 @@ impl RedisStore {
 
     /// Have [`write_states`] write these routes' known changes to Redis.
     fn states_due(&self, routes: impl IntoIterator<Item = Arc<str>>) {
-        self.states_due
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(routes);
+        lock(&self.states_due).extend(routes);
         self.states_kick.notify_one();
     }
 
@@ -247,7 +245,7 @@ impl RedisStore {
             return;
         }
         let due: Vec<Arc<str>> = {
-            let mut due = self.states_due.lock().unwrap_or_else(|e| e.into_inner());
+            let mut due = lock(&self.states_due);
             due.drain().collect()
         };
         let key = self.states_key();
@@ -278,10 +276,7 @@ impl RedisStore {
                 Err(e) => {
                     // Keep this one and the rest for the next attempt (the
                     // monitor kicks again when Redis answers).
-                    self.states_due
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .extend(due[i..].iter().cloned());
+                    lock(&self.states_due).extend(due[i..].iter().cloned());
                     self.failed(&e).await;
                     return;
                 }
