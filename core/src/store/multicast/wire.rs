@@ -462,7 +462,7 @@ fn group_by_size<T>(
 mod tests {
     use super::*;
     use crate::admin_state::AdminState;
-    use rand::{Rng, RngCore};
+    use rand::{Rng, RngExt};
 
     fn st(route: &str, state: AdminState, at_ms: u64) -> StateRecord {
         StateRecord {
