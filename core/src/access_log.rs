@@ -30,7 +30,7 @@ pub struct AccessLogger {
 
 /// What the log needs from the request head, copied before the request
 /// moves upstream (only when the log is on).
-pub struct Head {
+pub struct LoggedRequest {
     started: SystemTime,
     client: ClientInfo,
     method: http::Method,
@@ -41,13 +41,13 @@ pub struct Head {
 }
 
 /// Which backend answered and why (absent when the balancer answered).
-pub struct Served<'a> {
+pub struct ServedBy<'a> {
     pub route: Option<&'a str>,
     pub reason: Option<&'a Reason>,
     pub session: Option<&'a str>,
 }
 
-impl Head {
+impl LoggedRequest {
     /// Copy the request line and the headers the log shows; session ids
     /// (parameters named `param` or `jsessionid`, any case) are hashed in
     /// the copy of the target and of the Referer.
@@ -64,7 +64,7 @@ impl Head {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        Head {
+        LoggedRequest {
             started: SystemTime::now(),
             client,
             method: parts.method.clone(),
@@ -165,7 +165,13 @@ impl AccessLogger {
     }
 
     /// Queue one line.
-    pub fn write(&self, head: Head, status: http::StatusCode, served: Served<'_>, took: Duration) {
+    pub fn write(
+        &self,
+        head: LoggedRequest,
+        status: http::StatusCode,
+        served: ServedBy<'_>,
+        took: Duration,
+    ) {
         let line = match self.format {
             AccessLogFormat::Combined => combined(&head, status, &served, took),
             AccessLogFormat::Json => json(&head, status, &served, took),
@@ -187,7 +193,12 @@ fn reason_text(r: Option<&Reason>) -> String {
 
 /// Apache/nginx "combined" plus route, routing reason, hashed session and
 /// time to the response head, so existing log tools parse the front.
-fn combined(h: &Head, status: http::StatusCode, s: &Served<'_>, took: Duration) -> String {
+fn combined(
+    h: &LoggedRequest,
+    status: http::StatusCode,
+    s: &ServedBy<'_>,
+    took: Duration,
+) -> String {
     let quote = |v: &Option<String>| quoted(v.as_deref().unwrap_or("-"));
     format!(
         "{} - - [{}] \"{} {} {:?}\" {} - \"{}\" \"{}\" route={} reason={} session={} ms={:.3}\n",
@@ -262,7 +273,7 @@ struct JsonLine<'a> {
     referer: Option<&'a str>,
 }
 
-fn json(h: &Head, status: http::StatusCode, s: &Served<'_>, took: Duration) -> String {
+fn json(h: &LoggedRequest, status: http::StatusCode, s: &ServedBy<'_>, took: Duration) -> String {
     let line = JsonLine {
         time: humantime::format_rfc3339_millis(h.started).to_string(),
         client: h.client.peer.ip().to_string(),
@@ -342,7 +353,7 @@ fn write_lines(
 mod tests {
     use super::*;
 
-    fn head(uri: &str) -> Head {
+    fn head(uri: &str) -> LoggedRequest {
         let req = http::Request::get(uri)
             .header("user-agent", "curl/8 \"x\"")
             .body(())
@@ -351,13 +362,13 @@ mod tests {
     }
 
     /// The head of `req` as a plain-HTTP client on loopback sent it.
-    fn capture(req: http::Request<()>, param: Option<&str>) -> Head {
+    fn capture(req: http::Request<()>, param: Option<&str>) -> LoggedRequest {
         let (parts, ()) = req.into_parts();
         let client = ClientInfo {
             peer: "127.0.0.1:5000".parse().unwrap(),
             https: false,
         };
-        Head::capture(&parts, client, param)
+        LoggedRequest::capture(&parts, client, param)
     }
 
     #[test]
@@ -383,7 +394,7 @@ mod tests {
         let line = combined(
             &h,
             http::StatusCode::OK,
-            &Served {
+            &ServedBy {
                 route: None,
                 reason: None,
                 session: None,
@@ -416,7 +427,7 @@ mod tests {
             .body(())
             .unwrap();
         let h = capture(req, None);
-        let none = Served {
+        let none = ServedBy {
             route: None,
             reason: None,
             session: None,
@@ -447,7 +458,7 @@ mod tests {
         let h = head("/");
         let from: Arc<str> = "tomcat1".into();
         let reason = Reason::Failover { from };
-        let served = Served {
+        let served = ServedBy {
             route: Some("tomcat2"),
             reason: Some(&reason),
             session: Some("6B941D9A646C9BD5"),
@@ -500,7 +511,7 @@ mod tests {
     #[test]
     fn json_line_fields_and_values() {
         let h = head("/a?b=1");
-        let served = Served {
+        let served = ServedBy {
             route: None,
             reason: None,
             session: None,

@@ -92,10 +92,10 @@ pub async fn run(
     let stats = Arc::new(server::ServerStats::default());
     let server = server::Server::new(proxy.clone(), stats.clone(), server_cfg, tls);
     for (l, a) in plain.into_iter().zip(listen) {
-        server.add(l, a, server::Side::Plain);
+        server.add(l, a, server::ListenerKind::Plain);
     }
     for (l, a) in tls_listeners.into_iter().zip(tls_listen) {
-        server.add(l, a, server::Side::Tls);
+        server.add(l, a, server::ListenerKind::Tls);
     }
     let reloader = reload::Reloader::new(source, proxy.clone(), server.clone(), resolver);
     let admin_task = admin_listener.map(|l| {

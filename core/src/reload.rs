@@ -7,7 +7,7 @@ use crate::access_log::AccessLogger;
 use crate::config::{self, Config, ConfigError};
 use crate::lock::lock;
 use crate::proxy::{Proxy, Runtime};
-use crate::server::{self, BindError, Server, Side};
+use crate::server::{self, BindError, ListenerKind, Server};
 use crate::store::unix_ms;
 use crate::tls::{self, SniResolver, TlsError};
 use std::net::SocketAddr;
@@ -132,8 +132,12 @@ impl Reloader {
         let new: Config = tokio::task::spawn_blocking(move || config::load(&path))
             .await
             .map_err(|e| ReloadError::Interrupted(e.to_string()))??;
-        let plain_add = self.bind_missing(&new.server.listen, Side::Plain).await?;
-        let tls_add = self.bind_missing(&new.server.tls_listen, Side::Tls).await?;
+        let plain_add = self
+            .bind_missing(&new.server.listen, ListenerKind::Plain)
+            .await?;
+        let tls_add = self
+            .bind_missing(&new.server.tls_listen, ListenerKind::Tls)
+            .await?;
         // Last step that can fail; it swaps certificates in on success.
         let tls = self.prepare_tls(&new)?;
         // Nothing can fail from here on: commit.
@@ -155,14 +159,14 @@ impl Reloader {
         }
         self.proxy.swap(runtime);
         for (l, addr) in plain_add {
-            self.server.add(l, addr, Side::Plain);
+            self.server.add(l, addr, ListenerKind::Plain);
         }
         for (l, addr) in tls_add {
-            self.server.add(l, addr, Side::Tls);
+            self.server.add(l, addr, ListenerKind::Tls);
         }
         for (side, wanted) in [
-            (Side::Plain, &server_cfg.listen),
-            (Side::Tls, &server_cfg.tls_listen),
+            (ListenerKind::Plain, &server_cfg.listen),
+            (ListenerKind::Tls, &server_cfg.tls_listen),
         ] {
             for addr in surplus(&self.server.addresses(side), wanted) {
                 self.server.remove(addr, side).await;
@@ -199,7 +203,7 @@ impl Reloader {
     async fn bind_missing(
         &self,
         wanted: &[SocketAddr],
-        side: Side,
+        side: ListenerKind,
     ) -> Result<Vec<(TcpListener, SocketAddr)>, ReloadError> {
         let have = self.server.addresses(side);
         let mut out = Vec::new();

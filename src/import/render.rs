@@ -4,7 +4,7 @@
 //! written by hand rather than serialized: every value carries a comment
 //! naming the mod_jk setting it came from, and the notes head the file.
 
-use super::model::Kind;
+use super::model::WorkerKind;
 use super::mounts::Mounts;
 use super::notes::Note;
 use super::plan::Plan;
@@ -64,7 +64,7 @@ pub(super) fn render(
         );
     }
     let members: Vec<&str> = p.backends.iter().map(|b| b.worker.as_str()).collect();
-    if p.chosen_kind == Kind::Lb {
+    if p.chosen_kind == WorkerKind::Lb {
         let _ = writeln!(
             o,
             "# imported lb worker: {} (members: {})",

@@ -276,7 +276,8 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let s = &rt.config.session;
         let log = self.access_log.load_full().map(|l| {
-            let head = access_log::Head::capture(&parts, client, s.path_parameter.as_deref());
+            let head =
+                access_log::LoggedRequest::capture(&parts, client, s.path_parameter.as_deref());
             (l, head)
         });
         let owned = {
@@ -343,14 +344,14 @@ impl Proxy {
     /// Write the access log line, when the log is on.
     fn log(
         &self,
-        log: Option<(Arc<AccessLogger>, access_log::Head)>,
+        log: Option<(Arc<AccessLogger>, access_log::LoggedRequest)>,
         response: &Response<ResponseBody>,
         served: Option<&websocket::Served>,
         session: Option<&SessionId<'_>>,
         started: Instant,
     ) {
         let Some((log, head)) = log else { return };
-        let served = access_log::Served {
+        let served = access_log::ServedBy {
             route: served.map(|(b, _)| b.route()),
             reason: served.map(|(_, r)| r),
             session: session.map(|s| s.base),

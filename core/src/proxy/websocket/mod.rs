@@ -20,7 +20,7 @@ pub mod tunnel;
 use super::forward::{self, Done, Failure};
 use super::{error_response, finish, headers, redact, rewrite, ClientInfo, Runtime};
 use crate::backend::{health, Backend};
-use crate::body::{Exchange, ResponseBody, UpstreamBody};
+use crate::body::{ResponseBody, UpstreamBody, UpstreamLease};
 use crate::routing::{NoBackend, Reason, SessionId, Tried};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
@@ -257,7 +257,7 @@ struct Upgrading {
     response: Response<hyper::body::Incoming>,
     backend: Arc<Backend>,
     reason: Reason,
-    exchange: Exchange,
+    exchange: UpstreamLease,
     /// Kept until the upgrade resolves, so the connection task stays up.
     sender: hyper::client::conn::http1::SendRequest<UpstreamBody>,
 }
@@ -316,7 +316,7 @@ enum Miss {
 
 type Answered = (
     Response<hyper::body::Incoming>,
-    Exchange,
+    UpstreamLease,
     hyper::client::conn::http1::SendRequest<UpstreamBody>,
 );
 
@@ -328,7 +328,7 @@ async fn attempt(
     session: Option<&SessionId<'_>>,
 ) -> Result<Answered, Miss> {
     let permit = backend.pool.permit().await.map_err(Miss::Queue)?;
-    let exchange = Exchange::begin(backend.clone(), permit);
+    let exchange = UpstreamLease::begin(backend.clone(), permit);
     backend.stats.requests.fetch_add(1, Ordering::Relaxed);
     let mut sender = backend.pool.connect().await.map_err(Miss::Connect)?;
     let mut req = Request::new(UpstreamBody::Empty);
