@@ -59,13 +59,15 @@ pub(super) struct Merged {
 
 /// Per-worker values -> the global stickgate ones, noting differences.
 pub(super) fn globals(cx: &mut Cx<'_>, g: &Global) -> Merged {
-    let mut p = Merged::default();
-    p.connect_timeout = largest(
-        cx,
-        "connect_timeout",
-        "upstream.connect_timeout",
-        &g.connect,
-    );
+    let mut p = Merged {
+        connect_timeout: largest(
+            cx,
+            "connect_timeout",
+            "upstream.connect_timeout",
+            &g.connect,
+        ),
+        ..Merged::default()
+    };
     if let Some((ms, _)) = p.connect_timeout {
         if ms > 30_000 {
             cx.note(

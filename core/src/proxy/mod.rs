@@ -127,7 +127,7 @@ impl Runtime {
                     if o.config.state != bc.state {
                         // The file now says otherwise: that is the newest
                         // operator decision; share it like an API action.
-                        let state = AdminState::from(bc.state);
+                        let state = bc.state;
                         impose_state(&*self.store, &b, state, "the reloaded config");
                     }
                     b

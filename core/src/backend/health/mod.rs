@@ -86,26 +86,24 @@ fn status_ok(cfg: &HealthSection, s: StatusCode) -> bool {
 
 /// Apply one active verdict with rise/fall hysteresis.
 fn record(b: &Backend, cfg: &HealthSection, verdict: Result<(), String>) {
-    let outcome = match verdict {
-        Ok(()) => Outcome::Pass,
-        Err(_) => Outcome::Fail,
+    let (outcome, reason) = match &verdict {
+        Ok(()) => (Outcome::Pass, "health check passed"),
+        Err(why) => (Outcome::Fail, why.as_str()),
     };
-    match (b.health.observe(outcome, cfg.rise, cfg.fall), verdict) {
-        (Some((true, ok)), _) => {
-            if b.set_up(true, "health check passed") {
-                tracing::info!(
-                    backend = b.route(),
-                    "backend is up (health check passed {ok} times)"
-                );
-            }
-        }
-        (Some((false, fails)), Err(why)) => {
-            if b.set_up(false, &why) {
-                b.pool.clear();
-                tracing::warn!(backend = b.route(), reason = %why, "backend is down (health check failed {fails} times)");
-            }
-        }
-        _ => {}
+    let Some((up, streak)) = b.health.observe(outcome, cfg.rise, cfg.fall) else {
+        return;
+    };
+    if !b.set_up(up, reason) {
+        return;
+    }
+    if up {
+        tracing::info!(
+            backend = b.route(),
+            "backend is up (health check passed {streak} times)"
+        );
+    } else {
+        b.pool.clear();
+        tracing::warn!(backend = b.route(), reason = %reason, "backend is down (health check failed {streak} times)");
     }
 }
 
