@@ -330,20 +330,24 @@ def cycle_edges(comp, edges):
     return sorted((a, b) for a, b in edges if a in members and b in members and a != b)
 
 
+def print_circles(where, nodes, edges):
+    """Print the circles among `nodes` with the edges that close them."""
+    comps = sccs(nodes, edges)
+    print(f"\n(a) circles {where}: {len(comps)}")
+    for c in comps:
+        print("  " + " <-> ".join(name(m) for m in c))
+        for a, b in cycle_edges(c, edges):
+            print(f"      {name(a)} -> {name(b)}")
+    return len(comps)
+
+
 def report(root, with_tests, show_edges):
     modules, edges = build(root, with_tests)
     top_edges = {(a[:1], b[:1]) for a, b in edges if a[:1] != b[:1]}
     top_nodes = {m[:1] for m in modules if m}
     print(f"root: {root}  (test code {'included' if with_tests else 'left out'})")
     print(f"modules: {len(modules) - (() in modules)}  edges: {len(edges)}  top-level edges: {len(top_edges)}")
-    circles = 0
-    comps = sccs(top_nodes, top_edges)
-    print(f"\n(a) circles between top-level modules: {len(comps)}")
-    for c in comps:
-        print("  " + " <-> ".join(name(m) for m in c))
-        for a, b in cycle_edges(c, top_edges):
-            print(f"      {name(a)} -> {name(b)}")
-    circles += len(comps)
+    circles = print_circles("between top-level modules", top_nodes, top_edges)
     for folder in FOLDERS:
         prefix = tuple(folder.split("::"))
         inner = {m for m in modules if m[: len(prefix)] == prefix}
@@ -353,13 +357,7 @@ def report(root, with_tests, show_edges):
             for a, b in edges
             if a in inner and b in inner and a[:depth] != b[:depth]
         }
-        comps = sccs({m[:depth] for m in inner}, inner_edges)
-        print(f"\n(a) circles inside {folder}: {len(comps)}")
-        for c in comps:
-            print("  " + " <-> ".join(name(m) for m in c))
-            for a, b in cycle_edges(c, inner_edges):
-                print(f"      {name(a)} -> {name(b)}")
-        circles += len(comps)
+        circles += print_circles(f"inside {folder}", {m[:depth] for m in inner}, inner_edges)
     rank = {n: i for i, n in enumerate(LAYERS)}
     unknown = sorted(n[0] for n in top_nodes if n[0] not in rank)
     up = sorted(
