@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Mutation check of the routing core: cargo-mutants changes one thing at a
-# time in core/src/routing, core/src/proxy/rewrite.rs, core/src/backend/health.rs
+# time in core/src/routing, core/src/proxy/rewrite.rs, core/src/backend/health/,
 # core/src/store/memory.rs (a `<` made `<=`, a function made to return a
 # default, ...) and runs the unit tests (`--lib`): a mutant they do not
 # catch ("missed") is behaviour no unit test pins down.
@@ -29,7 +29,7 @@ command -v cargo-mutants >/dev/null 2>&1 || cargo install cargo-mutants --locked
 args=(
     --file 'core/src/routing/*.rs'
     --file core/src/proxy/rewrite.rs
-    --file core/src/backend/health.rs
+    --file 'core/src/backend/health/*.rs'
     --file core/src/store/memory.rs
     --timeout "${TIMEOUT:-120}"
     --build-timeout "${BUILD_TIMEOUT:-600}"

@@ -5,9 +5,9 @@
 //! parameter and `jsessionid=` query parameter, in the request target and
 //! in the Referer, is replaced by it too.
 
+use crate::client_info::ClientInfo;
 use crate::config::{AccessLog, AccessLogFormat};
-use crate::proxy::ClientInfo;
-use crate::routing::session::redact;
+use crate::redact::redact;
 use crate::routing::Reason;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +30,7 @@ pub struct AccessLogger {
 
 /// What the log needs from the request head, copied before the request
 /// moves upstream (only when the log is on).
-pub struct Head {
+pub struct LoggedRequest {
     started: SystemTime,
     client: ClientInfo,
     method: http::Method,
@@ -41,13 +41,13 @@ pub struct Head {
 }
 
 /// Which backend answered and why (absent when the balancer answered).
-pub struct Served<'a> {
+pub struct ServedBy<'a> {
     pub route: Option<&'a str>,
     pub reason: Option<&'a Reason>,
     pub session: Option<&'a str>,
 }
 
-impl Head {
+impl LoggedRequest {
     /// Copy the request line and the headers the log shows; session ids
     /// (parameters named `param` or `jsessionid`, any case) are hashed in
     /// the copy of the target and of the Referer.
@@ -64,7 +64,7 @@ impl Head {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        Head {
+        LoggedRequest {
             started: SystemTime::now(),
             client,
             method: parts.method.clone(),
@@ -165,7 +165,13 @@ impl AccessLogger {
     }
 
     /// Queue one line.
-    pub fn write(&self, head: Head, status: http::StatusCode, served: Served<'_>, took: Duration) {
+    pub fn write(
+        &self,
+        head: LoggedRequest,
+        status: http::StatusCode,
+        served: ServedBy<'_>,
+        took: Duration,
+    ) {
         let line = match self.format {
             AccessLogFormat::Combined => combined(&head, status, &served, took),
             AccessLogFormat::Json => json(&head, status, &served, took),
@@ -187,12 +193,17 @@ fn reason_text(r: Option<&Reason>) -> String {
 
 /// Apache/nginx "combined" plus route, routing reason, hashed session and
 /// time to the response head, so existing log tools parse the front.
-fn combined(h: &Head, status: http::StatusCode, s: &Served<'_>, took: Duration) -> String {
+fn combined(
+    h: &LoggedRequest,
+    status: http::StatusCode,
+    s: &ServedBy<'_>,
+    took: Duration,
+) -> String {
     let quote = |v: &Option<String>| quoted(v.as_deref().unwrap_or("-"));
     format!(
         "{} - - [{}] \"{} {} {:?}\" {} - \"{}\" \"{}\" route={} reason={} session={} ms={:.3}\n",
         h.client.peer.ip(),
-        humantime::format_rfc3339_millis(h.started),
+        clf_time(h.started),
         h.method,
         quoted(&h.target.replace('"', "%22")),
         h.version,
@@ -206,25 +217,81 @@ fn combined(h: &Head, status: http::StatusCode, s: &Served<'_>, took: Duration) 
     )
 }
 
-fn json(h: &Head, status: http::StatusCode, s: &Served<'_>, took: Duration) -> String {
-    let mut line = serde_json::json!({
-        "time": humantime::format_rfc3339_millis(h.started).to_string(),
-        "client": h.client.peer.ip().to_string(),
-        "https": h.client.https,
-        "method": h.method.as_str(),
-        "target": h.target,
-        "version": format!("{:?}", h.version),
-        "status": status.as_u16(),
-        "route": s.route,
-        "reason": reason_text(s.reason),
-        "session": s.session.map(redact),
-        "ms": (took.as_secs_f64() * 1e6).round() / 1e3,
-        "user_agent": h.user_agent,
-        "referer": h.referer,
-    })
-    .to_string();
-    line.push('\n');
-    line
+/// Apache's Common Log Format time, `10/Oct/2000:13:55:36 +0000`, the
+/// form log tools expect between the brackets of a combined line. Always
+/// UTC: the balancer reads no time-zone database.
+fn clf_time(t: SystemTime) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let s = secs % 86_400;
+    format!(
+        "{day:02}/{}/{year}:{:02}:{:02}:{:02} +0000",
+        MONTHS[(month - 1) as usize],
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+/// (year, month 1-12, day 1-31) of a day counted from 1970-01-01, in the
+/// proleptic Gregorian calendar (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// One JSON access log line. Field names and values are part of the
+/// log's contract (log pipelines parse them); a derived `Serialize`
+/// writes them straight from the borrowed values, with no map per request.
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    time: String,
+    client: String,
+    https: bool,
+    method: &'a str,
+    target: &'a str,
+    version: String,
+    status: u16,
+    route: Option<&'a str>,
+    reason: String,
+    session: Option<String>,
+    ms: f64,
+    user_agent: Option<&'a str>,
+    referer: Option<&'a str>,
+}
+
+fn json(h: &LoggedRequest, status: http::StatusCode, s: &ServedBy<'_>, took: Duration) -> String {
+    let line = JsonLine {
+        time: humantime::format_rfc3339_millis(h.started).to_string(),
+        client: h.client.peer.ip().to_string(),
+        https: h.client.https,
+        method: h.method.as_str(),
+        target: &h.target,
+        version: format!("{:?}", h.version),
+        status: status.as_u16(),
+        route: s.route,
+        reason: reason_text(s.reason),
+        session: s.session.map(redact),
+        ms: (took.as_secs_f64() * 1e6).round() / 1e3,
+        user_agent: h.user_agent.as_deref(),
+        referer: h.referer.as_deref(),
+    };
+    let mut text = serde_json::to_string(&line).unwrap_or_default();
+    text.push('\n');
+    text
 }
 
 /// Drain the queue into the file (or stderr), flushing whenever the queue
@@ -286,7 +353,7 @@ fn write_lines(
 mod tests {
     use super::*;
 
-    fn head(uri: &str) -> Head {
+    fn head(uri: &str) -> LoggedRequest {
         let req = http::Request::get(uri)
             .header("user-agent", "curl/8 \"x\"")
             .body(())
@@ -295,13 +362,13 @@ mod tests {
     }
 
     /// The head of `req` as a plain-HTTP client on loopback sent it.
-    fn capture(req: http::Request<()>, param: Option<&str>) -> Head {
+    fn capture(req: http::Request<()>, param: Option<&str>) -> LoggedRequest {
         let (parts, ()) = req.into_parts();
         let client = ClientInfo {
             peer: "127.0.0.1:5000".parse().unwrap(),
             https: false,
         };
-        Head::capture(&parts, client, param)
+        LoggedRequest::capture(&parts, client, param)
     }
 
     #[test]
@@ -327,7 +394,7 @@ mod tests {
         let line = combined(
             &h,
             http::StatusCode::OK,
-            &Served {
+            &ServedBy {
                 route: None,
                 reason: None,
                 session: None,
@@ -360,7 +427,7 @@ mod tests {
             .body(())
             .unwrap();
         let h = capture(req, None);
-        let none = Served {
+        let none = ServedBy {
             route: None,
             reason: None,
             session: None,
@@ -391,7 +458,7 @@ mod tests {
         let h = head("/");
         let from: Arc<str> = "tomcat1".into();
         let reason = Reason::Failover { from };
-        let served = Served {
+        let served = ServedBy {
             route: Some("tomcat2"),
             reason: Some(&reason),
             session: Some("6B941D9A646C9BD5"),
@@ -403,6 +470,7 @@ mod tests {
             Duration::from_micros(1500),
         );
         assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+        assert!(line.contains(" +0000] \"GET "), "CLF time: {line}");
         assert!(
             line.contains("\"GET / HTTP/1.1\" 200 - \"-\" \"curl/8 \\\"x\\\"\""),
             "{line}"
@@ -423,5 +491,62 @@ mod tests {
         assert_eq!(j["route"], "tomcat2");
         assert_eq!(j["status"], 200);
         assert_eq!(j["ms"], 1.5);
+    }
+
+    #[test]
+    fn combined_time_is_apache_clf() {
+        let at = |secs: u64| clf_time(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "01/Jan/1970:00:00:00 +0000");
+        // Apache's own example, 10/Oct/2000:13:55:36 -0700, in UTC.
+        assert_eq!(at(971_211_336), "10/Oct/2000:20:55:36 +0000");
+        assert_eq!(at(951_782_400), "29/Feb/2000:00:00:00 +0000", "leap day");
+        assert_eq!(at(1_767_225_599), "31/Dec/2025:23:59:59 +0000");
+        assert_eq!(
+            at(4_107_542_400),
+            "01/Mar/2100:00:00:00 +0000",
+            "2100 is no leap year"
+        );
+    }
+
+    #[test]
+    fn json_line_fields_and_values() {
+        let h = head("/a?b=1");
+        let served = ServedBy {
+            route: None,
+            reason: None,
+            session: None,
+        };
+        let text = json(&h, http::StatusCode::BAD_GATEWAY, &served, Duration::ZERO);
+        assert!(text.ends_with("}\n"), "{text}");
+        let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let keys: Vec<&str> = j.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = [
+            "time",
+            "client",
+            "https",
+            "method",
+            "target",
+            "version",
+            "status",
+            "route",
+            "reason",
+            "session",
+            "ms",
+            "user_agent",
+            "referer",
+        ];
+        want.sort();
+        assert_eq!(keys, want);
+        assert_eq!(j["client"], "127.0.0.1");
+        assert_eq!(j["https"], false);
+        assert_eq!(j["method"], "GET");
+        assert_eq!(j["target"], "/a?b=1");
+        assert_eq!(j["version"], "HTTP/1.1");
+        assert_eq!(j["status"], 502);
+        assert_eq!(j["route"], serde_json::Value::Null);
+        assert_eq!(j["reason"], "-");
+        assert_eq!(j["session"], serde_json::Value::Null);
+        assert_eq!(j["ms"], 0.0);
+        assert!(j["time"].as_str().unwrap().ends_with('Z'), "{text}");
     }
 }

@@ -10,12 +10,17 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admin_state;
 pub mod backend;
 pub mod body;
+pub mod client_info;
 pub mod config;
 pub mod control;
+pub mod lock;
 pub mod proxy;
+pub mod redact;
 pub mod routing;
+pub mod secret;
 pub mod server;
 pub mod store;
 pub mod tls;
@@ -95,10 +100,10 @@ pub async fn run(
     let stats = Arc::new(server::ServerStats::default());
     let server = server::Server::new(proxy.clone(), stats.clone(), server_cfg, tls);
     for (l, a) in plain.into_iter().zip(listen) {
-        server.add(l, a, server::Side::Plain);
+        server.add(l, a, server::ListenerKind::Plain);
     }
     for (l, a) in tls_listeners.into_iter().zip(tls_listen) {
-        server.add(l, a, server::Side::Tls);
+        server.add(l, a, server::ListenerKind::Tls);
     }
     let reloader = control::reload::Reloader::new(source, proxy.clone(), server.clone(), resolver);
     let admin_task = admin_listener.map(|l| {

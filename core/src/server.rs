@@ -117,7 +117,7 @@ fn connection_limit(cfg: &ServerSection) -> usize {
 
 /// Which protocol a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Side {
+pub enum ListenerKind {
     Plain,
     Tls,
 }
@@ -127,7 +127,7 @@ pub enum Side {
 struct Accepter {
     /// The address as configured (port 0 stays 0), to match on reload.
     configured: SocketAddr,
-    side: Side,
+    side: ListenerKind,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -186,7 +186,7 @@ impl Server {
     }
 
     /// The configured addresses currently listening on `side`.
-    pub fn addresses(&self, side: Side) -> Vec<SocketAddr> {
+    pub fn addresses(&self, side: ListenerKind) -> Vec<SocketAddr> {
         self.lock()
             .iter()
             .filter(|a| a.side == side)
@@ -195,9 +195,14 @@ impl Server {
     }
 
     /// Start accepting on a bound listener.
-    pub fn add(self: &Arc<Self>, listener: TcpListener, configured: SocketAddr, side: Side) {
+    pub fn add(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        configured: SocketAddr,
+        side: ListenerKind,
+    ) {
         if let Ok(a) = listener.local_addr() {
-            tracing::info!(addr = %a, tls = side == Side::Tls, "listening");
+            tracing::info!(addr = %a, tls = side == ListenerKind::Tls, "listening");
         }
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let me = self.clone();
@@ -231,7 +236,7 @@ impl Server {
 
     /// Stop accepting on one listener (the first with this configured
     /// address); its open connections go on until they end.
-    pub async fn remove(&self, configured: SocketAddr, side: Side) {
+    pub async fn remove(&self, configured: SocketAddr, side: ListenerKind) {
         let found = {
             let mut all = self.lock();
             all.iter()
@@ -266,7 +271,7 @@ impl Server {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Accepter>> {
-        self.accepters.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock::lock(&self.accepters)
     }
 
     /// A free connection slot; says so in the log when all are taken.
@@ -293,7 +298,7 @@ impl Server {
 
     fn accept(
         self: &Arc<Self>,
-        side: Side,
+        side: ListenerKind,
         stream: TcpStream,
         peer: SocketAddr,
         slot: OwnedSemaphorePermit,
@@ -315,12 +320,12 @@ impl Server {
             slot,
         };
         match (side, self.tls.load_full()) {
-            (Side::Plain, _) => {
+            (ListenerKind::Plain, _) => {
                 let info = ClientInfo { peer, https: false };
                 let proto = if ctx.cfg.h2c { Proto::Sniff } else { Proto::H1 };
                 tokio::spawn(start(ctx, stream, info, proto));
             }
-            (Side::Tls, Some(acceptor)) => {
+            (ListenerKind::Tls, Some(acceptor)) => {
                 tokio::spawn(async move {
                     // The handshake counts against the first head's time.
                     let deadline = ctx.timing.first_head_deadline();
@@ -342,7 +347,7 @@ impl Server {
                     }
                 });
             }
-            (Side::Tls, None) => {
+            (ListenerKind::Tls, None) => {
                 tracing::warn!(%peer, "TLS listener without certificates; connection closed")
             }
         }

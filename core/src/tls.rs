@@ -2,7 +2,6 @@
 //! http/1.1, TLS 1.2 and 1.3 only, and certificates that can be reloaded
 //! without dropping connections (new handshakes use the new ones).
 
-use crate::config::raw::CertFiles;
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -10,6 +9,19 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// One certificate chain and key, PEM (`[[server.certificate]]`, a
+/// backend's `client_cert`). Defined here, beside the code that loads it,
+/// so this module needs nothing from the config; `config::raw` re-exports
+/// it as part of the file's shape.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFiles {
+    /// The PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The PEM private key of the leaf.
+    pub key: PathBuf,
+}
 
 /// Why a certificate could not be used; names the file and the problem.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use rand::Rng;
+use rand::RngExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
@@ -975,7 +975,7 @@ impl MemoryStore {
     /// Counts a hit on a live session; expired sessions count as unknown.
     fn touch(&self, base: &str) -> Option<u64> {
         let now = Instant::now();
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = crate::lock::lock(&self.inner);
         let session = inner.sessions.get_mut(base)?;
         if expired(session.last_used, now) {
             inner.sessions.remove(base);
@@ -989,7 +989,7 @@ impl MemoryStore {
     /// Stores a new session with one hit, sweeping expired ones now and then.
     fn create(&self, base: &str) {
         let now = Instant::now();
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = crate::lock::lock(&self.inner);
         if inner
             .last_sweep
             .is_none_or(|last| now.duration_since(last) >= SWEEP_EVERY)

@@ -7,8 +7,7 @@
 
 use super::model::Setting;
 use super::notes::{why_not, Cx};
-use super::plan::Plan;
-use super::render::duration;
+use super::text::duration;
 use std::collections::HashSet;
 
 /// Longest duration written (one year, in ms): absurd mod_jk values are
@@ -42,14 +41,33 @@ pub(super) struct Global {
     pub(super) ping_extras: Vec<(String, Setting)>,
 }
 
+/// The global settings merged from every member, for the plan to write
+/// (each with the comment naming the mod_jk setting it came from).
+#[derive(Default)]
+pub(super) struct Merged {
+    /// `[upstream] connect_timeout` in ms, if any worker set one.
+    pub(super) connect_timeout: Option<(u64, String)>,
+    /// `[upstream] response_timeout` in ms, from `reply_timeout`.
+    pub(super) response_timeout: Option<(u64, String)>,
+    /// `[upstream] pool_idle_timeout` in ms, from `connection_pool_timeout`.
+    pub(super) pool_idle_timeout: Option<(u64, String)>,
+    /// `[upstream.tcp_keepalive] enabled` from `socket_keepalive`.
+    pub(super) keepalive: Option<bool>,
+    /// Active checks from interval CPing: (interval ms, timeout ms).
+    pub(super) active_health: Option<(Option<u64>, Option<u64>)>,
+}
+
 /// Per-worker values -> the global stickgate ones, noting differences.
-pub(super) fn globals(cx: &mut Cx<'_>, g: &Global, p: &mut Plan) {
-    p.connect_timeout = largest(
-        cx,
-        "connect_timeout",
-        "upstream.connect_timeout",
-        &g.connect,
-    );
+pub(super) fn globals(cx: &mut Cx<'_>, g: &Global) -> Merged {
+    let mut p = Merged {
+        connect_timeout: largest(
+            cx,
+            "connect_timeout",
+            "upstream.connect_timeout",
+            &g.connect,
+        ),
+        ..Merged::default()
+    };
     if let Some((ms, _)) = p.connect_timeout {
         if ms > 30_000 {
             cx.note(
@@ -112,6 +130,7 @@ pub(super) fn globals(cx: &mut Cx<'_>, g: &Global, p: &mut Plan) {
             cx.note_setting(d, s, why_not(d));
         }
     }
+    p
 }
 
 /// The largest positive per-worker millisecond value, noting when workers

@@ -5,10 +5,10 @@
 //! keepalive, CPing) are collected into [`Global`] for
 //! [`globals`](super::globals) to merge. Every other setting is noted.
 
+use super::error::ImportError;
 use super::globals::Global;
-use super::model::{kind, Kind, Model};
+use super::model::{kind, Model, WorkerKind};
 use super::notes::Cx;
-use super::ImportError;
 use std::collections::HashSet;
 
 /// One `[[backend]]`.
@@ -73,8 +73,8 @@ pub(super) fn member(
     };
     // host[:port] and port
     let default_port: u16 = match k {
-        Kind::Ajp14 => 8011,
-        Kind::Http => 80,
+        WorkerKind::Ajp14 => 8011,
+        WorkerKind::Http => 80,
         _ => 8009,
     };
     let host_s = take("host");
@@ -96,7 +96,7 @@ pub(super) fn member(
     } else {
         host.clone()
     };
-    let (url, origin) = if k == Kind::Http {
+    let (url, origin) = if k == WorkerKind::Http {
         (
             format!("http://{url_host}:{port}"),
             format!("http {url_host}:{port}"),
@@ -108,7 +108,11 @@ pub(super) fn member(
         } else {
             8080
         };
-        let proto = if k == Kind::Ajp14 { "ajp14" } else { "ajp13" };
+        let proto = if k == WorkerKind::Ajp14 {
+            "ajp14"
+        } else {
+            "ajp13"
+        };
         let at = port_s.or(host_s).map(|x| x.line).unwrap_or(named_at);
         cx.note(
             Some(at),

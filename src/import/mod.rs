@@ -27,6 +27,7 @@
 //! worker, `mounts` and `others` note what is left, `render` writes the
 //! TOML; `notes` is the context every step reports through.
 
+mod error;
 mod globals;
 mod member;
 mod model;
@@ -38,107 +39,13 @@ pub mod properties;
 mod render;
 #[cfg(test)]
 mod tests;
+mod text;
 
+pub use error::ImportError;
 use model::Model;
 use notes::Cx;
-use std::fmt;
-use std::path::{Path, PathBuf};
-
-/// Why an import failed. The `Display` form is one line naming the file
-/// (and line, when there is one), the problem and what to do, as the
-/// command prints it before exiting with status 1.
-#[derive(Debug, thiserror::Error)]
-pub enum ImportError {
-    /// An input file could not be read at all.
-    #[error("{}: cannot read: {source} (check the path and its permissions)", file.display())]
-    Read {
-        /// The file as given on the command line.
-        file: PathBuf,
-        /// What the operating system said.
-        source: std::io::Error,
-    },
-    /// A line is not properties syntax (`key=value`, comment or blank).
-    #[error("{}:{line}: {problem}", file.display())]
-    Syntax {
-        /// The file holding the line.
-        file: PathBuf,
-        /// 1-based line number.
-        line: usize,
-        /// What is wrong and how to fix it.
-        problem: String,
-    },
-    /// A setting parses but its value cannot be used (not a number, an
-    /// unknown activation, a route stickgate cannot route by, ...).
-    #[error("{}:{line}: {key}={value:?}: {problem}", file.display())]
-    Setting {
-        /// The file holding the setting.
-        file: PathBuf,
-        /// 1-based line of the setting (of the template, when inherited).
-        line: usize,
-        /// Full property key, e.g. `worker.node1.port`.
-        key: String,
-        /// The value as written.
-        value: String,
-        /// What is wrong and how to fix it.
-        problem: String,
-    },
-    /// The file as a whole gives nothing to import (no lb or ajp13 worker,
-    /// or `--worker` names an unknown one).
-    #[error("{}: {problem}", file.display())]
-    Unusable {
-        /// The workers file.
-        file: PathBuf,
-        /// What is missing and how to fix it.
-        problem: String,
-    },
-    /// The generated configuration failed stickgate's own validation: a bug
-    /// in the importer, reported instead of printing a broken file.
-    #[error("the generated configuration does not pass `stickgate check` ({problem}); this is an importer bug, please report it with the input files")]
-    Generated {
-        /// The validation error.
-        problem: String,
-    },
-}
-
-/// An [`ImportError::Syntax`] at `file:line`: one constructor for the
-/// properties parser and the mapping, which both blame whole lines.
-fn syntax(file: &Path, line: usize, problem: impl Into<String>) -> ImportError {
-    ImportError::Syntax {
-        file: file.to_path_buf(),
-        line,
-        problem: problem.into(),
-    }
-}
-
-/// A mod_jk setting (or mount, or worker) that has no stickgate equivalent
-/// or only an approximate one. Printed as a `# not carried over: ...`
-/// comment in the output and as a warning on stderr, so nothing is dropped
-/// silently during a migration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Note {
-    /// Where the setting is written, when it is one line.
-    pub at: Option<(PathBuf, usize)>,
-    /// The setting or object concerned, e.g. `worker.node1.redirect=node2`.
-    pub what: String,
-    /// Why it is not carried over and what to do instead.
-    pub why: String,
-}
-
-impl fmt::Display for Note {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = match &self.at {
-            Some((file, line)) => format!(
-                "not carried over: {} ({}:{}): {}",
-                self.what,
-                file.display(),
-                line,
-                self.why
-            ),
-            None => format!("not carried over: {}: {}", self.what, self.why),
-        };
-        f.write_str(&render::one_line(&text))
-    }
-}
+pub use notes::Note;
+use std::path::Path;
 
 /// The result of an import: the configuration text and everything that
 /// did not make it into it.

@@ -6,8 +6,8 @@
 //! module groups the lines, resolves references and says what type each
 //! worker is, before anything is mapped.
 
+use super::error::{syntax, ImportError};
 use super::properties::{self, Properties, Property};
-use super::{syntax, ImportError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
@@ -235,7 +235,7 @@ pub(super) fn split_list(v: &str) -> impl Iterator<Item = &str> {
 
 /// mod_jk worker types this importer distinguishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+pub(super) enum WorkerKind {
     /// A load balancer: its members become the backends.
     Lb,
     /// The default type.
@@ -250,25 +250,28 @@ pub(super) enum Kind {
     Other,
 }
 
-impl Kind {
+impl WorkerKind {
     /// Whether a worker of this type talks to one Tomcat node, so it can
     /// become a `[[backend]]`.
     pub(super) fn is_node(self) -> bool {
-        matches!(self, Kind::Ajp13 | Kind::Ajp14 | Kind::Http)
+        matches!(
+            self,
+            WorkerKind::Ajp13 | WorkerKind::Ajp14 | WorkerKind::Http
+        )
     }
 }
 
 /// A worker's type; no `type` means ajp13, as in mod_jk.
-pub(super) fn kind(s: &Settings) -> Kind {
+pub(super) fn kind(s: &Settings) -> WorkerKind {
     match s.get("type").map(|t| t.value.trim().to_ascii_lowercase()) {
-        None => Kind::Ajp13,
+        None => WorkerKind::Ajp13,
         Some(t) => match t.as_str() {
-            "lb" => Kind::Lb,
-            "ajp13" => Kind::Ajp13,
-            "ajp14" => Kind::Ajp14,
-            "http" => Kind::Http,
-            "status" => Kind::Status,
-            _ => Kind::Other,
+            "lb" => WorkerKind::Lb,
+            "ajp13" => WorkerKind::Ajp13,
+            "ajp14" => WorkerKind::Ajp14,
+            "http" => WorkerKind::Http,
+            "status" => WorkerKind::Status,
+            _ => WorkerKind::Other,
         },
     }
 }

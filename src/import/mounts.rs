@@ -6,11 +6,11 @@
 //! and everything a mount did beyond that (exclusions, other workers,
 //! extensions) is noted, so the migration shows what Apache httpd did.
 
-use super::model::{kind, split_list, Kind, Model};
+use super::error::ImportError;
+use super::model::{kind, split_list, Model, WorkerKind};
 use super::notes::Cx;
 use super::plan::Plan;
 use super::properties::Properties;
-use super::ImportError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -90,7 +90,7 @@ pub(super) fn mounts(
             }
         }
         for (worker, (pats, line)) in others {
-            let why = if kind(m.get(&worker)) == Kind::Status {
+            let why = if kind(m.get(&worker)) == WorkerKind::Status {
                 "a status worker: use stickgate's admin API and status page on [admin] listen (stickgate ctl)".to_owned()
             } else {
                 format!(

@@ -5,10 +5,41 @@
 //! [`Cx`], why a mod_jk setting was not carried over; keeping the notes in
 //! one place lets each be recorded once and printed in file order.
 
+use super::error::{syntax, ImportError};
 use super::model::{setting_error, Setting, Settings};
-use super::{syntax, ImportError, Note};
+use super::text::one_line;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+
+/// A mod_jk setting (or mount, or worker) that has no stickgate equivalent
+/// or only an approximate one. Printed as a `# not carried over: ...`
+/// comment in the output and as a warning on stderr, so nothing is dropped
+/// silently during a migration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// Where the setting is written, when it is one line.
+    pub at: Option<(PathBuf, usize)>,
+    /// The setting or object concerned, e.g. `worker.node1.redirect=node2`.
+    pub what: String,
+    /// Why it is not carried over and what to do instead.
+    pub why: String,
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = match &self.at {
+            Some((file, line)) => format!(
+                "not carried over: {} ({}:{}): {}",
+                self.what,
+                file.display(),
+                line,
+                self.why
+            ),
+            None => format!("not carried over: {}: {}", self.what, self.why),
+        };
+        f.write_str(&one_line(&text))
+    }
+}
 
 /// Import state: the workers file name and the notes so far.
 pub(super) struct Cx<'a> {
@@ -93,7 +124,7 @@ impl Cx<'_> {
     pub(super) fn unusable(&self, problem: impl Into<String>) -> ImportError {
         ImportError::Unusable {
             file: self.file.to_path_buf(),
-            problem: super::render::one_line(&problem.into()),
+            problem: one_line(&problem.into()),
         }
     }
 

@@ -4,7 +4,7 @@
 //! `worker.*` globals and stray keys each get a note saying what to do
 //! with them, so a migration drops nothing silently.
 
-use super::model::{kind, split_list, Kind, Model, BALANCE_LISTS};
+use super::model::{kind, split_list, Model, WorkerKind, BALANCE_LISTS};
 use super::notes::Cx;
 use super::plan::Plan;
 use std::collections::HashSet;
@@ -14,7 +14,7 @@ pub(super) fn other_workers(cx: &mut Cx<'_>, m: &Model, p: &Plan) {
     // Members of other lb workers are covered by that lb's note.
     let mut elsewhere: HashSet<&str> = HashSet::new();
     for (name, s) in &m.workers {
-        if *name != p.chosen && kind(s) == Kind::Lb {
+        if *name != p.chosen && kind(s) == WorkerKind::Lb {
             for d in BALANCE_LISTS {
                 if let Some(b) = s.get(d) {
                     elsewhere.extend(split_list(&b.value));
@@ -43,11 +43,11 @@ pub(super) fn other_workers(cx: &mut Cx<'_>, m: &Model, p: &Plan) {
             .map(|t| t.line)
             .or_else(|| m.line_of(name));
         let (what, why) = match kind(s) {
-            Kind::Status => (
+            WorkerKind::Status => (
                 format!("worker {name} (type status)"),
                 "use stickgate's admin API and status page on [admin] listen (127.0.0.1:9901 by default; stickgate ctl)".to_owned(),
             ),
-            Kind::Lb => (
+            WorkerKind::Lb => (
                 format!("lb worker {name}"),
                 format!("stickgate serves one backend pool per instance; import it into a second config with --worker {name}"),
             ),

@@ -6,11 +6,11 @@
 //! values the global settings ([`globals`](super::globals)). The result
 //! is a [`Plan`], which only needs writing out.
 
+use super::error::ImportError;
 use super::globals::{globals, secs_to_ms, Global};
 use super::member::{member, token_problem, Backend};
-use super::model::{kind, split_list, Kind, Model, Settings, BALANCE_LISTS};
+use super::model::{kind, split_list, Model, Settings, WorkerKind, BALANCE_LISTS};
 use super::notes::Cx;
-use super::ImportError;
 use std::collections::{HashMap, HashSet};
 
 /// What will be written: the chosen worker mapped to stickgate settings.
@@ -21,7 +21,7 @@ pub(super) struct Plan {
     /// The lb (or single) worker imported.
     pub(super) chosen: String,
     /// Its type: an lb, or a single node imported as one backend.
-    pub(super) chosen_kind: Kind,
+    pub(super) chosen_kind: WorkerKind,
     /// Every worker whose settings went into this plan.
     pub(super) used: HashSet<String>,
     /// The `[[backend]]` list, in member order.
@@ -70,7 +70,7 @@ pub(super) fn plan(cx: &mut Cx<'_>, m: &Model, asked: Option<&str>) -> Result<Pl
                 )));
             }
             let k = kind(m.get(n));
-            if k != Kind::Lb && !k.is_node() {
+            if k != WorkerKind::Lb && !k.is_node() {
                 return Err(cx.unusable(format!(
                     "--worker {n}: a {} worker has no backends; pick an lb or ajp13 worker",
                     m.get(n).get("type").map_or("", |t| t.value.as_str())
@@ -80,7 +80,7 @@ pub(super) fn plan(cx: &mut Cx<'_>, m: &Model, asked: Option<&str>) -> Result<Pl
         }
         None => candidates
             .iter()
-            .find(|n| kind(m.get(n)) == Kind::Lb)
+            .find(|n| kind(m.get(n)) == WorkerKind::Lb)
             .or_else(|| candidates.iter().find(|n| kind(m.get(n)).is_node()))
             .map(|n| (*n).to_owned())
             .ok_or_else(|| {
@@ -113,7 +113,7 @@ pub(super) fn plan(cx: &mut Cx<'_>, m: &Model, asked: Option<&str>) -> Result<Pl
         active_health: None,
         probe_backoff: None,
     };
-    let members: Vec<(String, usize)> = if chosen_kind == Kind::Lb {
+    let members: Vec<(String, usize)> = if chosen_kind == WorkerKind::Lb {
         lb_settings(cx, &chosen, settings, &mut p)?
     } else {
         vec![(chosen.clone(), m.line_of(&chosen).unwrap_or(1))]
@@ -121,7 +121,7 @@ pub(super) fn plan(cx: &mut Cx<'_>, m: &Model, asked: Option<&str>) -> Result<Pl
     let mut g = Global::default();
     let mut routes: HashMap<String, String> = HashMap::new();
     for (name, line) in &members {
-        if *name == chosen && chosen_kind == Kind::Lb {
+        if *name == chosen && chosen_kind == WorkerKind::Lb {
             return Err(cx.syntax(
                 *line,
                 format!("lb worker {chosen} lists itself as a member; list its ajp13 workers"),
@@ -144,7 +144,12 @@ pub(super) fn plan(cx: &mut Cx<'_>, m: &Model, asked: Option<&str>) -> Result<Pl
         used.insert(name.clone());
         p.backends.push(b);
     }
-    globals(cx, &g, &mut p);
+    let merged = globals(cx, &g);
+    p.connect_timeout = merged.connect_timeout;
+    p.response_timeout = merged.response_timeout;
+    p.pool_idle_timeout = merged.pool_idle_timeout;
+    p.keepalive = merged.keepalive;
+    p.active_health = merged.active_health;
     p.used = used;
     Ok(p)
 }

@@ -7,7 +7,7 @@
 //! such as `worker.list` accumulate). Every entry keeps the line it starts
 //! on, so every later complaint can name `file:line`.
 
-use super::{syntax, ImportError};
+use super::error::{syntax, ImportError};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 

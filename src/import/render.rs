@@ -4,27 +4,12 @@
 //! written by hand rather than serialized: every value carries a comment
 //! naming the mod_jk setting it came from, and the notes head the file.
 
-use super::model::Kind;
+use super::model::WorkerKind;
 use super::mounts::Mounts;
+use super::notes::Note;
 use super::plan::Plan;
-use super::Note;
+use super::text::{duration, one_line};
 use std::path::Path;
-
-/// Replace control characters so a note or comment stays one line.
-pub(super) fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
-
-/// `1500` -> `"1500ms"`, `2000` -> `"2s"`, as humantime reads them.
-pub(super) fn duration(ms: u64) -> String {
-    if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
-}
 
 /// TOML basic string.
 fn quote(s: &str) -> String {
@@ -79,7 +64,7 @@ pub(super) fn render(
         );
     }
     let members: Vec<&str> = p.backends.iter().map(|b| b.worker.as_str()).collect();
-    if p.chosen_kind == Kind::Lb {
+    if p.chosen_kind == WorkerKind::Lb {
         let _ = writeln!(
             o,
             "# imported lb worker: {} (members: {})",

@@ -281,7 +281,7 @@ pub struct History {
 
 impl History {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock::lock(&self.inner)
     }
 
     /// Look for events: new, removed and changed backends, health

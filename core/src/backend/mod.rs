@@ -8,92 +8,17 @@
 pub mod health;
 pub mod pool;
 pub mod stats;
+pub mod upstream_body;
 
-use crate::config::{BackendConfig, InitialState};
+use crate::config::BackendConfig;
 use arc_swap::ArcSwapOption;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+pub use crate::admin_state::AdminState;
+pub use health::Health;
 pub use pool::{Pool, PoolSettings};
-
-/// Administrative state, as an operator (or the config) sets it; the
-/// meanings follow mod_jk's activation so migrating operators keep theirs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AdminState {
-    /// Takes new and existing sessions.
-    Active = 0,
-    /// Rolling restarts: keeps serving its existing sessions until they end
-    /// or expire, takes no new ones while an active backend can.
-    Draining = 1,
-    /// mod_jk's "disabled": only requests of sessions it already holds;
-    /// never new sessions, never another node's orphans.
-    Disabled = 2,
-    /// mod_jk's "stopped": no traffic at all; its sessions fail over now.
-    Stopped = 3,
-}
-
-impl AdminState {
-    /// Every state, in code order.
-    pub const ALL: [AdminState; 4] = [
-        AdminState::Active,
-        AdminState::Draining,
-        AdminState::Disabled,
-        AdminState::Stopped,
-    ];
-
-    /// The state with this code (`state as u8`, also the multicast wire
-    /// number); `None` for a code this build does not know, so a peer's
-    /// garbage is refused, never mapped to some other state.
-    pub fn from_code(code: u8) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| *s as u8 == code)
-    }
-
-    /// The state named `name` ([`AdminState::as_str`]).
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == name)
-    }
-
-    /// The name used in the API, the config and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AdminState::Active => "active",
-            AdminState::Draining => "draining",
-            AdminState::Disabled => "disabled",
-            AdminState::Stopped => "stopped",
-        }
-    }
-
-    /// The state an admin action (`enable`, `drain`, `disable`, `stop`)
-    /// sets; `None` for an unknown action.
-    pub fn from_action(action: &str) -> Option<Self> {
-        Some(match action {
-            "enable" => AdminState::Active,
-            "drain" => AdminState::Draining,
-            "disable" => AdminState::Disabled,
-            "stop" => AdminState::Stopped,
-            _ => return None,
-        })
-    }
-}
-
-impl std::fmt::Display for AdminState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl From<InitialState> for AdminState {
-    fn from(s: InitialState) -> Self {
-        match s {
-            InitialState::Active => AdminState::Active,
-            InitialState::Draining => AdminState::Draining,
-            InitialState::Disabled => AdminState::Disabled,
-            InitialState::Stopped => AdminState::Stopped,
-        }
-    }
-}
 
 /// Cookie attributes the backend last used for the session cookie, reused
 /// when the balancer has to write the cookie itself after a failover.
@@ -110,9 +35,6 @@ pub struct CookieTemplate {
 pub struct Backend {
     pub config: BackendConfig,
     state: AtomicU8,
-    up: AtomicBool,
-    /// When the health flag last changed (for the status API).
-    last_change: std::sync::Mutex<Instant>,
     pub inflight: AtomicU32,
     /// Traffic and health counters; shared with the backend's successor
     /// after a reload changes its settings, so counters never reset.
@@ -122,56 +44,25 @@ pub struct Backend {
     state_at_ms: AtomicU64,
     pub cookie_template: ArcSwapOption<CookieTemplate>,
     pub pool: Pool,
-    /// Consecutive good/bad health verdicts (rise/fall), shared by active
-    /// and passive checks so a passive failure restarts the rise count.
-    pub(crate) ok_streak: AtomicU32,
-    pub(crate) fail_streak: AtomicU32,
-    /// Consecutive failed requests (timeouts, and 5xx with `passive_5xx`);
-    /// any other answer resets it (see `health::note_failure`).
-    pub(crate) passive_streak: AtomicU32,
-    /// A backoff probe task is running (active checks off).
-    pub(crate) probing: AtomicBool,
-    /// Bumped on every health change, so watchers notice transitions.
-    health_epoch: AtomicU64,
-    /// Which active checker is current (see `health::spawn_checker`).
-    pub(crate) checker_generation: AtomicU64,
-    /// Bumped each time the backend goes down, so requests waiting on it
-    /// for a response head learn it at once (see [`Backend::watch_down`]).
-    down: tokio::sync::watch::Sender<u64>,
-    /// A hung-node rescue probe is in flight (at most one per backend).
-    pub(crate) rescue_probing: AtomicBool,
-    /// When the last rescue probe passed (ms on `Backend::born`), so a
-    /// merely slow backend is not probed more than once per `suspect_after`.
-    pub(crate) rescue_ok_ms: AtomicU64,
-    /// Origin of the millisecond clocks above.
-    pub(crate) born: Instant,
+    /// Reachability: the up flag every request reads, and the counters and
+    /// probes that change it (see [`health`]).
+    pub health: Health,
 }
 
 impl Backend {
     /// Build the runtime object; it starts healthy (like HAProxy) so traffic
     /// flows at once, and the first checks correct that within `fall` rounds.
     pub fn new(config: BackendConfig, pool: PoolSettings) -> Self {
-        let state = AdminState::from(config.state) as u8;
+        let state = config.state as u8;
         Backend {
             pool: Pool::new(&config, pool),
             config,
             state: AtomicU8::new(state),
-            up: AtomicBool::new(true),
-            last_change: std::sync::Mutex::new(Instant::now()),
             inflight: AtomicU32::new(0),
             stats: Arc::default(),
             state_at_ms: AtomicU64::new(0),
             cookie_template: ArcSwapOption::empty(),
-            ok_streak: AtomicU32::new(0),
-            fail_streak: AtomicU32::new(0),
-            passive_streak: AtomicU32::new(0),
-            probing: AtomicBool::new(false),
-            health_epoch: AtomicU64::new(0),
-            checker_generation: AtomicU64::new(0),
-            down: tokio::sync::watch::Sender::new(0),
-            rescue_probing: AtomicBool::new(false),
-            rescue_ok_ms: AtomicU64::new(0),
-            born: Instant::now(),
+            health: Health::new(),
         }
     }
 
@@ -190,10 +81,7 @@ impl Backend {
             b.state_at_ms.store(old.state_at_ms(), Ordering::Relaxed);
         }
         if same_server {
-            b.up.store(old.is_up(), Ordering::Relaxed);
-            if let (Ok(mut mine), Ok(theirs)) = (b.last_change.lock(), old.last_change.lock()) {
-                *mine = *theirs;
-            }
+            b.health.carry_over(&old.health);
             b.cookie_template.store(old.cookie_template.load_full());
         }
         b
@@ -228,24 +116,13 @@ impl Backend {
 
     /// Whether health checks (active or passive) consider it reachable.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.health.is_up()
     }
 
     /// Record a health verdict and why; returns true if this changed the
     /// flag, so the caller logs each transition once.
     pub fn set_up(&self, up: bool, reason: &str) -> bool {
-        let changed = self.up.swap(up, Ordering::AcqRel) != up;
-        if changed {
-            if !up {
-                self.down.send_modify(|n| *n += 1);
-            }
-            self.stats.health_history.push(up, reason);
-            self.health_epoch.fetch_add(1, Ordering::AcqRel);
-            if let Ok(mut t) = self.last_change.lock() {
-                *t = Instant::now();
-            }
-        }
-        changed
+        self.health.set_up(up, reason, &self.stats.health_history)
     }
 
     /// A receiver that changes when this backend next goes down. Only
@@ -253,27 +130,22 @@ impl Backend {
     /// the fast path never touches the channel; subscribe first, then
     /// check [`Backend::is_up`], and no transition can slip between.
     pub fn watch_down(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.down.subscribe()
+        self.health.watch_down()
     }
 
     /// Whether a rescue probe passed after `t` (see `health::suspect`).
     pub fn probed_ok_since(&self, t: Instant) -> bool {
-        let at = self.rescue_ok_ms.load(Ordering::Relaxed);
-        let since = t.saturating_duration_since(self.born).as_millis() as u64;
-        at != 0 && at >= since
+        self.health.probed_ok_since(t)
     }
 
-    /// Counter of health changes (see `health_epoch`).
+    /// Counter of health changes, so pollers notice transitions.
     pub fn health_epoch(&self) -> u64 {
-        self.health_epoch.load(Ordering::Acquire)
+        self.health.epoch()
     }
 
     /// Seconds since the health flag last changed.
     pub fn since_change(&self) -> f64 {
-        self.last_change
-            .lock()
-            .map(|t| t.elapsed().as_secs_f64())
-            .unwrap_or(0.0)
+        self.health.since_change()
     }
 
     /// May serve requests of sessions it already holds.

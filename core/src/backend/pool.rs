@@ -7,8 +7,9 @@
 //! connect failure leaves the request (and its unsent body) in our hands, so
 //! even a POST can be retried on another node.
 
-use crate::body::UpstreamBody;
+use super::upstream_body::UpstreamBody;
 use crate::config::{BackendConfig, Keepalive};
+use crate::lock::lock;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
@@ -230,7 +231,7 @@ impl Pool {
     /// than try a node that may be stopping).
     pub async fn checkout(&self, fresh_after_close: bool) -> Result<Conn, ConnectError> {
         if self.http2 {
-            let shared = self.shared_h2.lock().ok().and_then(|s| s.clone());
+            let shared = lock(&self.shared_h2).clone();
             if let Some(mut s) = shared.filter(|s| !s.is_closed()) {
                 if self.ready_within(s.ready()).await {
                     return Ok(Conn {
@@ -241,9 +242,7 @@ impl Pool {
                 }
             }
             let s = self.connect_h2().await?;
-            if let Ok(mut slot) = self.shared_h2.lock() {
-                *slot = Some(s.clone());
-            }
+            *lock(&self.shared_h2) = Some(s.clone());
             return Ok(Conn {
                 sender: Sender::H2(s),
                 reused: false,
@@ -397,7 +396,7 @@ impl Pool {
         &self,
         peer_closed: &mut usize,
     ) -> Option<(http1::SendRequest<UpstreamBody>, Arc<ConnWatch>)> {
-        let mut idle = self.idle.lock().ok()?;
+        let mut idle = lock(&self.idle);
         while let Some(mut c) = idle.pop() {
             if c.since.elapsed() >= self.settings.idle_timeout {
                 continue;
@@ -420,18 +419,17 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() >= self.settings.max_idle {
-                idle.retain(|c| c.sender.as_ref().is_some_and(|s| !s.is_closed()));
-            }
-            if idle.len() < self.settings.max_idle {
-                watch.idle.store(true, Ordering::Relaxed);
-                idle.push(Idle {
-                    sender: Some(sender),
-                    watch,
-                    since: Instant::now(),
-                });
-            }
+        let mut idle = lock(&self.idle);
+        if idle.len() >= self.settings.max_idle {
+            idle.retain(|c| c.sender.as_ref().is_some_and(|s| !s.is_closed()));
+        }
+        if idle.len() < self.settings.max_idle {
+            watch.idle.store(true, Ordering::Relaxed);
+            idle.push(Idle {
+                sender: Some(sender),
+                watch,
+                since: Instant::now(),
+            });
         }
     }
 
@@ -445,17 +443,13 @@ impl Pool {
     /// and forget closes seen so far (they are explained).
     pub fn clear(&self) {
         self.forget_closes();
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.clear();
-        }
-        if let Ok(mut s) = self.shared_h2.lock() {
-            *s = None;
-        }
+        lock(&self.idle).clear();
+        *lock(&self.shared_h2) = None;
     }
 
     /// Number of idle connections, for the status API.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().map(|i| i.len()).unwrap_or(0)
+        lock(&self.idle).len()
     }
 }
 

@@ -3,6 +3,7 @@
 //! Every request updates them, so they are plain atomics (no lock, no
 //! allocation); readers take a consistent-enough snapshot at scrape time.
 
+use crate::lock::lock;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -155,24 +156,20 @@ impl HealthHistory {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
-        if let Ok(mut e) = self.events.lock() {
-            if e.len() == HISTORY {
-                e.pop_front();
-            }
-            e.push_back(HealthEvent {
-                at_unix,
-                up,
-                reason: reason.to_owned(),
-            });
+        let mut e = lock(&self.events);
+        if e.len() == HISTORY {
+            e.pop_front();
         }
+        e.push_back(HealthEvent {
+            at_unix,
+            up,
+            reason: reason.to_owned(),
+        });
     }
 
     /// Transitions, newest last.
     pub fn events(&self) -> Vec<HealthEvent> {
-        self.events
-            .lock()
-            .map(|e| e.iter().cloned().collect())
-            .unwrap_or_default()
+        lock(&self.events).iter().cloned().collect()
     }
 
     /// Transitions since start (a counter for `/metrics`).

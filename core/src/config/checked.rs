@@ -1,9 +1,10 @@
 //! Validation of [`RawConfig`] into the runtime [`Config`].
 
 use super::raw::{
-    AdminSection, Algorithm, HealthSection, InitialState, KeepaliveSection, RawConfig,
-    ServerSection, StoreKind, StoreSection, UpstreamSection,
+    AdminSection, Algorithm, HealthSection, KeepaliveSection, RawConfig, ServerSection, StoreKind,
+    StoreSection, UpstreamSection,
 };
+use crate::admin_state::AdminState;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -96,7 +97,7 @@ pub struct BackendConfig {
     pub port: u16,
     pub weight: u32,
     pub domain: Option<Arc<str>>,
-    pub state: InitialState,
+    pub state: AdminState,
     /// `https://` backend.
     pub tls: bool,
     pub http2: bool,
@@ -115,7 +116,7 @@ impl BackendConfig {
             port,
             weight,
             domain: None,
-            state: InitialState::Active,
+            state: AdminState::Active,
             tls: false,
             http2: false,
             ca_file: None,
@@ -298,7 +299,7 @@ fn check_server(s: &ServerSection) -> Result<(), Problem> {
 fn check_admin(a: &AdminSection) -> Result<AdminRules, Problem> {
     let token = match &a.token_file {
         Some(path) => {
-            let t = crate::store::read_key_file(path).map_err(|e| bad("admin.token_file", e))?;
+            let t = crate::secret::read_key_file(path).map_err(|e| bad("admin.token_file", e))?;
             let t = String::from_utf8(t).map_err(|_| {
                 bad(
                     "admin.token_file",
@@ -521,7 +522,7 @@ fn check_store(s: &StoreSection) -> Result<(), Problem> {
             let Some(path) = &s.key_file else {
                 return Err(bad("store.key_file", "kind = \"multicast\" needs key_file: a file with a shared secret of at least 16 bytes, mode 0600"));
             };
-            crate::store::read_key_file(path)
+            crate::secret::read_key_file(path)
                 .map(|_| ())
                 .map_err(|e| bad("store.key_file", e))
         }

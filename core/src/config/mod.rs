@@ -11,7 +11,7 @@ mod checked;
 pub use checked::{
     redact_url, AccessLog, AdminRules, AdminToken, BackendConfig, Config, Keepalive, SessionRules,
 };
-pub use raw::{AccessLogFormat, Algorithm, InitialState, StoreKind};
+pub use raw::{AccessLogFormat, Algorithm, StoreKind};
 
 use std::path::{Path, PathBuf};
 

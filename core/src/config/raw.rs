@@ -4,6 +4,8 @@
 //! of a silently ignored setting. Nothing here is used on the hot path: the
 //! checked form in [`super::checked`] is.
 
+use crate::admin_state::AdminState;
+pub use crate::tls::CertFiles;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -173,14 +175,6 @@ impl Cidr {
 fn prefix_eq(a: u128, b: u128, prefix: u8, bits: u32) -> bool {
     let shift = bits - u32::from(prefix);
     shift >= bits || (a >> shift) == (b >> shift)
-}
-
-/// One certificate chain and key, PEM (`[[server.certificate]]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
 }
 
 /// WebSocket tunnels.
@@ -599,23 +593,13 @@ pub struct BackendSection {
     #[serde(default = "one")]
     pub weight: u32,
     pub domain: Option<String>,
+    /// Administrative state the backend starts in (mod_jk's `activation`).
     #[serde(default)]
-    pub state: InitialState,
+    pub state: AdminState,
 }
 
 fn one() -> u32 {
     1
-}
-
-/// Administrative state a backend starts in (mod_jk's `activation`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InitialState {
-    #[default]
-    Active,
-    Draining,
-    Disabled,
-    Stopped,
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@
 
 use crate::access_log::AccessLogger;
 use crate::config::{self, Config, ConfigError};
+use crate::lock::lock;
 use crate::proxy::{Proxy, Runtime};
-use crate::server::{self, BindError, Server, Side};
+use crate::server::{self, BindError, ListenerKind, Server};
 use crate::store::unix_ms;
 use crate::tls::{self, SniResolver, TlsError};
 use std::net::SocketAddr;
@@ -95,7 +96,7 @@ impl Reloader {
         ReloadStats {
             ok: self.ok.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
-            last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+            last_error: lock(&self.last_error).clone(),
             last_error_unix: nonzero(&self.last_error_unix),
             last_ok_unix: nonzero(&self.last_ok_unix),
         }
@@ -121,9 +122,7 @@ impl Reloader {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 self.last_error_unix
                     .store(unix_ms() / 1000, Ordering::Relaxed);
-                if let Ok(mut l) = self.last_error.lock() {
-                    *l = Some(e.to_string());
-                }
+                *lock(&self.last_error) = Some(e.to_string());
                 tracing::error!(error = %e, "reload refused; the previous configuration keeps running");
             }
         }
@@ -135,8 +134,12 @@ impl Reloader {
         let new: Config = tokio::task::spawn_blocking(move || config::load(&path))
             .await
             .map_err(|e| ReloadError::Interrupted(e.to_string()))??;
-        let plain_add = self.bind_missing(&new.server.listen, Side::Plain).await?;
-        let tls_add = self.bind_missing(&new.server.tls_listen, Side::Tls).await?;
+        let plain_add = self
+            .bind_missing(&new.server.listen, ListenerKind::Plain)
+            .await?;
+        let tls_add = self
+            .bind_missing(&new.server.tls_listen, ListenerKind::Tls)
+            .await?;
         // Last step that can fail; it swaps certificates in on success.
         let tls = self.prepare_tls(&new)?;
         // Nothing can fail from here on: commit.
@@ -144,7 +147,7 @@ impl Reloader {
         let (runtime, warnings): (Arc<Runtime>, _) = old.reloaded(new);
         let server_cfg = runtime.config.server.clone();
         if let Some((resolver, fresh_config)) = tls {
-            let mut slot = self.resolver.lock().unwrap_or_else(|e| e.into_inner());
+            let mut slot = lock(&self.resolver);
             *slot = Some(resolver);
             self.server.set_config(server_cfg.clone(), fresh_config);
         } else {
@@ -158,14 +161,14 @@ impl Reloader {
         }
         self.proxy.swap(runtime);
         for (l, addr) in plain_add {
-            self.server.add(l, addr, Side::Plain);
+            self.server.add(l, addr, ListenerKind::Plain);
         }
         for (l, addr) in tls_add {
-            self.server.add(l, addr, Side::Tls);
+            self.server.add(l, addr, ListenerKind::Tls);
         }
         for (side, wanted) in [
-            (Side::Plain, &server_cfg.listen),
-            (Side::Tls, &server_cfg.tls_listen),
+            (ListenerKind::Plain, &server_cfg.listen),
+            (ListenerKind::Tls, &server_cfg.tls_listen),
         ] {
             for addr in surplus(&self.server.addresses(side), wanted) {
                 self.server.remove(addr, side).await;
@@ -184,11 +187,7 @@ impl Reloader {
         if new.server.tls_listen.is_empty() {
             return Ok(None);
         }
-        let current = self
-            .resolver
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let current = lock(&self.resolver).clone();
         Ok(Some(match current {
             Some(r) => {
                 r.reload(&new.server.certificate)?;
@@ -206,7 +205,7 @@ impl Reloader {
     async fn bind_missing(
         &self,
         wanted: &[SocketAddr],
-        side: Side,
+        side: ListenerKind,
     ) -> Result<Vec<(TcpListener, SocketAddr)>, ReloadError> {
         let have = self.server.addresses(side);
         let mut out = Vec::new();

@@ -3,7 +3,7 @@
 //! (their health, state, pool and counters carry over when unchanged).
 
 use super::states::{impose_state, watch_health};
-use crate::backend::{health, AdminState, Backend, PoolSettings};
+use crate::backend::{health, Backend, PoolSettings};
 use crate::config::Config;
 use crate::proxy::{ProxyStats, Runtime};
 use crate::routing::Table;
@@ -99,7 +99,7 @@ impl Runtime {
                     if o.config.state != bc.state {
                         // The file now says otherwise: that is the newest
                         // operator decision; share it like an API action.
-                        let state = AdminState::from(bc.state);
+                        let state = bc.state;
                         impose_state(&*self.store, &b, state, "the reloaded config");
                     }
                     b

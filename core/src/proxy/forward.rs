@@ -25,7 +25,7 @@
 use super::{error_response, headers, retry, rewrite, ClientInfo, Runtime};
 use crate::backend::pool::{ConnectError, Sender};
 use crate::backend::{health, Backend};
-use crate::body::{Exchange, Progress, ResponseBody, UpstreamBody};
+use crate::body::{Progress, ResponseBody, UpstreamBody, UpstreamLease};
 use crate::config::Config;
 use crate::routing::{session, NoBackend, Reason, SessionId, Tried};
 use http::header::HOST;
@@ -40,7 +40,7 @@ use std::time::Duration;
 /// A successful exchange, ready for the response rewrite.
 pub struct Done {
     pub response: Response<Incoming>,
-    pub exchange: Exchange,
+    pub exchange: UpstreamLease,
     pub backend: Arc<Backend>,
     pub reason: Reason,
     /// For an upgrade: the fresh connection's sender, kept until the
@@ -566,7 +566,7 @@ async fn attempt(
     req: Request<UpstreamBody>,
     progress: Option<&Arc<Progress>>,
     via: Via,
-) -> Result<(Response<Incoming>, Exchange, Option<Sender>), Miss> {
+) -> Result<(Response<Incoming>, UpstreamLease, Option<Sender>), Miss> {
     let route = backend.config.route.clone();
     let permit = match backend.pool.permit().await {
         Ok(p) => p,
@@ -580,7 +580,7 @@ async fn attempt(
             })
         }
     };
-    let mut exchange = Exchange::begin(backend.clone(), permit);
+    let mut exchange = UpstreamLease::begin(backend.clone(), permit);
     backend.stats.requests.fetch_add(1, Ordering::Relaxed);
     let conn = match via {
         Via::Pool { stay } => backend.pool.checkout(stay).await,

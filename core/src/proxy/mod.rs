@@ -11,6 +11,7 @@ pub mod websocket;
 use crate::access_log::{self, AccessLogger};
 use crate::backend::{health, Backend};
 use crate::body::ResponseBody;
+pub use crate::client_info::ClientInfo;
 use crate::config::Config;
 pub use crate::routing::session::redact;
 use crate::routing::{SessionId, Source, Table};
@@ -18,7 +19,6 @@ use crate::store::SessionStore;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -63,13 +63,6 @@ pub struct Proxy {
     access_log: ArcSwapOption<AccessLogger>,
 }
 
-/// Facts about the client connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientInfo {
-    pub peer: SocketAddr,
-    pub https: bool,
-}
-
 impl Proxy {
     /// A proxy serving `runtime`.
     pub fn new(runtime: Arc<Runtime>, access_log: Option<Arc<AccessLogger>>) -> Arc<Self> {
@@ -111,7 +104,8 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let s = &rt.config.session;
         let log = self.access_log.load_full().map(|l| {
-            let head = access_log::Head::capture(&parts, client, s.path_parameter.as_deref());
+            let head =
+                access_log::LoggedRequest::capture(&parts, client, s.path_parameter.as_deref());
             (l, head)
         });
         let owned = {
@@ -173,14 +167,14 @@ impl Proxy {
     /// Write the access log line, when the log is on.
     fn log(
         &self,
-        log: Option<(Arc<AccessLogger>, access_log::Head)>,
+        log: Option<(Arc<AccessLogger>, access_log::LoggedRequest)>,
         response: &Response<ResponseBody>,
         served: Option<&Served>,
         session: Option<&SessionId<'_>>,
         started: Instant,
     ) {
         let Some((log, head)) = log else { return };
-        let served = access_log::Served {
+        let served = access_log::ServedBy {
             route: served.map(|s| s.backend.route()),
             reason: served.map(|s| &s.reason),
             session: session.map(|s| s.base),

@@ -336,4 +336,72 @@ mod tests {
             }
         }
     }
+
+    /// Golden values: these heirs are what this code chose when the test
+    /// was written, written down literally. Balancers of different versions
+    /// run side by side during a rolling upgrade and must pick the same heir
+    /// for an orphaned session, or a failover splits one session over two
+    /// nodes. A change that fails this test reshuffles failover targets
+    /// between versions: keep the hash, or ship it as a breaking change.
+    #[test]
+    fn heir_choice_is_frozen_across_versions() {
+        let routes = [
+            ("tomcat1", 1),
+            ("tomcat2", 2),
+            ("tomcat3", 1),
+            ("tomcat4", 3),
+        ];
+        let b: Vec<Arc<Backend>> = routes
+            .iter()
+            .map(|&(r, w)| {
+                let cfg = BackendConfig::plain(r, "127.0.0.1", 1, w);
+                Arc::new(Backend::new(
+                    cfg,
+                    PoolSettings::from_upstream(&Default::default()),
+                ))
+            })
+            .collect();
+        // (session base id, heir among all, without tomcat1, among tomcat1 and tomcat3)
+        let golden = [
+            (
+                "6B941D9A646C9BD5A1F0C3E2D4B5A697",
+                "tomcat1",
+                "tomcat4",
+                "tomcat1",
+            ),
+            (
+                "0123456789ABCDEF0123456789ABCDEF",
+                "tomcat4",
+                "tomcat4",
+                "tomcat1",
+            ),
+            (
+                "FEDCBA9876543210FEDCBA9876543210",
+                "tomcat4",
+                "tomcat4",
+                "tomcat1",
+            ),
+            ("A", "tomcat4", "tomcat4", "tomcat3"),
+            ("session-42", "tomcat4", "tomcat4", "tomcat3"),
+            (
+                "00000000000000000000000000000000",
+                "tomcat4",
+                "tomcat4",
+                "tomcat3",
+            ),
+            (
+                "7F3E1C2B9A8D4E5F6A7B8C9D0E1F2A3B",
+                "tomcat2",
+                "tomcat2",
+                "tomcat1",
+            ),
+            ("jsessionid", "tomcat4", "tomcat4", "tomcat1"),
+        ];
+        let name = |i: Option<usize>| i.map(|i| routes[i].0);
+        for (id, all, without_first, odd) in golden {
+            assert_eq!(name(heir(&b, id, |_| true)), Some(all), "{id}");
+            assert_eq!(name(heir(&b, id, |i| i != 0)), Some(without_first), "{id}");
+            assert_eq!(name(heir(&b, id, |i| i % 2 == 0)), Some(odd), "{id}");
+        }
+    }
 }

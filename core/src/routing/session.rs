@@ -11,6 +11,9 @@
 use http::header::COOKIE;
 use http::HeaderMap;
 
+/// The redaction of ids in logs, kept reachable at its old path.
+pub use crate::redact::redact;
+
 /// Longest session value accepted; longer ones are ignored as malformed.
 pub const MAX_SESSION_LEN: usize = 256;
 
@@ -148,15 +151,6 @@ pub fn replace_path_parameter(
         with(v),
         &path[start + v.len()..]
     ))
-}
-
-/// Session ids are credentials: logs only ever show `sid#` and 8 hex
-/// digits of the id's SHA-256, stable so one session's lines can be
-/// followed, and useless for hijacking it.
-pub fn redact(id: &str) -> String {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(id.as_bytes());
-    format!("sid#{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3])
 }
 
 #[cfg(test)]

@@ -73,7 +73,7 @@ impl Timing {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock::lock(&self.state)
     }
 
     /// How often the connection task re-reads the clock: the shorter

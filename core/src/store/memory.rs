@@ -5,6 +5,7 @@
 //! and swept by a background task so idle sessions never leak.
 
 use super::{Cached, PeakWindow, SessionCounts, SessionStore, StoreFuture, StoreStatus};
+use crate::lock::lock;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -158,7 +159,7 @@ impl MemoryStore {
         let now = self.now();
         let mut removed = 0u64;
         for shard in self.shards.iter() {
-            let Ok(mut map) = shard.lock() else { continue };
+            let mut map = lock(shard);
             map.retain(|_, e| {
                 let keep = !self.is_expired(e, now);
                 if !keep {
@@ -192,7 +193,7 @@ impl MemoryStore {
         if let Some(s) = self.routes.load().get(route) {
             return s.clone();
         }
-        let _guard = self.routes_write.lock();
+        let _guard = lock(&self.routes_write);
         let cur = self.routes.load_full();
         if let Some(s) = cur.get(route) {
             return s.clone();
@@ -286,7 +287,7 @@ impl MemoryStore {
     /// Run `f` on a live entry; an expired one is removed and counted.
     fn with_live<R>(&self, id: &str, f: impl FnOnce(&mut Entry, u64) -> R) -> Option<R> {
         let now = self.now();
-        let mut map = self.shard(id).lock().ok()?;
+        let mut map = lock(self.shard(id));
         let e = map.get_mut(id)?;
         if self.is_expired(e, now) {
             e.route.dec();
@@ -303,7 +304,7 @@ impl MemoryStore {
     pub fn for_each(&self, mut f: impl FnMut(&str, &Arc<str>, u64)) {
         let now = self.now();
         for shard in self.shards.iter() {
-            let Ok(map) = shard.lock() else { continue };
+            let map = lock(shard);
             for (id, e) in map.iter() {
                 if !self.is_expired(e, now) {
                     f(id, &e.route.name, now.saturating_sub(e.last_seen));
@@ -316,18 +317,17 @@ impl MemoryStore {
     /// copy never outlives the original).
     pub fn bind_aged(&self, id: &str, route: &Arc<str>, idle_ms: u64) {
         let slot = self.slot(route);
-        if let Ok(mut map) = self.shard(id).lock() {
-            self.put(&mut map, id, slot);
-            if let Some(e) = map.get_mut(id) {
-                e.last_seen = self.now().saturating_sub(idle_ms);
-            }
+        let mut map = lock(self.shard(id));
+        self.put(&mut map, id, slot);
+        if let Some(e) = map.get_mut(id) {
+            e.last_seen = self.now().saturating_sub(idle_ms);
         }
     }
 
     /// Mark every binding to `route` as unconfirmed (see `get_shared`).
     pub fn distrust_route(&self, route: &str) {
         for shard in self.shards.iter() {
-            let Ok(mut map) = shard.lock() else { continue };
+            let mut map = lock(shard);
             for e in map.values_mut() {
                 if *e.route.name == *route {
                     e.checked = UNCONFIRMED;
@@ -352,18 +352,14 @@ impl SessionStore for MemoryStore {
 
     fn bind(&self, id: &str, route: &Arc<str>) {
         let slot = self.slot(route);
-        if let Ok(mut map) = self.shard(id).lock() {
-            self.put(&mut map, id, slot);
-        }
+        self.put(&mut lock(self.shard(id)), id, slot);
     }
 
     fn forget(&self, id: &str) {
         if let Some(tier) = &self.unconfirmed {
             tier.forget(id);
         }
-        let Ok(mut map) = self.shard(id).lock() else {
-            return;
-        };
+        let mut map = lock(self.shard(id));
         if let Some(e) = map.remove(id) {
             e.route.dec();
             self.len.fetch_sub(1, Ordering::Relaxed);
@@ -377,25 +373,22 @@ impl SessionStore for MemoryStore {
         proposed: Arc<str>,
     ) -> StoreFuture<'a, Arc<str>> {
         let slot = self.slot(&proposed);
-        let answer = match self.shard(id).lock() {
-            Ok(mut map) => {
-                let now = self.now();
-                match map.get(id) {
-                    Some(e)
-                        if Some(&*e.route.name) != from
-                            && !self.is_expired(e, now)
-                            && *e.route.name != *proposed =>
-                    {
-                        e.route.name.clone()
-                    }
-                    _ => {
-                        self.put(&mut map, id, slot);
-                        proposed
-                    }
-                }
+        let mut map = lock(self.shard(id));
+        let now = self.now();
+        let answer = match map.get(id) {
+            Some(e)
+                if Some(&*e.route.name) != from
+                    && !self.is_expired(e, now)
+                    && *e.route.name != *proposed =>
+            {
+                e.route.name.clone()
             }
-            Err(_) => proposed,
+            _ => {
+                self.put(&mut map, id, slot);
+                proposed
+            }
         };
+        drop(map);
         Box::pin(std::future::ready(answer))
     }
 

@@ -13,13 +13,13 @@ pub mod memory;
 pub mod multicast;
 pub mod redis;
 
-use crate::backend::AdminState;
+use crate::admin_state::AdminState;
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+pub use crate::secret::read_key_file;
 pub use counts::PeakWindow;
 pub use memory::{MemoryStore, SharedView};
 
@@ -120,7 +120,7 @@ impl StateBook {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, StateChange>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock::lock(&self.map)
     }
 
     /// Keep `change` for `route` if it supersedes what is known; returns
@@ -302,37 +302,6 @@ pub fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// Read a shared secret for peer authentication, refusing files other
-/// users could read and secrets too short to resist guessing.
-pub fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| {
-        format!(
-            "{}: {e} (create it with e.g. `head -c 32 /dev/urandom | base64 > {0}; chmod 600 {0}`)",
-            path.display()
-        )
-    })?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if meta.permissions().mode() & 0o004 != 0 {
-            return Err(format!(
-                "{} is world-readable; run `chmod 600 {}`",
-                path.display(),
-                path.display()
-            ));
-        }
-    }
-    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let key: Vec<u8> = text.trim_ascii().to_vec();
-    if key.len() < 16 {
-        return Err(format!(
-            "{}: the secret must be at least 16 bytes",
-            path.display()
-        ));
-    }
-    Ok(key)
 }
 
 #[cfg(test)]

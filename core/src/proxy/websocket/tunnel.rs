@@ -234,7 +234,7 @@ where
             biased;
             r = src.read(&mut buf) => r,
             _ = sleep_until_opt(ping_at) => {
-                let payload = shared.pings(to).lock().map(|mut p| p.issue()).unwrap_or_default();
+                let payload = crate::lock::lock(shared.pings(to)).issue();
                 let ping = frames::ping(&payload, mask());
                 if dst.write_all(&ping).await.is_err() || dst.flush().await.is_err() {
                     return PumpEnd::SinkGone;
@@ -270,10 +270,7 @@ where
                 Some(Chunk::Bytes(b)) => out.extend_from_slice(b),
                 Some(Chunk::Pong { raw, payload }) => {
                     let ours = payload.starts_with(PING_PREFIX.as_bytes())
-                        && shared
-                            .pings(from)
-                            .lock()
-                            .is_ok_and(|mut p| p.answer(payload));
+                        && crate::lock::lock(shared.pings(from)).answer(payload);
                     if ours {
                         tracing::trace!(from = ?from, "websocket: pong swallowed");
                     } else {

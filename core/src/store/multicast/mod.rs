@@ -74,8 +74,9 @@ use super::{
     StoreFuture, StoreStatus,
 };
 use crate::config::raw::StoreSection;
+use crate::lock::lock;
 use diag::get;
-use node::{lock, Node, Parts};
+use node::{Node, Parts};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -15,13 +15,14 @@ use super::diag::{bump, unix_ms, Stats, LOG_EVERY_MS};
 use super::membership::{Heard, Membership};
 use super::versions::{judge, Meta, Verdict, Versions};
 use super::wire::{self, Body, Header, Record, StateRecord, MAX_DATAGRAM};
-use crate::routing::session::redact;
+use crate::lock::lock;
+use crate::redact::redact;
 use crate::store::{MemoryStore, SessionStore, StateBook, StateChange};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch, Notify};
@@ -75,6 +76,16 @@ pub struct Node {
     stop: watch::Receiver<()>,
 }
 
+/// A peer heard for the first time (or under a new id after a restart):
+/// its state is to be fetched and it is to be greeted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewPeer {
+    /// The peer's random per-process id.
+    pub node: u64,
+    /// Where its replication endpoint is reached.
+    pub addr: SocketAddr,
+}
+
 /// What [`Node::new`] needs.
 pub struct Parts {
     pub id: u64,
@@ -90,10 +101,6 @@ pub struct Parts {
     pub drop_time: Duration,
     pub max_sessions: usize,
     pub stop: watch::Receiver<()>,
-}
-
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Node {
@@ -455,13 +462,21 @@ impl Node {
         }
     }
 
-    /// A datagram from the group or the unicast socket.
-    pub fn on_datagram(self: &Arc<Self>, bytes: &[u8], from: SocketAddr, via_unicast: bool) {
+    /// A datagram from the group or the unicast socket. Returns the peer
+    /// when it is one not heard before (or restarted): the receive loop
+    /// then fetches its full state and greets it (see
+    /// `transport::welcome`), so this module never starts a transfer.
+    pub fn on_datagram(
+        &self,
+        bytes: &[u8],
+        from: SocketAddr,
+        via_unicast: bool,
+    ) -> Option<NewPeer> {
         match self.accept(bytes, MAX_DATAGRAM) {
             Err(why) => self.reject(why, from),
             Ok(None) => {}
             Ok(Some((h, Body::Heartbeat { listen, records }))) => {
-                self.on_heartbeat(h.node, listen, records, from, via_unicast)
+                return self.on_heartbeat(h.node, listen, records, from, via_unicast)
             }
             Ok(Some((_, Body::Records(records)))) => {
                 for r in records {
@@ -471,16 +486,17 @@ impl Node {
             Ok(Some((_, Body::States(states)))) => self.apply_states(states, from),
             Ok(Some(_)) => self.reject(Reject::Unexpected, from),
         }
+        None
     }
 
     fn on_heartbeat(
-        self: &Arc<Self>,
+        &self,
         node: u64,
         listen: SocketAddr,
         records: u64,
         from: SocketAddr,
         via_unicast: bool,
-    ) {
+    ) -> Option<NewPeer> {
         // A peer listening on 0.0.0.0 is reached at the address it sent from.
         let addr = if listen.ip().is_unspecified() {
             SocketAddr::new(from.ip(), listen.port())
@@ -488,22 +504,18 @@ impl Node {
             listen
         };
         let heard = lock(&self.members).heard(node, addr, records, via_unicast, Instant::now());
-        if let Some(Heard::New { replaced }) = heard {
-            match replaced {
-                Some(old) => {
-                    tracing::info!(peer = %addr, node = %format_args!("{node:016x}"), replaces = %format_args!("{old:016x}"), records, "multicast store: peer restarted")
-                }
-                None => {
-                    tracing::info!(peer = %addr, node = %format_args!("{node:016x}"), records, "multicast store: peer joined")
-                }
+        let Some(Heard::New { replaced }) = heard else {
+            return None;
+        };
+        match replaced {
+            Some(old) => {
+                tracing::info!(peer = %addr, node = %format_args!("{node:016x}"), replaces = %format_args!("{old:016x}"), records, "multicast store: peer restarted")
             }
-            let me = self.clone();
-            self.spawn(super::sync::pull(me, node, addr));
-            // Answer with a heartbeat now rather than at the next tick, so
-            // a (re)started peer finds us and fetches our state at once.
-            let me = self.clone();
-            self.spawn(async move { me.heartbeat_now().await });
+            None => {
+                tracing::info!(peer = %addr, node = %format_args!("{node:016x}"), records, "multicast store: peer joined")
+            }
         }
+        Some(NewPeer { node, addr })
     }
 
     /// Drop silent peers (logged once each).

@@ -210,7 +210,7 @@ pub async fn pull(node: Arc<Node>, peer: u64, addr: SocketAddr) {
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
-            if !super::node::lock(&node.members).is(peer, addr) {
+            if !crate::lock::lock(&node.members).is(peer, addr) {
                 // Gone or restarted; a successor triggers its own pull.
                 return;
             }

@@ -264,7 +264,7 @@ async fn messages_are_authenticated_fresh_and_unique() {
 #[tokio::test]
 async fn state_changes_merge_newest_and_refuse_bad_ones() {
     use super::wire::{seal, Body, StateRecord, MAX_DATAGRAM};
-    use crate::backend::AdminState;
+    use crate::admin_state::AdminState;
     use crate::store::StateChange;
     let r = Rig::new(Duration::from_secs(60)).await;
     let n = &r.node;

@@ -2,7 +2,8 @@
 //! loop.
 
 use super::diag::{bump, unix_ms, LOG_EVERY_MS};
-use super::node::Node;
+use super::node::{NewPeer, Node};
+use super::sync;
 use super::wire::{
     state_batches, Body, Record, StateRecord, DATAGRAM_RECORD_BUDGET, DATAGRAM_STATE_BUDGET,
     MAX_DATAGRAM,
@@ -69,7 +70,9 @@ pub async fn receive(node: Arc<Node>, sock: Arc<UdpSocket>, via_unicast: bool) {
         match sock.recv_from(&mut buf).await {
             Ok((n, from)) => {
                 failures = 0;
-                node.on_datagram(&buf[..n], from, via_unicast);
+                if let Some(peer) = node.on_datagram(&buf[..n], from, via_unicast) {
+                    welcome(&node, peer);
+                }
             }
             // ICMP errors for earlier sends to a peer that is down.
             Err(e)
@@ -88,6 +91,15 @@ pub async fn receive(node: Arc<Node>, sock: Arc<UdpSocket>, via_unicast: bool) {
             }
         }
     }
+}
+
+/// A new (or restarted) peer: fetch its full state, and answer with a
+/// heartbeat now rather than at the next tick, so it finds us and fetches
+/// our state at once.
+fn welcome(node: &Arc<Node>, peer: NewPeer) {
+    node.spawn(sync::pull(node.clone(), peer.node, peer.addr));
+    let me = node.clone();
+    node.spawn(async move { me.heartbeat_now().await });
 }
 
 /// Drain the outgoing queue, packing records into datagrams.

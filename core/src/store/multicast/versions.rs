@@ -140,7 +140,7 @@ impl Versions {
         let key = self.seed.hash_one(id);
         let shard = &self.shards[(key >> 58) as usize % SHARDS];
         Slot {
-            map: shard.lock().unwrap_or_else(|e| e.into_inner()),
+            map: crate::lock::lock(shard),
             key,
             table: self,
         }
@@ -153,7 +153,7 @@ impl Versions {
         let now = self.now();
         let mut removed = 0;
         for shard in self.shards.iter() {
-            let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = crate::lock::lock(shard);
             let before = map.len();
             map.retain(|_, m| now.saturating_sub(m.fresh_ms) < max_age_ms);
             removed += before - map.len();

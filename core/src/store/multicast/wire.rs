@@ -28,7 +28,7 @@
 //! secrecy (see [`super::auth`]).
 
 use super::auth::{Key, Reject, TAG_LEN};
-use crate::backend::AdminState;
+use crate::admin_state::AdminState;
 use crate::store::StateChange;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -53,7 +53,7 @@ const TOMBSTONE: u8 = 1;
 
 /// What a message carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum MessageKind {
     Heartbeat = 1,
     Records = 2,
     SyncRequest = 3,
@@ -63,16 +63,16 @@ pub enum Kind {
     SyncStates = 7,
 }
 
-impl Kind {
-    fn from_u8(b: u8) -> Option<Kind> {
+impl MessageKind {
+    fn from_u8(b: u8) -> Option<MessageKind> {
         Some(match b {
-            1 => Kind::Heartbeat,
-            2 => Kind::Records,
-            3 => Kind::SyncRequest,
-            4 => Kind::SyncRecords,
-            5 => Kind::SyncEnd,
-            6 => Kind::States,
-            7 => Kind::SyncStates,
+            1 => MessageKind::Heartbeat,
+            2 => MessageKind::Records,
+            3 => MessageKind::SyncRequest,
+            4 => MessageKind::SyncRecords,
+            5 => MessageKind::SyncEnd,
+            6 => MessageKind::States,
+            7 => MessageKind::SyncStates,
             _ => return None,
         })
     }
@@ -81,7 +81,7 @@ impl Kind {
 /// The authenticated header of every message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
-    pub kind: Kind,
+    pub kind: MessageKind,
     /// Sender's random per-process node id.
     pub node: u64,
     /// Sender's wall clock, Unix milliseconds.
@@ -165,15 +165,15 @@ pub enum Body {
 
 impl Body {
     /// The header kind this body is sent under.
-    pub fn kind(&self) -> Kind {
+    pub fn kind(&self) -> MessageKind {
         match self {
-            Body::Heartbeat { .. } => Kind::Heartbeat,
-            Body::Records(_) => Kind::Records,
-            Body::SyncRequest => Kind::SyncRequest,
-            Body::SyncRecords { .. } => Kind::SyncRecords,
-            Body::SyncEnd { .. } => Kind::SyncEnd,
-            Body::States(_) => Kind::States,
-            Body::SyncStates { .. } => Kind::SyncStates,
+            Body::Heartbeat { .. } => MessageKind::Heartbeat,
+            Body::Records(_) => MessageKind::Records,
+            Body::SyncRequest => MessageKind::SyncRequest,
+            Body::SyncRecords { .. } => MessageKind::SyncRecords,
+            Body::SyncEnd { .. } => MessageKind::SyncEnd,
+            Body::States(_) => MessageKind::States,
+            Body::SyncStates { .. } => MessageKind::SyncStates,
         }
     }
 }
@@ -284,7 +284,7 @@ pub fn open(key: &Key, bytes: &[u8], max_len: usize) -> Result<(Header, Body), R
         return Err(Reject::Unauthenticated);
     }
     let mut r = Reader(&signed[5..]);
-    let kind = Kind::from_u8(r.u8()?).ok_or(Reject::Malformed)?;
+    let kind = MessageKind::from_u8(r.u8()?).ok_or(Reject::Malformed)?;
     let header = Header {
         kind,
         node: r.u64()?,
@@ -292,7 +292,7 @@ pub fn open(key: &Key, bytes: &[u8], max_len: usize) -> Result<(Header, Body), R
         nonce: r.u64()?,
     };
     let body = match kind {
-        Kind::Heartbeat => {
+        MessageKind::Heartbeat => {
             let ip = match r.u8()? {
                 4 => {
                     let b: [u8; 4] = r.take(4)?.try_into().map_err(|_| Reject::Malformed)?;
@@ -310,19 +310,19 @@ pub fn open(key: &Key, bytes: &[u8], max_len: usize) -> Result<(Header, Body), R
                 records: r.u64()?,
             }
         }
-        Kind::Records => Body::Records(get_records(&mut r)?),
-        Kind::SyncRequest => Body::SyncRequest,
-        Kind::SyncRecords => Body::SyncRecords {
+        MessageKind::Records => Body::Records(get_records(&mut r)?),
+        MessageKind::SyncRequest => Body::SyncRequest,
+        MessageKind::SyncRecords => Body::SyncRecords {
             request: r.u64()?,
             seq: r.u32()?,
             records: get_records(&mut r)?,
         },
-        Kind::SyncEnd => Body::SyncEnd {
+        MessageKind::SyncEnd => Body::SyncEnd {
             request: r.u64()?,
             total: r.u64()?,
         },
-        Kind::States => Body::States(get_states(&mut r)?),
-        Kind::SyncStates => Body::SyncStates {
+        MessageKind::States => Body::States(get_states(&mut r)?),
+        MessageKind::SyncStates => Body::SyncStates {
             request: r.u64()?,
             states: get_states(&mut r)?,
         },
@@ -461,8 +461,8 @@ fn group_by_size<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::AdminState;
-    use rand::{Rng, RngCore};
+    use crate::admin_state::AdminState;
+    use rand::{Rng, RngExt};
 
     fn st(route: &str, state: AdminState, at_ms: u64) -> StateRecord {
         StateRecord {
@@ -635,7 +635,7 @@ mod tests {
         // A record count larger than the payload.
         let mut msg = Vec::new();
         msg.extend_from_slice(&MAGIC);
-        msg.extend_from_slice(&[WIRE_VERSION, Kind::Records as u8]);
+        msg.extend_from_slice(&[WIRE_VERSION, MessageKind::Records as u8]);
         msg.extend_from_slice(&[0u8; 24]);
         msg.extend_from_slice(&u16::MAX.to_be_bytes());
         let tag = k.tag(&msg);

@@ -42,6 +42,7 @@ use super::{
     StoreError, StoreFuture, StoreStatus, MAX_STATE_SKEW_MS,
 };
 use crate::config::raw::StoreSection;
+use crate::lock::lock;
 use arc_swap::ArcSwap;
 use conn::Conn;
 use std::collections::{HashMap, HashSet};
@@ -248,10 +249,7 @@ impl RedisStore {
 
     /// Have [`write_states`] write these routes' known changes to Redis.
     fn states_due(&self, routes: impl IntoIterator<Item = Arc<str>>) {
-        self.states_due
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(routes);
+        lock(&self.states_due).extend(routes);
         self.states_kick.notify_one();
     }
 
@@ -262,7 +260,7 @@ impl RedisStore {
             return;
         }
         let due: Vec<Arc<str>> = {
-            let mut due = self.states_due.lock().unwrap_or_else(|e| e.into_inner());
+            let mut due = lock(&self.states_due);
             due.drain().collect()
         };
         let key = self.states_key();
@@ -293,10 +291,7 @@ impl RedisStore {
                 Err(e) => {
                     // Keep this one and the rest for the next attempt (the
                     // monitor kicks again when Redis answers).
-                    self.states_due
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .extend(due[i..].iter().cloned());
+                    lock(&self.states_due).extend(due[i..].iter().cloned());
                     self.failed(&e).await;
                     return;
                 }
@@ -746,7 +741,7 @@ fn parse_state(value: &str) -> Option<StateChange> {
         return None;
     }
     Some(StateChange {
-        state: crate::backend::AdminState::from_name(name)?,
+        state: crate::admin_state::AdminState::from_name(name)?,
         at_ms: at.parse().ok()?,
     })
 }
@@ -1067,7 +1062,7 @@ impl SessionStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::AdminState;
+    use crate::admin_state::AdminState;
 
     #[test]
     fn state_values_parse_strictly() {

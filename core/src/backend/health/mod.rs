@@ -1,9 +1,18 @@
 //! Health: active HTTP checks on an interval and passive detection from
-//! real traffic. Both only flip the backend's atomic `up` flag, which every
-//! request reads; selection never waits on a check.
+//! real traffic. Both only flip the backend's atomic `up` flag (in its
+//! [`Health`]), which every request reads; selection never waits on a
+//! check. This module runs the checks and probes and does what follows a
+//! change (clearing the pool, logging); [`state`] holds the flag and the
+//! counters, [`rise_fall`] the hysteresis as a pure value.
 
+mod rise_fall;
+mod state;
+
+pub use rise_fall::{Outcome, RiseFall};
+pub use state::Health;
+
+use super::upstream_body::UpstreamBody;
 use super::Backend;
-use crate::body::UpstreamBody;
 use crate::config::raw::HealthSection;
 use http::{Request, StatusCode};
 use std::sync::atomic::Ordering;
@@ -13,7 +22,7 @@ use std::sync::{Arc, Weak};
 /// reload with new health settings). It stops by itself once the backend
 /// is dropped (removed by a reload, or shutdown) or a newer checker starts.
 pub fn spawn_checker(backend: &Arc<Backend>, cfg: Arc<HealthSection>) {
-    let generation = backend.checker_generation.fetch_add(1, Ordering::AcqRel) + 1;
+    let generation = backend.health.next_checker();
     if !cfg.enabled {
         return;
     }
@@ -24,7 +33,7 @@ pub fn spawn_checker(backend: &Arc<Backend>, cfg: Arc<HealthSection>) {
         loop {
             tick.tick().await;
             let Some(b) = weak.upgrade() else { break };
-            if b.checker_generation.load(Ordering::Acquire) != generation {
+            if !b.health.is_current_checker(generation) {
                 break;
             }
             let ok = check_once(&b, &cfg).await;
@@ -77,25 +86,24 @@ fn status_ok(cfg: &HealthSection, s: StatusCode) -> bool {
 
 /// Apply one active verdict with rise/fall hysteresis.
 fn record(b: &Backend, cfg: &HealthSection, verdict: Result<(), String>) {
-    match verdict {
-        Ok(()) => {
-            b.fail_streak.store(0, Ordering::Relaxed);
-            let ok = b.ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
-            if !b.is_up() && ok >= cfg.rise && b.set_up(true, "health check passed") {
-                tracing::info!(
-                    backend = b.route(),
-                    "backend is up (health check passed {ok} times)"
-                );
-            }
-        }
-        Err(why) => {
-            b.ok_streak.store(0, Ordering::Relaxed);
-            let fails = b.fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
-            if b.is_up() && fails >= cfg.fall && b.set_up(false, &why) {
-                b.pool.clear();
-                tracing::warn!(backend = b.route(), reason = %why, "backend is down (health check failed {fails} times)");
-            }
-        }
+    let (outcome, reason) = match &verdict {
+        Ok(()) => (Outcome::Pass, "health check passed"),
+        Err(why) => (Outcome::Fail, why.as_str()),
+    };
+    let Some((up, streak)) = b.health.observe(outcome, cfg.rise, cfg.fall) else {
+        return;
+    };
+    if !b.set_up(up, reason) {
+        return;
+    }
+    if up {
+        tracing::info!(
+            backend = b.route(),
+            "backend is up (health check passed {streak} times)"
+        );
+    } else {
+        b.pool.clear();
+        tracing::warn!(backend = b.route(), reason = %reason, "backend is down (health check failed {streak} times)");
     }
 }
 
@@ -104,8 +112,10 @@ fn record(b: &Backend, cfg: &HealthSection, verdict: Result<(), String>) {
 /// down at once so no other request waits on it; it comes back through the
 /// active checker, or a backoff probe when active checks are off.
 pub fn mark_down(backend: &Arc<Backend>, cfg: &Arc<HealthSection>, reason: &str) {
-    backend.ok_streak.store(0, Ordering::Relaxed);
-    if backend.set_up(false, reason) {
+    if backend
+        .health
+        .mark_down(reason, &backend.stats.health_history)
+    {
         backend.pool.clear();
         tracing::warn!(
             backend = backend.route(),
@@ -113,7 +123,7 @@ pub fn mark_down(backend: &Arc<Backend>, cfg: &Arc<HealthSection>, reason: &str)
             "backend marked down by live traffic"
         );
     }
-    if !cfg.enabled && !backend.probing.swap(true, Ordering::AcqRel) {
+    if !cfg.enabled && backend.health.start_probing() {
         spawn_probe(Arc::downgrade(backend), cfg.clone());
     }
 }
@@ -123,13 +133,18 @@ pub fn mark_down(backend: &Arc<Backend>, cfg: &Arc<HealthSection>, reason: &str)
 /// on that URL) counts toward `fall`; `fall` consecutive failures mark it
 /// down. Slow is not dead: one timeout never ejects a node.
 pub fn note_failure(backend: &Arc<Backend>, cfg: &Arc<HealthSection>, reason: &str) {
-    let n = backend.passive_streak.fetch_add(1, Ordering::Relaxed) + 1;
-    if n >= cfg.fall {
-        backend.passive_streak.store(0, Ordering::Relaxed);
+    let streak = backend.health.note_failure(cfg.fall);
+    fall_reached(backend, cfg, streak, reason);
+}
+
+/// `fall` passive failures in a row (`streak`, when reached) mark the
+/// backend down, naming the last one.
+fn fall_reached(backend: &Arc<Backend>, cfg: &Arc<HealthSection>, streak: Option<u32>, last: &str) {
+    if let Some(n) = streak {
         mark_down(
             backend,
             cfg,
-            &format!("{n} consecutive failures, the last: {reason}"),
+            &format!("{n} consecutive failures, the last: {last}"),
         );
     }
 }
@@ -138,11 +153,10 @@ pub fn note_failure(backend: &Arc<Backend>, cfg: &Arc<HealthSection>, reason: &s
 /// consecutive 5xx answers mark the backend down; any other answer ends a
 /// streak of failures (timeouts included).
 pub fn note_status(backend: &Arc<Backend>, cfg: &Arc<HealthSection>, status: StatusCode) {
-    if cfg.passive_5xx && status.is_server_error() {
-        note_failure(backend, cfg, "5xx answer");
-    } else if backend.passive_streak.load(Ordering::Relaxed) != 0 {
-        backend.passive_streak.store(0, Ordering::Relaxed);
-    }
+    let fails = backend
+        .health
+        .note_5xx(status.is_server_error(), cfg.passive_5xx, cfg.fall);
+    fall_reached(backend, cfg, fails, "5xx answer");
 }
 
 /// Hung-node rescue: a request has waited `suspect_after` for its response
@@ -175,12 +189,7 @@ const CLOSING_PROBE_COOLDOWN: std::time::Duration = std::time::Duration::from_mi
 /// One rescue probe of `backend` unless one is in flight or one passed
 /// less than `cooldown` ago; a failed probe marks it down.
 fn probe_now(backend: &Arc<Backend>, cfg: &Arc<HealthSection>, cooldown: std::time::Duration) {
-    let now = backend.born.elapsed().as_millis() as u64;
-    let ok_at = backend.rescue_ok_ms.load(Ordering::Relaxed);
-    if ok_at != 0 && now < ok_at + cooldown.as_millis() as u64 {
-        return;
-    }
-    if !backend.is_up() || backend.rescue_probing.swap(true, Ordering::AcqRel) {
+    if !backend.health.begin_rescue(cooldown) {
         return;
     }
     backend.stats.rescue_probes.fetch_add(1, Ordering::Relaxed);
@@ -188,8 +197,7 @@ fn probe_now(backend: &Arc<Backend>, cfg: &Arc<HealthSection>, cooldown: std::ti
     tokio::spawn(async move {
         match check_once(&b, &cfg).await {
             Ok(()) => {
-                let at = b.born.elapsed().as_millis() as u64;
-                b.rescue_ok_ms.store(at.max(1), Ordering::Relaxed);
+                b.health.rescue_passed();
                 b.pool.forget_closes();
                 tracing::debug!(backend = b.route(), "rescue probe passed: backend is alive");
             }
@@ -198,7 +206,7 @@ fn probe_now(backend: &Arc<Backend>, cfg: &Arc<HealthSection>, cooldown: std::ti
                 mark_down(&b, &cfg, &format!("rescue probe failed: {why}"));
             }
         }
-        b.rescue_probing.store(false, Ordering::Release);
+        b.health.end_rescue();
     });
 }
 
@@ -211,15 +219,14 @@ fn spawn_probe(weak: Weak<Backend>, cfg: Arc<HealthSection>) {
             tokio::time::sleep(wait).await;
             let Some(b) = weak.upgrade() else { return };
             if b.is_up() {
-                b.probing.store(false, Ordering::Release);
+                b.health.stop_probing();
                 return;
             }
             if b.pool.connect_any().await.is_ok() {
-                b.fail_streak.store(0, Ordering::Relaxed);
-                if b.set_up(true, "probe connected") {
+                if b.health.probe_connected(&b.stats.health_history) {
                     tracing::info!(backend = b.route(), "backend is up again (probe connected)");
                 }
-                b.probing.store(false, Ordering::Release);
+                b.health.stop_probing();
                 return;
             }
             wait = (wait * 2).min(cfg.probe_backoff_max);
@@ -398,12 +405,16 @@ mod tests {
         rt.block_on(async {
             probe_now(&b, &h, cooldown);
             for _ in 0..500 {
-                if !b.rescue_probing.load(Ordering::Acquire) {
+                if !b.health.rescue_probing.load(Ordering::Acquire) {
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
-            assert_ne!(b.rescue_ok_ms.load(Ordering::Relaxed), 0, "probe passed");
+            assert_ne!(
+                b.health.rescue_ok_ms.load(Ordering::Relaxed),
+                0,
+                "probe passed"
+            );
             probe_now(&b, &h, cooldown);
         });
         assert_eq!(b.stats.rescue_probes.load(Ordering::Relaxed), 1);
