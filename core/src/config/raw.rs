@@ -61,6 +61,10 @@ pub struct ServerSection {
     /// listen backlog. Absent: half the open-file limit (raised to its
     /// hard maximum at start), leaving the rest for backend connections.
     pub max_connections: Option<usize>,
+    /// Request-path threads, each with its own runtime, listening sockets
+    /// (SO_REUSEPORT) and upstream connections, so cores share nothing on
+    /// the way of a request. Absent: one per core. Applies at start.
+    pub threads: Option<usize>,
     pub max_header_size: usize,
     /// Longest single header line (name, ": " and value); longer -> 431.
     pub max_header_line: usize,
@@ -82,6 +86,16 @@ pub struct ServerSection {
     pub tcp_keepalive: KeepaliveSection,
 }
 
+impl ServerSection {
+    /// `threads`, or the cores this process may use (cgroup quota and
+    /// CPU affinity included).
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+}
+
 impl Default for ServerSection {
     fn default() -> Self {
         Self {
@@ -93,6 +107,7 @@ impl Default for ServerSection {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: None,
+            threads: None,
             max_header_size: 32 * 1024,
             max_header_line: 8 * 1024,
             max_headers: 100,
