@@ -505,7 +505,8 @@ pub struct UpstreamSection {
     pub pool_idle_timeout: Duration,
     /// Idle connections kept per backend. Generous on purpose: under a
     /// burst, every connection dropped here is a reconnect, and reconnect
-    /// churn can overflow a busy backend's accept queue.
+    /// churn can overflow a busy backend's accept queue. Split evenly over
+    /// `server.threads` (each thread reuses the connections it made).
     pub pool_max_idle: usize,
     /// Concurrent requests per backend; 0 = unlimited.
     pub max_connections: usize,
