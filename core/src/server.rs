@@ -416,7 +416,7 @@ impl Server {
         };
         match (side, self.tls.load_full()) {
             (Side::Plain, _) => {
-                let info = ClientInfo { peer, https: false };
+                let info = ClientInfo::new(peer, false);
                 let proto = if ctx.cfg.h2c { Proto::Sniff } else { Proto::H1 };
                 tokio::spawn(start(ctx, stream, info, proto));
             }
@@ -426,7 +426,7 @@ impl Server {
                     let deadline = ctx.timing.first_head_deadline();
                     match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            let info = ClientInfo { peer, https: true };
+                            let info = ClientInfo::new(peer, true);
                             let proto = match tls.get_ref().1.alpn_protocol() {
                                 Some(b"h2") => Proto::H2,
                                 Some(_) => Proto::H1,

@@ -113,7 +113,9 @@ pub struct Backend {
     up: AtomicBool,
     /// When the health flag last changed (for the status API).
     last_change: std::sync::Mutex<Instant>,
-    pub inflight: AtomicU32,
+    /// Requests in flight (striped per request thread, see
+    /// [`stats::Striped`]).
+    pub inflight: stats::Striped,
     /// Traffic and health counters; shared with the backend's successor
     /// after a reload changes its settings, so counters never reset.
     pub stats: Arc<stats::Counters>,
@@ -158,7 +160,7 @@ impl Backend {
             state: AtomicU8::new(state),
             up: AtomicBool::new(true),
             last_change: std::sync::Mutex::new(Instant::now()),
-            inflight: AtomicU32::new(0),
+            inflight: stats::Striped::default(),
             stats: Arc::default(),
             state_at_ms: AtomicU64::new(0),
             cookie_template: ArcSwapOption::empty(),

@@ -119,7 +119,7 @@ pub fn prepare(parts: &mut Parts, cfg: &Config, client: ClientInfo) {
         host: s.x_forwarded_host,
     };
     let scheme = if client.https { "https" } else { "http" };
-    add_forwarded(&mut parts.headers, fwd, client.peer.ip(), scheme, trusted);
+    add_forwarded(&mut parts.headers, fwd, &client.ip, scheme, trusted);
     parts.version = Version::HTTP_11;
 }
 
@@ -203,6 +203,38 @@ pub struct Forwarded {
     pub host: bool,
 }
 
+/// An IP address as text, formatted once per connection and kept inline
+/// (no allocation; `ClientInfo` stays `Copy`). 45 bytes hold the longest
+/// form, an IPv6 address with an embedded IPv4 tail.
+#[derive(Clone, Copy)]
+pub struct IpText {
+    len: u8,
+    buf: [u8; 45],
+}
+
+impl IpText {
+    /// `ip` as `Display` writes it.
+    pub fn new(ip: IpAddr) -> Self {
+        use std::io::Write;
+        let mut buf = [0u8; 45];
+        let mut w = &mut buf[..];
+        let _ = write!(w, "{ip}");
+        let len = (45 - w.len()) as u8;
+        IpText { len, buf }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for IpText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -213,17 +245,19 @@ static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub fn add_forwarded(
     h: &mut HeaderMap,
     f: Forwarded,
-    client: IpAddr,
+    client: &IpText,
     scheme: &'static str,
     trusted: bool,
 ) {
     if f.for_ {
-        let ip = client.to_string();
+        let ip = client.as_str();
         let v = match h.get(&XFF).and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip,
+            Some(prev) if !prev.trim().is_empty() => {
+                HeaderValue::from_str(&format!("{prev}, {ip}"))
+            }
+            _ => HeaderValue::from_str(ip),
         };
-        if let Ok(v) = HeaderValue::from_str(&v) {
+        if let Ok(v) = v {
             h.insert(XFF.clone(), v);
         }
     }
@@ -265,7 +299,8 @@ mod tests {
             proto: true,
             host: true,
         };
-        add_forwarded(&mut h, all, "127.0.0.9".parse().unwrap(), "http", true);
+        let ip = IpText::new("127.0.0.9".parse().unwrap());
+        add_forwarded(&mut h, all, &ip, "http", true);
         assert_eq!(h[&XFF], "10.0.0.1, 127.0.0.9");
         assert_eq!(h[&XFP], "http");
         assert_eq!(h[&XFH], "example.org");
@@ -287,9 +322,21 @@ mod tests {
     }
 
     fn client(ip: &str) -> ClientInfo {
-        ClientInfo {
-            peer: format!("{ip}:5000").parse().unwrap(),
-            https: false,
+        ClientInfo::new(format!("{ip}:5000").parse().unwrap(), false)
+    }
+
+    #[test]
+    fn ip_text_is_display_for_every_length() {
+        for ip in [
+            "1.2.3.4",
+            "255.255.255.255",
+            "::1",
+            "::ffff:10.0.0.1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "1:2:3:4:5:6:7:8",
+        ] {
+            let a: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(a).as_str(), a.to_string());
         }
     }
 

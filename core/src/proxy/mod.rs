@@ -205,6 +205,20 @@ pub struct Proxy {
 pub struct ClientInfo {
     pub peer: SocketAddr,
     pub https: bool,
+    /// The peer's address as header text, written once per connection
+    /// (every forwarded request carries it in X-Forwarded-For).
+    pub ip: headers::IpText,
+}
+
+impl ClientInfo {
+    /// The facts of a connection from `peer`.
+    pub fn new(peer: SocketAddr, https: bool) -> Self {
+        ClientInfo {
+            peer,
+            https,
+            ip: headers::IpText::new(peer.ip()),
+        }
+    }
 }
 
 impl Proxy {

@@ -21,6 +21,13 @@ pub fn current() -> Option<usize> {
     INDEX.with(Cell::get)
 }
 
+/// Make the calling thread count as request thread `index` (unit tests of
+/// per-thread state).
+#[cfg(test)]
+pub(crate) fn pretend(index: usize) {
+    INDEX.with(|i| i.set(Some(index)));
+}
+
 /// A request-path thread could not be started.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot start request thread {index}: {source}")]
