@@ -3,6 +3,10 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli_ctl;
 mod cli_demo;
 

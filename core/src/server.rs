@@ -810,6 +810,46 @@ mod tests {
     }
 
     #[test]
+    fn a_listener_group_shares_one_port_and_never_joins_a_taken_one() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let group = bind_group(any, 3).unwrap();
+        let ports: Vec<u16> = group
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        assert_eq!(ports.len(), 3);
+        assert!(ports.iter().all(|&p| p == ports[0] && p != 0), "{ports:?}");
+        // Another group (another stickgate) on the same port is refused,
+        // though both would set SO_REUSEPORT.
+        let taken = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+        assert!(bind_group(taken, 2).is_err(), "joined a running group");
+        // So is a port a plain listener holds.
+        let plain = std::net::TcpListener::bind(any).unwrap();
+        assert!(bind_group(plain.local_addr().unwrap(), 2).is_err());
+        assert!(bind_group(plain.local_addr().unwrap(), 1).is_err());
+    }
+
+    #[test]
+    fn request_threads_know_their_number() {
+        let workers = workers::Workers::start(2).unwrap();
+        let handles = workers.handles();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for (i, h) in handles.iter().enumerate() {
+                assert_eq!(
+                    h.spawn(async { workers::current() }).await.unwrap(),
+                    Some(i)
+                );
+            }
+            assert_eq!(workers::current(), None);
+            workers.stop().await;
+        });
+    }
+
+    #[test]
     fn configured_connection_limit_wins_over_the_fd_limit() {
         let mut cfg = ServerSection {
             max_connections: Some(7),

@@ -250,6 +250,7 @@ mod tests {
         let cookies = [
             "JSESSIONID=a.t1",
             "JSESSIONID=a.t1; Path=/shop; HttpOnly",
+            "JSESSIONID=a.t1; Path=/shop",
             "JSESSIONID=a.t1; Path=/; Domain=example.org; Secure; SameSite=Lax",
             "JSESSIONID=a.t1; SameSite=Strict",
             "JSESSIONID=a.t1; SameSite=None; Secure",
