@@ -43,9 +43,12 @@ if [ -n "${GATE_BIN:-}" ]; then
 else
     build_release
 fi
-# Idle clients need descriptors on both sides.
-[ "$IDLE_CONNS" -eq 0 ] || ulimit -n $((IDLE_CONNS * 3 + 1024)) 2>/dev/null ||
-    die "cannot raise the open-file limit for IDLE_CONNS=$IDLE_CONNS"
+# Idle clients need descriptors on both sides (raise only, never lower:
+# HAProxy wants about 2 x maxconn).
+want_fds=$((IDLE_CONNS * 3 + 10000))
+if [ "$IDLE_CONNS" -gt 0 ] && [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$want_fds" ]; then
+    ulimit -n "$want_fds" 2>/dev/null || die "cannot raise the open-file limit for IDLE_CONNS=$IDLE_CONNS"
+fi
 
 port() { # a free loopback port
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -274,37 +277,41 @@ done
 
 # IDLE_CONNS keep-alive clients, one sticky GET each, held open; RSS read
 # while they are held (each balancer in turn).
-hold_idle() { # port
-    python3 - "$1" "$IDLE_CONNS" <<'PY'
-import socket, sys, time
+# (The script comes from -c: stdin stays the pipe that says when to let go.)
+HOLD_PY='
+import socket, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])
 socks = []
 for i in range(n):
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    route = "tomcat1" if i % 2 else "tomcat2"
-    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nCookie: JSESSIONID=%032x.%s\r\n\r\n" % (i, route.encode()))
+    route = b"tomcat1" if i % 2 else b"tomcat2"
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nCookie: JSESSIONID=%032x.%s\r\n\r\n" % (i, route))
     socks.append(s)
 for s in socks:
     got = b""
-    while b"\r\n\r\n" not in got or not got.rstrip().endswith(b"}"):
+    while not got.rstrip().endswith(b"}"):
         chunk = s.recv(4096)
         if not chunk:
             break
         got += chunk
 print("held", flush=True)
 sys.stdin.readline()
-PY
+'
+hold_idle() { # port
+    python3 -c "$HOLD_PY" "$1" "$IDLE_CONNS"
 }
 if [ "$IDLE_CONNS" -gt 0 ]; then
     for who in $WHO; do
         pids=$(pids_of $who)
         [ -n "$pids" ] || continue
         coproc HOLD { hold_idle "$(port_of $who)"; }
-        read -r -t 120 line <&"${HOLD[0]}" || die "holding $IDLE_CONNS connections to $who failed"
+        hold_out=${HOLD[0]} hold_in=${HOLD[1]} hold_pid=$HOLD_PID
+        read -r -t 120 line <&"$hold_out" || die "holding $IDLE_CONNS connections to $who failed"
+        [ "$line" = held ] || die "holding $IDLE_CONNS connections to $who failed: $line"
         sleep 1
         echo "$who held $(rss_kib $pids)" >>"$RSS"
-        echo >&"${HOLD[1]}"
-        wait "$HOLD_PID" 2>/dev/null || true
+        echo >&"$hold_in" || true
+        wait "$hold_pid" 2>/dev/null || true
         sleep 1
     done
 fi
@@ -351,6 +358,6 @@ awk '
       k = split(who, order, " ")
       for (i = 1; i <= k; i++) { w = order[i]; if (!(w in idle)) continue
         line = sprintf("%-9s idle %6.1f  after load %6.1f", w, idle[w] / 1024, load[w] / 1024)
-        if (w in held) line = line sprintf("  %d idle clients %6.1f (%.1f KiB each over idle)", n, held[w] / 1024, (held[w] - idle[w]) / n)
+        if (w in held) line = line sprintf("  %d idle clients %6.1f (%.1f KiB each over after-load)", n, held[w] / 1024, (held[w] - load[w]) / n)
         print line }
     }' who="$WHO" n="$IDLE_CONNS" "$RSS"
