@@ -2,9 +2,11 @@
 # Sticky routing side by side: stickgate against HAProxy and nginx, set up
 # as ../shared/BENCHMARKS.md describes, measured in the same run.
 #
-#   benches/compare.sh              # 3 interleaved rounds of 8 s each
-#   ROUNDS=5 DURATION=8s benches/compare.sh
+#   benches/compare.sh              # 3 interleaved rounds of 8 s (+ 6 s new)
+#   ROUNDS=5 DURATION=8s NEW_DURATION=6s benches/compare.sh
 #   BASE_BIN=/path/to/older/stickgate benches/compare.sh   # adds "base"
+#   GATE_BIN=/path/to/stickgate benches/compare.sh    # no build, that binary
+#   IDLE_CONNS=3000 benches/compare.sh   # also RSS with N idle keep-alive clients
 #
 # Backends: two nginx servers (worker_processes 1) answering every path with
 # {"route":"tomcatN"} and, without a JSESSIONID cookie, a Set-Cookie. Each
@@ -13,21 +15,40 @@
 # request i carries JSESSIONID=<i mod 10000 as 32 hex>.tomcat1 (odd i) or
 # .tomcat2 (even i). CPU per request is utime+stime of the balancer's
 # processes (nginx: master and workers) from /proc/PID/stat over the run,
-# divided by the requests wrk reports. Prints each round, then per balancer
-# the range of req/s and CPU µs/request and the ratio to HAProxy.
+# divided by the requests wrk reports. A second scenario per round, "new",
+# sends no cookie (`wrk -t1 -c64 -d$NEW_DURATION`): every answer carries a
+# Set-Cookie the balancer learns. Prints each run, then per scenario and
+# balancer the median and range of req/s, CPU µs/request and p99 over the
+# rounds with the ratios to HAProxy; then RSS: idle (before the first
+# round), the largest right after a run, and optionally with IDLE_CONNS idle
+# keep-alive clients (each sent one sticky GET and holds its connection).
 # Installs haproxy, nginx and wrk with apt-get if missing; bounded in time.
 NAME=compare.sh
 . "$(dirname "$0")/common.sh"
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8s}
+NEW_DURATION=${NEW_DURATION:-6s}
 DUR_SECS=$(duration_secs "$DURATION")
+NEW_SECS=$(duration_secs "$NEW_DURATION")
+IDLE_CONNS=${IDLE_CONNS:-0}
 [[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -gt 0 && $ROUNDS -le 20 ]] || die "ROUNDS must be 1..20"
+[[ $IDLE_CONNS =~ ^[0-9]+$ && $IDLE_CONNS -le 20000 ]] || die "IDLE_CONNS must be 0..20000"
 
 need wrk wrk
 need haproxy haproxy
 need nginx nginx
-build_release
+if [ -n "${GATE_BIN:-}" ]; then
+    [ -x "$GATE_BIN" ] || die "GATE_BIN=$GATE_BIN is not an executable"
+else
+    build_release
+fi
+# Idle clients need descriptors on both sides (raise only, never lower:
+# HAProxy wants about 2 x maxconn).
+want_fds=$((IDLE_CONNS * 3 + 10000))
+if [ "$IDLE_CONNS" -gt 0 ] && [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$want_fds" ]; then
+    ulimit -n "$want_fds" 2>/dev/null || die "cannot raise the open-file limit for IDLE_CONNS=$IDLE_CONNS"
+fi
 
 port() { # a free loopback port
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -201,38 +222,142 @@ port_of() {
     case $1 in direct) echo "$P1" ;; nginx) echo "$PN" ;; haproxy) echo "$PH" ;; stickgate) echo "$PG" ;; base) echo "$PB" ;; esac
 }
 
+rss_kib() { # summed VmRSS of the given pids
+    local k=0 p
+    for p in "$@"; do
+        k=$((k + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status")))
+    done
+    echo "$k"
+}
+p99_ms() { # wrk's 99% latency in ms
+    awk '$1 == "99%" { v = $2
+        if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v) }
+        else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 }
+        printf "%.2f", v }'
+}
+
 RESULTS=$WORK/results
+RSS=$WORK/rss
 : >"$RESULTS"
+: >"$RSS"
+sleep 0.5 # idle RSS: settled after start and the warm-up request
+for who in $WHO; do
+    pids=$(pids_of $who)
+    [ -n "$pids" ] && echo "$who idle $(rss_kib $pids)" >>"$RSS"
+done
 for ((r = 1; r <= ROUNDS; r++)); do
-    for who in $WHO; do
-        pids=$(pids_of $who)
-        t0=$(ticks $pids)
-        out=$(timeout $((DUR_SECS + 30)) wrk -t1 -c64 -d"$DURATION" --latency -s "$WORK/sticky.lua" \
-            "http://127.0.0.1:$(port_of $who)/" 2>&1) || die "wrk failed for $who: $out"
-        t1=$(ticks $pids)
-        reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-        rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-        errs=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(/[^0-9 ]/, " "); for (i = 1; i <= NF; i++) n += $i} END {print n + 0}' <<<"$out")
-        p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
-        us=$(awk -v t=$((t1 - t0)) -v n="$reqs" 'BEGIN {printf "%.2f", t * 10000 / n}')
-        [ -z "$pids" ] && us="-"
-        printf "round %d %-9s %9s req/s  p99 %8s  cpu %6s us/req  errors %s\n" "$r" "$who" "$rps" "$p99" "$us" "$errs"
-        echo "$who $rps $us" >>"$RESULTS"
+    for scenario in sticky new; do
+        for who in $WHO; do
+            pids=$(pids_of $who)
+            if [ $scenario = sticky ]; then
+                args=(-d"$DURATION" -s "$WORK/sticky.lua")
+                secs=$DUR_SECS
+            else
+                args=(-d"$NEW_DURATION")
+                secs=$NEW_SECS
+            fi
+            t0=$(ticks $pids)
+            out=$(timeout $((secs + 30)) wrk -t1 -c64 --latency "${args[@]}" \
+                "http://127.0.0.1:$(port_of $who)/" 2>&1) || die "wrk failed for $who: $out"
+            t1=$(ticks $pids)
+            [ -n "$pids" ] && echo "$who load $(rss_kib $pids)" >>"$RSS"
+            reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+            rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+            errs=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(/[^0-9 ]/, " "); for (i = 1; i <= NF; i++) n += $i} END {print n + 0}' <<<"$out")
+            p99=$(p99_ms <<<"$out")
+            us=$(awk -v t=$((t1 - t0)) -v n="$reqs" 'BEGIN {printf "%.2f", t * 10000 / n}')
+            [ -z "$pids" ] && us="-"
+            printf "round %d %-6s %-9s %9s req/s  p99 %8s ms  cpu %6s us/req  errors %s\n" \
+                "$r" "$scenario" "$who" "$rps" "$p99" "$us" "$errs"
+            echo "$scenario $who $rps $us $p99 $errs" >>"$RESULTS"
+        done
     done
 done
 
+# IDLE_CONNS keep-alive clients, one sticky GET each, held open; RSS read
+# while they are held (each balancer in turn).
+# (The script comes from -c: stdin stays the pipe that says when to let go.)
+HOLD_PY='
+import socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+socks = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    route = b"tomcat1" if i % 2 else b"tomcat2"
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nCookie: JSESSIONID=%032x.%s\r\n\r\n" % (i, route))
+    socks.append(s)
+for s in socks:
+    got = b""
+    while not got.rstrip().endswith(b"}"):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+print("held", flush=True)
+sys.stdin.readline()
+'
+hold_idle() { # port
+    python3 -c "$HOLD_PY" "$1" "$IDLE_CONNS"
+}
+if [ "$IDLE_CONNS" -gt 0 ]; then
+    for who in $WHO; do
+        pids=$(pids_of $who)
+        [ -n "$pids" ] || continue
+        coproc HOLD { hold_idle "$(port_of $who)"; }
+        hold_out=${HOLD[0]} hold_in=${HOLD[1]} hold_pid=$HOLD_PID
+        read -r -t 120 line <&"$hold_out" || die "holding $IDLE_CONNS connections to $who failed"
+        [ "$line" = held ] || die "holding $IDLE_CONNS connections to $who failed: $line"
+        sleep 1
+        echo "$who held $(rss_kib $pids)" >>"$RSS"
+        echo >&"$hold_in" || true
+        wait "$hold_pid" 2>/dev/null || true
+        sleep 1
+    done
+fi
+
 echo
-echo "sticky GET, wrk -t1 -c64 -d$DURATION, $ROUNDS interleaved rounds, all on $(nproc) shared cores"
+echo "wrk -t1 -c64, sticky $DURATION and new $NEW_DURATION per run, $ROUNDS interleaved rounds, all on $(nproc) shared cores"
+echo "medians over the rounds (range); ratios are stickgate's (and base's) medians over HAProxy's"
 awk '
-    { n[$1]++; r = $2; c = $3
-      if (!($1 in rmin) || r < rmin[$1]) rmin[$1] = r; if (r > rmax[$1]) rmax[$1] = r
-      if (c != "-") { if (!($1 in cmin) || c < cmin[$1]) cmin[$1] = c; if (c > cmax[$1]) cmax[$1] = c; cs[$1] += c }
-      rs[$1] += r }
+    function median(list,   n, a, i, j, t) {
+        n = split(list, a, " ")
+        for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    function lo(list,   n, a, i, m) { n = split(list, a, " "); m = a[1]; for (i = 2; i <= n; i++) if (a[i] + 0 < m + 0) m = a[i]; return m }
+    function hi(list,   n, a, i, m) { n = split(list, a, " "); m = a[1]; for (i = 2; i <= n; i++) if (a[i] + 0 > m + 0) m = a[i]; return m }
+    { k = $1 " " $2; rps[k] = rps[k] " " $3; if ($4 != "-") cpu[k] = cpu[k] " " $4; p99[k] = p99[k] " " $5; err[k] += $6 }
     END {
-      for (w in n) { ravg[w] = rs[w] / n[w]; if (w in cs) cavg[w] = cs[w] / n[w] }
       k = split(who, order, " ")
-      for (i = 1; i <= k; i++) { w = order[i]
-        line = sprintf("%-9s req/s %7.0f..%-7.0f (%.2fx HAProxy)", w, rmin[w], rmax[w], ravg[w] / ravg["haproxy"])
-        if (w in cavg) line = line sprintf("  cpu %5.2f..%-5.2f us/req (%.2fx HAProxy)", cmin[w], cmax[w], cavg[w] / cavg["haproxy"])
-        print line }
+      for (s = 1; s <= 2; s++) {
+        sc = s == 1 ? "sticky" : "new"
+        h = sc " haproxy"
+        hr = median(rps[h]); hc = median(cpu[h]); hp = median(p99[h])
+        printf "%-6s %-9s %8s %-17s %6s %-13s %7s %-15s %6s\n", sc, "", "req/s", "", "us/req", "", "p99 ms", "", "errors"
+        for (i = 1; i <= k; i++) {
+          w = order[i]; key = sc " " w
+          line = sprintf("%-6s %-9s %8.0f (%.0f..%.0f)", sc, w, median(rps[key]), lo(rps[key]), hi(rps[key]))
+          line = sprintf("%-45s", line)
+          if (key in cpu) line = line sprintf(" %6.2f (%.2f..%.2f)", median(cpu[key]), lo(cpu[key]), hi(cpu[key]))
+          else line = line sprintf(" %6s %14s", "-", "")
+          line = line sprintf("  %6.2f (%.2f..%.2f)  %d", median(p99[key]), lo(p99[key]), hi(p99[key]), err[key])
+          if (w == "stickgate" || w == "base")
+            line = line sprintf("   vs HAProxy: req/s %.2fx  cpu %.2fx  p99 %.2fx", median(rps[key]) / hr, median(cpu[key]) / hc, median(p99[key]) / hp)
+          print line
+        }
+      }
     }' who="$WHO" "$RESULTS"
+echo
+held=""
+[ "$IDLE_CONNS" -eq 0 ] || held=", with $IDLE_CONNS idle keep-alive clients"
+echo "RSS in MiB: idle (before the first run), largest right after a run$held"
+awk '
+    { if ($2 == "idle") idle[$1] = $3; else if ($2 == "load") { if ($3 > load[$1]) load[$1] = $3 } else held[$1] = $3 }
+    END {
+      k = split(who, order, " ")
+      for (i = 1; i <= k; i++) { w = order[i]; if (!(w in idle)) continue
+        line = sprintf("%-9s idle %6.1f  after load %6.1f", w, idle[w] / 1024, load[w] / 1024)
+        if (w in held) line = line sprintf("  %d idle clients %6.1f (%.1f KiB each over after-load)", n, held[w] / 1024, (held[w] - load[w]) / n)
+        print line }
+    }' who="$WHO" n="$IDLE_CONNS" "$RSS"

@@ -3,6 +3,10 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli_ctl;
 mod cli_demo;
 
@@ -221,7 +225,14 @@ fn import(source: ImportSource) -> anyhow::Result<()> {
 
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = stickgate::config::load(path)?;
-    let rt = runtime()?;
+    // The control plane (admin, health checks, store, reload) only: the
+    // request path runs on `server.threads` threads of its own.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("stickgate-ctl")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     rt.block_on(stickgate::run(
         cfg,
         Some(path.to_path_buf()),

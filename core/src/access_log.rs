@@ -364,10 +364,7 @@ mod tests {
     /// The head of `req` as a plain-HTTP client on loopback sent it.
     fn capture(req: http::Request<()>, param: Option<&str>) -> LoggedRequest {
         let (parts, ()) = req.into_parts();
-        let client = ClientInfo {
-            peer: "127.0.0.1:5000".parse().unwrap(),
-            https: false,
-        };
+        let client = ClientInfo::new("127.0.0.1:5000".parse().unwrap(), false);
         LoggedRequest::capture(&parts, client, param)
     }
 

@@ -40,6 +40,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Workers(#[from] server::workers::WorkerError),
 }
 
 /// Build and start the session store the config asks for.
@@ -69,8 +71,9 @@ pub async fn run(
     source: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let plain = server::bind_all(&config.server.listen).await?;
-    let tls_listeners = server::bind_all(&config.server.tls_listen).await?;
+    let threads = config.server.threads();
+    let plain = server::bind_all(&config.server.listen, threads)?;
+    let tls_listeners = server::bind_all(&config.server.tls_listen, threads)?;
     let admin_listener = match config.admin.listen {
         Some(a) => Some(server::bind(a)?),
         None => None,
@@ -98,7 +101,14 @@ pub async fn run(
     let proxy = proxy::Proxy::new(runtime, access_log);
     proxy.follow_states();
     let stats = Arc::new(server::ServerStats::default());
-    let server = server::Server::new(proxy.clone(), stats.clone(), server_cfg, tls);
+    let workers = server::workers::Workers::start(threads)?;
+    let server = server::Server::new(
+        proxy.clone(),
+        stats.clone(),
+        server_cfg,
+        tls,
+        workers.handles(),
+    );
     for (l, a) in plain.into_iter().zip(listen) {
         server.add(l, a, server::ListenerKind::Plain);
     }
@@ -125,5 +135,6 @@ pub async fn run(
     for t in admin_task.into_iter().chain([reload_task]).chain(watchdog) {
         t.abort();
     }
+    workers.stop().await;
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 mod framing;
 mod guard;
+pub mod workers;
 
 use crate::body::ResponseBody;
 use crate::config::raw::ServerSection;
@@ -26,17 +27,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-/// Bind every configured address; the error names the address that failed.
-pub async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, BindError> {
-    let mut out = Vec::with_capacity(addrs.len());
-    for &addr in addrs {
-        out.push(bind(addr)?);
-    }
-    Ok(out)
+/// Bind every configured address `threads` times (see [`bind_group`]);
+/// the error names the address that failed.
+pub fn bind_all(addrs: &[SocketAddr], threads: usize) -> Result<Vec<Group>, BindError> {
+    addrs.iter().map(|&a| bind_group(a, threads)).collect()
 }
 
 /// A listening socket could not be opened.
@@ -50,18 +49,61 @@ pub struct BindError {
 /// Bind one address with SO_REUSEADDR (restarts do not wait for TIME_WAIT)
 /// and IPV6_V6ONLY on IPv6 so `[::]` and `0.0.0.0` can both be listed.
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    let s = socket(addr, false)?;
+    TcpListener::from_std(s.into()).map_err(|source| BindError { addr, source })
+}
+
+/// One address's listening sockets, one per request thread.
+pub type Group = Vec<std::net::TcpListener>;
+
+/// Bind `addr` once per request thread, all with SO_REUSEPORT so the
+/// kernel spreads new connections over the threads. SO_REUSEPORT would
+/// also let another process of the same user join the group unnoticed:
+/// a plain bind tried first fails if anything listens there already.
+/// Port 0 becomes the port the first socket got, for all of them.
+pub fn bind_group(addr: SocketAddr, threads: usize) -> Result<Group, BindError> {
+    if threads <= 1 {
+        return Ok(vec![socket(addr, false)?.into()]);
+    }
+    let mut addr = addr;
+    if addr.port() != 0 {
+        drop(socket(addr, false)?);
+    }
+    let mut out: Group = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        let s = socket(addr, true)?;
+        if addr.port() == 0 {
+            addr = s
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or_else(|| BindError {
+                    addr,
+                    source: std::io::Error::other("no local address after bind"),
+                })?;
+        }
+        out.push(s.into());
+    }
+    Ok(out)
+}
+
+/// A non-blocking listening socket on `addr`.
+fn socket(addr: SocketAddr, reuse_port: bool) -> Result<socket2::Socket, BindError> {
     let err = |source| BindError { addr, source };
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
         .map_err(err)?;
     s.set_reuse_address(true).map_err(err)?;
+    if reuse_port {
+        s.set_reuse_port(true).map_err(err)?;
+    }
     if addr.is_ipv6() {
         s.set_only_v6(true).map_err(err)?;
     }
     s.set_nonblocking(true).map_err(err)?;
     s.bind(&addr.into()).map_err(err)?;
     s.listen(1024).map_err(err)?;
-    TcpListener::from_std(s.into()).map_err(err)
+    Ok(s)
 }
 
 /// Listener-side counters for the status API.
@@ -122,14 +164,26 @@ pub enum ListenerKind {
     Tls,
 }
 
-/// One accepting listener; its stop signal ends the accept loop only,
-/// never the connections it accepted.
+/// One configured address's accept loops (one per request thread); their
+/// stop signals end the loops only, never the connections they accepted.
 struct Accepter {
     /// The address as configured (port 0 stays 0), to match on reload.
     configured: SocketAddr,
     side: ListenerKind,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Accepter {
+    /// Stop every loop and wait until their sockets are closed.
+    async fn stop(self) {
+        for s in self.stops {
+            let _ = s.send(());
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
 }
 
 /// The client-facing listeners and every connection they accepted.
@@ -144,21 +198,31 @@ pub struct Server {
     accepters: Mutex<Vec<Accepter>>,
     /// Connections hold a receiver; a send asks them all to finish.
     drain: watch::Sender<()>,
-    /// One permit per open client connection (`server.max_connections`).
+    /// One permit per open client connection (`server.max_connections`),
+    /// shared by every request thread.
     slots: Arc<Semaphore>,
     limit: usize,
+    /// The request threads' runtimes; listener `i` of a group runs on
+    /// thread `i`.
+    workers: Arc<[Handle]>,
 }
 
 impl Server {
-    /// A server with no listeners yet.
+    /// A server with no listeners yet, accepting on the given request
+    /// threads (see [`workers::Workers`]).
     pub fn new(
         proxy: Arc<Proxy>,
         stats: Arc<ServerStats>,
         cfg: Arc<ServerSection>,
         tls: Option<Arc<rustls::ServerConfig>>,
+        workers: Arc<[Handle]>,
     ) -> Arc<Self> {
         let limit = connection_limit(&cfg);
-        tracing::info!(max_connections = limit, "client connection limit");
+        tracing::info!(
+            max_connections = limit,
+            threads = workers.len(),
+            "client connection limit"
+        );
         Arc::new(Server {
             proxy,
             stats,
@@ -168,7 +232,13 @@ impl Server {
             drain: watch::channel(()).0,
             slots: Arc::new(Semaphore::new(limit)),
             limit,
+            workers,
         })
+    }
+
+    /// Request threads running; a new listener binds this many sockets.
+    pub fn threads(&self) -> usize {
+        self.workers.len()
     }
 
     /// Settings for connections accepted from now on (reload).
@@ -177,6 +247,12 @@ impl Server {
             tracing::warn!(
                 running = self.limit,
                 "server.max_connections changed: it applies at the next restart"
+            );
+        }
+        if cfg.threads() != self.threads() {
+            tracing::warn!(
+                running = self.threads(),
+                "server.threads changed: it applies at the next restart"
             );
         }
         self.cfg.store(cfg);
@@ -194,44 +270,65 @@ impl Server {
             .collect()
     }
 
-    /// Start accepting on a bound listener.
-    pub fn add(
-        self: &Arc<Self>,
-        listener: TcpListener,
-        configured: SocketAddr,
-        side: ListenerKind,
-    ) {
-        if let Ok(a) = listener.local_addr() {
-            tracing::info!(addr = %a, tls = side == ListenerKind::Tls, "listening");
+    /// Start accepting on a bound listener group (see [`bind_group`]):
+    /// socket `i` on request thread `i`.
+    pub fn add(self: &Arc<Self>, group: Group, configured: SocketAddr, side: ListenerKind) {
+        if let Some(a) = group.first().and_then(|l| l.local_addr().ok()) {
+            tracing::info!(addr = %a, tls = side == ListenerKind::Tls, sockets = group.len(), "listening");
         }
-        let (stop, mut stopped) = tokio::sync::oneshot::channel();
-        let me = self.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                // Past max_connections, new clients wait in the listen
-                // backlog until a connection ends (no descriptor spent).
-                let slot = tokio::select! {
-                    s = me.slot() => s,
-                    _ = &mut stopped => break,
-                };
-                tokio::select! {
-                    r = listener.accept() => match r {
-                        Ok((stream, peer)) => me.accept(side, stream, peer, slot),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed; retrying");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        }
-                    },
-                    _ = &mut stopped => break,
-                }
-            }
-        });
-        self.lock().push(Accepter {
+        let mut accepter = Accepter {
             configured,
             side,
-            stop,
-            task,
-        });
+            stops: Vec::with_capacity(group.len()),
+            tasks: Vec::with_capacity(group.len()),
+        };
+        for (i, listener) in group.into_iter().enumerate() {
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            let me = self.clone();
+            let rt = &self.workers[i % self.workers.len()];
+            accepter.stops.push(stop);
+            accepter
+                .tasks
+                .push(rt.spawn(me.accept_loop(listener, side, stopped)));
+        }
+        self.lock().push(accepter);
+    }
+
+    /// Accept until stopped. Past max_connections, a client this thread
+    /// accepted waits (unserved) for a slot, and later ones wait in the
+    /// listen backlog until a connection ends: at most one descriptor per
+    /// thread beyond the limit.
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+        side: ListenerKind,
+        mut stopped: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch a listening socket; it accepts nothing");
+                return;
+            }
+        };
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut stopped => return,
+            };
+            let slot = tokio::select! {
+                s = self.slot() => s,
+                _ = &mut stopped => return,
+            };
+            self.accept(side, stream, peer, slot);
+        }
     }
 
     /// Stop accepting on one listener (the first with this configured
@@ -244,8 +341,7 @@ impl Server {
                 .map(|i| all.remove(i))
         };
         if let Some(a) = found {
-            let _ = a.stop.send(());
-            let _ = a.task.await;
+            a.stop().await;
             tracing::info!(addr = %configured, "stopped listening");
         }
     }
@@ -257,8 +353,7 @@ impl Server {
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         let all: Vec<Accepter> = std::mem::take(&mut *self.lock());
         for a in all {
-            let _ = a.stop.send(());
-            let _ = a.task.await;
+            a.stop().await;
         }
         let limit = self.cfg.load().shutdown_timeout;
         let _ = self.drain.send(());
@@ -321,7 +416,7 @@ impl Server {
         };
         match (side, self.tls.load_full()) {
             (ListenerKind::Plain, _) => {
-                let info = ClientInfo { peer, https: false };
+                let info = ClientInfo::new(peer, false);
                 let proto = if ctx.cfg.h2c { Proto::Sniff } else { Proto::H1 };
                 tokio::spawn(start(ctx, stream, info, proto));
             }
@@ -331,7 +426,7 @@ impl Server {
                     let deadline = ctx.timing.first_head_deadline();
                     match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            let info = ClientInfo { peer, https: true };
+                            let info = ClientInfo::new(peer, true);
                             let proto = match tls.get_ref().1.alpn_protocol() {
                                 Some(b"h2") => Proto::H2,
                                 Some(_) => Proto::H1,
@@ -712,6 +807,46 @@ mod tests {
             assert_eq!(status, 308, "{target} {host:?}");
             assert_eq!(location.as_deref(), Some(want), "{target} {host:?}");
         }
+    }
+
+    #[test]
+    fn a_listener_group_shares_one_port_and_never_joins_a_taken_one() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let group = bind_group(any, 3).unwrap();
+        let ports: Vec<u16> = group
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        assert_eq!(ports.len(), 3);
+        assert!(ports.iter().all(|&p| p == ports[0] && p != 0), "{ports:?}");
+        // Another group (another stickgate) on the same port is refused,
+        // though both would set SO_REUSEPORT.
+        let taken = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+        assert!(bind_group(taken, 2).is_err(), "joined a running group");
+        // So is a port a plain listener holds.
+        let plain = std::net::TcpListener::bind(any).unwrap();
+        assert!(bind_group(plain.local_addr().unwrap(), 2).is_err());
+        assert!(bind_group(plain.local_addr().unwrap(), 1).is_err());
+    }
+
+    #[test]
+    fn request_threads_know_their_number() {
+        let workers = workers::Workers::start(2).unwrap();
+        let handles = workers.handles();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for (i, h) in handles.iter().enumerate() {
+                assert_eq!(
+                    h.spawn(async { workers::current() }).await.unwrap(),
+                    Some(i)
+                );
+            }
+            assert_eq!(workers::current(), None);
+            workers.stop().await;
+        });
     }
 
     #[test]

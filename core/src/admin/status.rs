@@ -111,7 +111,7 @@ pub fn backend(b: &Backend, sessions: SessionCounts) -> BackendStatus {
         health: if b.is_up() { "up" } else { "down" },
         health_since_secs: (b.since_change() * 10.0).round() / 10.0,
         health_history: b.stats.health_history.events(),
-        inflight: b.inflight.load(Ordering::Relaxed),
+        inflight: b.inflight.load(Ordering::Relaxed) as u32,
         requests: b.stats.requests.load(Ordering::Relaxed),
         errors: b.stats.errors.load(Ordering::Relaxed),
         failovers_in: b.stats.failovers_in.load(Ordering::Relaxed),

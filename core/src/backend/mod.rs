@@ -12,7 +12,7 @@ pub mod upstream_body;
 
 use crate::config::BackendConfig;
 use arc_swap::ArcSwapOption;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,7 +35,9 @@ pub struct CookieTemplate {
 pub struct Backend {
     pub config: BackendConfig,
     state: AtomicU8,
-    pub inflight: AtomicU32,
+    /// Requests in flight (striped per request thread, see
+    /// [`stats::Striped`]).
+    pub inflight: stats::Striped,
     /// Traffic and health counters; shared with the backend's successor
     /// after a reload changes its settings, so counters never reset.
     pub stats: Arc<stats::Counters>,
@@ -58,7 +60,7 @@ impl Backend {
             pool: Pool::new(&config, pool),
             config,
             state: AtomicU8::new(state),
-            inflight: AtomicU32::new(0),
+            inflight: stats::Striped::default(),
             stats: Arc::default(),
             state_at_ms: AtomicU64::new(0),
             cookie_template: ArcSwapOption::empty(),

@@ -2,6 +2,12 @@
 //! optional TLS; keep idle HTTP/1.1 connections per backend for reuse, or
 //! one shared multiplexed connection for HTTP/2 backends.
 //!
+//! Each request thread (`server.threads`) has its own share of every pool:
+//! a connection is reused on the core that made it (its driving task lives
+//! there), and checkout/checkin never wait on another core. The lock of a
+//! share is only ever taken by its own thread on the request path (the
+//! status API and `clear` are the rare others).
+//!
 //! A hand-rolled pool instead of hyper-util's client because the proxy must
 //! know, for each attempt, whether the request had left the balancer: a
 //! connect failure leaves the request (and its unsent body) in our hands, so
@@ -33,6 +39,8 @@ pub struct PoolSettings {
     pub keepalive: Keepalive,
     pub max_connections: usize,
     pub queue_timeout: Duration,
+    /// Request threads sharing the pool; `max_idle` is split among them.
+    pub threads: usize,
 }
 
 impl PoolSettings {
@@ -45,7 +53,14 @@ impl PoolSettings {
             keepalive: up.tcp_keepalive.to_socket(),
             max_connections: up.max_connections,
             queue_timeout: up.queue_timeout,
+            threads: 1,
         }
+    }
+
+    /// The same settings for a pool used by `threads` request threads.
+    pub fn for_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
     }
 }
 
@@ -165,6 +180,15 @@ struct Tls {
     name: ServerName<'static>,
 }
 
+/// One request thread's share of a pool, on its own cache lines so two
+/// cores never write the same one.
+#[repr(align(128))]
+#[derive(Default)]
+struct Share {
+    idle: Mutex<Vec<Idle>>,
+    shared_h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+}
+
 /// Per-backend pool of idle keep-alive connections.
 pub struct Pool {
     host: Arc<str>,
@@ -173,9 +197,11 @@ pub struct Pool {
     tls: Option<Tls>,
     tls_error: Option<String>,
     settings: PoolSettings,
-    idle: Mutex<Vec<Idle>>,
+    /// One per request thread, then one for every other thread.
+    shares: Box<[Share]>,
+    /// Idle connections kept per share (`max_idle` split over threads).
+    max_idle: usize,
     peer_closes: Arc<PeerCloses>,
-    shared_h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
     limit: Option<Arc<Semaphore>>,
 }
 
@@ -201,15 +227,23 @@ impl Pool {
             http2: cfg.http2,
             tls,
             tls_error,
-            idle: Mutex::new(Vec::with_capacity(settings.max_idle.min(64))),
+            shares: (0..=settings.threads).map(|_| Share::default()).collect(),
+            max_idle: settings.max_idle.div_ceil(settings.threads),
             peer_closes: Arc::new(PeerCloses {
                 origin: Instant::now(),
                 last_ms: AtomicU64::new(0),
             }),
-            shared_h2: Mutex::new(None),
             limit,
             settings,
         }
+    }
+
+    /// The calling thread's share: its request thread's, or the last one
+    /// off the request path.
+    fn share(&self) -> &Share {
+        let threads = self.shares.len() - 1;
+        let i = crate::server::workers::current().map_or(threads, |w| w % threads);
+        &self.shares[i]
     }
 
     /// Wait for a request slot when `max_connections` is set (HAProxy's
@@ -231,7 +265,8 @@ impl Pool {
     /// than try a node that may be stopping).
     pub async fn checkout(&self, fresh_after_close: bool) -> Result<Conn, ConnectError> {
         if self.http2 {
-            let shared = lock(&self.shared_h2).clone();
+            let share = self.share();
+            let shared = lock(&share.shared_h2).clone();
             if let Some(mut s) = shared.filter(|s| !s.is_closed()) {
                 if self.ready_within(s.ready()).await {
                     return Ok(Conn {
@@ -242,7 +277,7 @@ impl Pool {
                 }
             }
             let s = self.connect_h2().await?;
-            *lock(&self.shared_h2) = Some(s.clone());
+            *lock(&share.shared_h2) = Some(s.clone());
             return Ok(Conn {
                 sender: Sender::H2(s),
                 reused: false,
@@ -396,7 +431,7 @@ impl Pool {
         &self,
         peer_closed: &mut usize,
     ) -> Option<(http1::SendRequest<UpstreamBody>, Arc<ConnWatch>)> {
-        let mut idle = lock(&self.idle);
+        let mut idle = lock(&self.share().idle);
         while let Some(mut c) = idle.pop() {
             if c.since.elapsed() >= self.settings.idle_timeout {
                 continue;
@@ -419,11 +454,11 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
-        let mut idle = lock(&self.idle);
-        if idle.len() >= self.settings.max_idle {
+        let mut idle = lock(&self.share().idle);
+        if idle.len() >= self.max_idle {
             idle.retain(|c| c.sender.as_ref().is_some_and(|s| !s.is_closed()));
         }
-        if idle.len() < self.settings.max_idle {
+        if idle.len() < self.max_idle {
             watch.idle.store(true, Ordering::Relaxed);
             idle.push(Idle {
                 sender: Some(sender),
@@ -443,13 +478,15 @@ impl Pool {
     /// and forget closes seen so far (they are explained).
     pub fn clear(&self) {
         self.forget_closes();
-        lock(&self.idle).clear();
-        *lock(&self.shared_h2) = None;
+        for share in &*self.shares {
+            lock(&share.idle).clear();
+            *lock(&share.shared_h2) = None;
+        }
     }
 
-    /// Number of idle connections, for the status API.
+    /// Number of idle connections (all threads), for the status API.
     pub fn idle_count(&self) -> usize {
-        lock(&self.idle).len()
+        self.shares.iter().map(|s| lock(&s.idle).len()).sum()
     }
 }
 

@@ -1,7 +1,9 @@
 //! Per-backend traffic figures for the status page and `/metrics`.
 //!
 //! Every request updates them, so they are plain atomics (no lock, no
-//! allocation); readers take a consistent-enough snapshot at scrape time.
+//! allocation), striped per request thread on their own cache lines so
+//! two cores never write the same line; readers add the stripes up at
+//! scrape time (a consistent-enough snapshot).
 
 use crate::lock::lock;
 use std::collections::VecDeque;
@@ -18,11 +20,54 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
 /// How many health transitions each backend remembers for the status API.
 const HISTORY: usize = 20;
 
+/// Stripes per counter: request thread `w` writes stripe `(w + 1) %
+/// STRIPES`, every other thread stripe 0. More threads than stripes share
+/// some (still correct, only slower).
+const STRIPES: usize = 8;
+
+/// The stripe the calling thread writes.
+fn stripe() -> usize {
+    crate::server::workers::current().map_or(0, |w| (w + 1) % STRIPES)
+}
+
+/// A counter (or, with wrapping adds and subtracts, a gauge) written per
+/// request by every request thread: the `AtomicU64` calls it replaces,
+/// without a cache line shared between cores.
+#[derive(Debug, Default)]
+pub struct Striped {
+    stripes: [Padded; STRIPES],
+}
+
+/// One cache line pair of its own (adjacent-line prefetch included).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+impl Striped {
+    /// Add `n` on the calling thread's stripe.
+    pub fn fetch_add(&self, n: u64, order: Ordering) {
+        self.stripes[stripe()].0.fetch_add(n, order);
+    }
+
+    /// Subtract `n` on the calling thread's stripe (the sum stays right
+    /// when another thread added it: stripes wrap, their sum does not).
+    pub fn fetch_sub(&self, n: u64, order: Ordering) {
+        self.stripes[stripe()].0.fetch_sub(n, order);
+    }
+
+    /// The total over all stripes.
+    pub fn load(&self, order: Ordering) -> u64 {
+        self.stripes
+            .iter()
+            .fold(0u64, |sum, s| sum.wrapping_add(s.0.load(order)))
+    }
+}
+
 /// Everything counted about one backend.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Attempts sent to it (retries included).
-    pub requests: AtomicU64,
+    pub requests: Striped,
     /// Attempts that failed on it (connect, timeout, reset).
     pub errors: AtomicU64,
     /// Orphaned sessions it took over.
@@ -39,15 +84,22 @@ pub struct Counters {
     pub health_history: HealthHistory,
 }
 
-/// Response counts by status class and time-to-response-head histogram.
+/// Response counts by status class and time-to-response-head histogram,
+/// one set per stripe (see [`Striped`]).
 #[derive(Debug, Default)]
 pub struct TrafficStats {
+    stripes: [TrafficStripe; STRIPES],
+}
+
+/// One request thread's share of [`TrafficStats`].
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct TrafficStripe {
     /// Index 0 = 1xx ... 4 = 5xx.
     classes: [AtomicU64; 5],
     /// Non-cumulative bucket counts; the last slot is `+Inf`.
     buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     sum_micros: AtomicU64,
-    count: AtomicU64,
 }
 
 /// A latency histogram read at one moment.
@@ -97,36 +149,44 @@ impl LatencySnapshot {
 impl TrafficStats {
     /// Count one response with its status and time to the response head.
     pub fn record(&self, status: u16, took: Duration) {
+        let mine = &self.stripes[stripe()];
         let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.classes[class].fetch_add(1, Ordering::Relaxed);
+        mine.classes[class].fetch_add(1, Ordering::Relaxed);
         let secs = took.as_secs_f64();
         let slot = LATENCY_BUCKETS
             .iter()
             .position(|&b| secs <= b)
             .unwrap_or(LATENCY_BUCKETS.len());
-        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
+        mine.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        mine.sum_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Responses per class `[1xx, 2xx, 3xx, 4xx, 5xx]`.
     pub fn classes(&self) -> [u64; 5] {
-        std::array::from_fn(|i| self.classes[i].load(Ordering::Relaxed))
+        std::array::from_fn(|i| self.sum(|s| &s.classes[i]))
+    }
+
+    /// One field added up over the stripes.
+    fn sum(&self, field: impl Fn(&TrafficStripe) -> &AtomicU64) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| field(s).load(Ordering::Relaxed))
+            .sum()
     }
 
     /// The latency histogram now.
     pub fn latency(&self) -> LatencySnapshot {
         let mut cum = 0;
         let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len() + 1);
-        for (i, b) in self.buckets.iter().enumerate() {
-            cum += b.load(Ordering::Relaxed);
+        for i in 0..=LATENCY_BUCKETS.len() {
+            cum += self.sum(|s| &s.buckets[i]);
             let upper = LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY);
             buckets.push((upper, cum));
         }
         LatencySnapshot {
             buckets,
-            sum_secs: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            sum_secs: self.sum(|s| &s.sum_micros) as f64 / 1e6,
             count: cum,
         }
     }
@@ -209,6 +269,32 @@ mod tests {
         assert!(p50 > 0.005 && p50 <= 0.01, "{p50}");
         assert!(l.quantile(0.99).unwrap() <= 0.01);
         assert_eq!(TrafficStats::default().latency().quantile(0.5), None);
+    }
+
+    #[test]
+    fn striped_counts_add_up_across_threads() {
+        let c = Striped::default();
+        let t = TrafficStats::default();
+        std::thread::scope(|scope| {
+            for w in 0..3 {
+                let (c, t) = (&c, &t);
+                scope.spawn(move || {
+                    crate::server::workers::pretend(w);
+                    for _ in 0..100 {
+                        c.fetch_add(1, Ordering::Relaxed);
+                        t.record(200, Duration::from_millis(1));
+                    }
+                });
+            }
+        });
+        // Taken on one thread, given back on another: the gauge is right.
+        c.fetch_sub(300, Ordering::Relaxed);
+        assert_eq!(c.load(Ordering::Relaxed), 0);
+        c.fetch_add(2, Ordering::Relaxed);
+        assert_eq!(c.load(Ordering::Relaxed), 2);
+        assert_eq!(t.classes(), [0, 300, 0, 0, 0]);
+        assert_eq!(t.latency().count, 300);
+        assert!((t.latency().sum_secs - 0.3).abs() < 1e-9);
     }
 
     #[test]

@@ -242,6 +242,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Problem> {
     })
 }
 
+/// Most request-path threads: far beyond any core count this runs on,
+/// low enough that a typo cannot start a million threads.
+const MAX_THREADS: usize = 256;
+
 fn check_server(s: &ServerSection) -> Result<(), Problem> {
     if s.listen.is_empty() {
         return Err(bad("server.listen", "needs at least one address"));
@@ -266,6 +270,12 @@ fn check_server(s: &ServerSection) -> Result<(), Problem> {
     }
     if s.max_connections == Some(0) {
         return Err(bad("server.max_connections", "must be at least 1"));
+    }
+    if s.threads.is_some_and(|n| n == 0 || n > MAX_THREADS) {
+        return Err(bad(
+            "server.threads",
+            format!("must be 1..={MAX_THREADS} (absent: one per core)"),
+        ));
     }
     nonzero("server.header_timeout", s.header_timeout)?;
     nonzero("server.idle_timeout", s.idle_timeout)?;

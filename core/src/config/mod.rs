@@ -116,6 +116,14 @@ mod tests {
     }
 
     #[test]
+    fn threads_default_to_the_cores_and_can_be_set() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(parse("").unwrap().server.threads(), cores);
+        let c = parse("[server]\nlisten = [\"127.0.0.1:0\"]\nthreads = 3").unwrap();
+        assert_eq!(c.server.threads(), 3);
+    }
+
+    #[test]
     fn durations_parse() {
         let c = parse("[session]\nidle_timeout = \"90s\"\n[upstream]\nconnect_timeout = \"250ms\"")
             .unwrap();
@@ -134,6 +142,8 @@ mod tests {
                 "session.route_separator",
             ),
             ("[upstream]\nretries = 9", "upstream.retries"),
+            ("[server]\nthreads = 0", "server.threads"),
+            ("[server]\nthreads = 100000", "server.threads"),
             ("[store]\nkind = \"etcd\"", "etcd"),
             ("[admin]\nlisten = \"0.0.0.0:9901\"", "admin.listen"),
             (

@@ -63,6 +63,10 @@ pub struct ServerSection {
     /// listen backlog. Absent: half the open-file limit (raised to its
     /// hard maximum at start), leaving the rest for backend connections.
     pub max_connections: Option<usize>,
+    /// Request-path threads, each with its own runtime, listening sockets
+    /// (SO_REUSEPORT) and upstream connections, so cores share nothing on
+    /// the way of a request. Absent: one per core. Applies at start.
+    pub threads: Option<usize>,
     pub max_header_size: usize,
     /// Longest single header line (name, ": " and value); longer -> 431.
     pub max_header_line: usize,
@@ -92,6 +96,16 @@ pub struct ServerSection {
     pub tls_session_cache: usize,
 }
 
+impl ServerSection {
+    /// `threads`, or the cores this process may use (cgroup quota and
+    /// CPU affinity included).
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+}
+
 impl Default for ServerSection {
     fn default() -> Self {
         Self {
@@ -103,6 +117,7 @@ impl Default for ServerSection {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: None,
+            threads: None,
             max_header_size: 32 * 1024,
             max_header_line: 8 * 1024,
             max_headers: 100,
@@ -500,7 +515,8 @@ pub struct UpstreamSection {
     pub pool_idle_timeout: Duration,
     /// Idle connections kept per backend. Generous on purpose: under a
     /// burst, every connection dropped here is a reconnect, and reconnect
-    /// churn can overflow a busy backend's accept queue.
+    /// churn can overflow a busy backend's accept queue. Split evenly over
+    /// `server.threads` (each thread reuses the connections it made).
     pub pool_max_idle: usize,
     /// Concurrent requests per backend; 0 = unlimited.
     pub max_connections: usize,

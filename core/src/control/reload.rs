@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::net::TcpListener;
 
 /// Why a reload was refused; the old configuration keeps running.
 #[derive(Debug, thiserror::Error)]
@@ -206,11 +205,11 @@ impl Reloader {
         &self,
         wanted: &[SocketAddr],
         side: ListenerKind,
-    ) -> Result<Vec<(TcpListener, SocketAddr)>, ReloadError> {
+    ) -> Result<Vec<(server::Group, SocketAddr)>, ReloadError> {
         let have = self.server.addresses(side);
         let mut out = Vec::new();
         for addr in surplus(wanted, &have) {
-            out.push((server::bind(addr)?, addr));
+            out.push((server::bind_group(addr, self.server.threads())?, addr));
         }
         Ok(out)
     }

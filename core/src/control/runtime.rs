@@ -13,7 +13,8 @@ use std::sync::Arc;
 impl Runtime {
     /// Build backends (with pools and health checkers) for `config`.
     pub fn start(config: Config, store: Arc<dyn SessionStore>) -> Arc<Self> {
-        let pool = PoolSettings::from_upstream(&config.upstream);
+        let pool =
+            PoolSettings::from_upstream(&config.upstream).for_threads(config.server.threads());
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
@@ -77,7 +78,8 @@ impl Runtime {
         } else if config.admin.token != self.config.admin.token {
             tracing::info!("admin token replaced by reload");
         }
-        let pool = PoolSettings::from_upstream(&config.upstream);
+        let pool =
+            PoolSettings::from_upstream(&config.upstream).for_threads(config.server.threads());
         let same_pool = config.upstream == self.config.upstream;
         let same_health = config.health == self.config.health;
         let mut backends = Vec::with_capacity(config.backends.len());

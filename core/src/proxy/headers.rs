@@ -119,7 +119,7 @@ pub fn prepare(parts: &mut Parts, cfg: &Config, client: ClientInfo) {
         host: s.x_forwarded_host,
     };
     let scheme = if client.https { "https" } else { "http" };
-    add_forwarded(&mut parts.headers, fwd, client.peer.ip(), scheme, trusted);
+    add_forwarded(&mut parts.headers, fwd, &client.ip, scheme, trusted);
     parts.version = Version::HTTP_11;
 }
 
@@ -203,6 +203,8 @@ pub struct Forwarded {
     pub host: bool,
 }
 
+pub use crate::client_info::IpText;
+
 static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -213,17 +215,19 @@ static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub fn add_forwarded(
     h: &mut HeaderMap,
     f: Forwarded,
-    client: IpAddr,
+    client: &IpText,
     scheme: &'static str,
     trusted: bool,
 ) {
     if f.for_ {
-        let ip = client.to_string();
+        let ip = client.as_str();
         let v = match h.get(&XFF).and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip,
+            Some(prev) if !prev.trim().is_empty() => {
+                HeaderValue::from_str(&format!("{prev}, {ip}"))
+            }
+            _ => HeaderValue::from_str(ip),
         };
-        if let Ok(v) = HeaderValue::from_str(&v) {
+        if let Ok(v) = v {
             h.insert(XFF.clone(), v);
         }
     }
@@ -265,7 +269,8 @@ mod tests {
             proto: true,
             host: true,
         };
-        add_forwarded(&mut h, all, "127.0.0.9".parse().unwrap(), "http", true);
+        let ip = IpText::new("127.0.0.9".parse().unwrap());
+        add_forwarded(&mut h, all, &ip, "http", true);
         assert_eq!(h[&XFF], "10.0.0.1, 127.0.0.9");
         assert_eq!(h[&XFP], "http");
         assert_eq!(h[&XFH], "example.org");
@@ -287,9 +292,21 @@ mod tests {
     }
 
     fn client(ip: &str) -> ClientInfo {
-        ClientInfo {
-            peer: format!("{ip}:5000").parse().unwrap(),
-            https: false,
+        ClientInfo::new(format!("{ip}:5000").parse().unwrap(), false)
+    }
+
+    #[test]
+    fn ip_text_is_display_for_every_length() {
+        for ip in [
+            "1.2.3.4",
+            "255.255.255.255",
+            "::1",
+            "::ffff:10.0.0.1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "1:2:3:4:5:6:7:8",
+        ] {
+            let a: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(a).as_str(), a.to_string());
         }
     }
 

@@ -59,7 +59,10 @@ pub fn apply(x: &Exchange<'_>, headers: &mut HeaderMap, status_ok: bool) -> Lear
             continue;
         }
         saw_cookie = true;
-        x.served.note_cookie_template(template_of(&c));
+        let known = x.served.cookie_template.load();
+        if !known.as_deref().is_some_and(|t| same_template(t, &c)) {
+            x.served.note_cookie_template(template_of(&c));
+        }
         if let Some(pair) = learn(x, &c) {
             learned.0.push(pair);
         }
@@ -133,6 +136,25 @@ fn is_removal(c: &Cookie<'_>) -> bool {
     }
     c.expires_datetime()
         .is_some_and(|t| t < cookie::time::OffsetDateTime::now_utc())
+}
+
+/// Whether `c` carries the attributes of `t` (compared without building
+/// a template: the same attributes come back on every new session).
+fn same_template(t: &CookieTemplate, c: &Cookie<'_>) -> bool {
+    t.path.as_deref() == c.path()
+        && t.domain.as_deref() == c.domain()
+        && t.secure == c.secure().unwrap_or(false)
+        && t.http_only == c.http_only().unwrap_or(false)
+        && t.same_site.as_deref() == c.same_site().map(same_site_name)
+}
+
+/// `SameSite`'s attribute value, as its `Display` writes it.
+fn same_site_name(s: SameSite) -> &'static str {
+    match s {
+        SameSite::Strict => "Strict",
+        SameSite::Lax => "Lax",
+        SameSite::None => "None",
+    }
 }
 
 fn template_of(c: &Cookie<'_>) -> CookieTemplate {
@@ -222,6 +244,29 @@ pub fn rewrite_cookie_header(h: &mut HeaderMap, name: &str, old: &str, new: &str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_template_agrees_with_the_template_built() {
+        let cookies = [
+            "JSESSIONID=a.t1",
+            "JSESSIONID=a.t1; Path=/shop; HttpOnly",
+            "JSESSIONID=a.t1; Path=/shop",
+            "JSESSIONID=a.t1; Path=/; Domain=example.org; Secure; SameSite=Lax",
+            "JSESSIONID=a.t1; SameSite=Strict",
+            "JSESSIONID=a.t1; SameSite=None; Secure",
+        ];
+        for a in cookies {
+            let ca = Cookie::parse(a).unwrap();
+            for b in cookies {
+                let cb = Cookie::parse(b).unwrap();
+                assert_eq!(
+                    same_template(&template_of(&ca), &cb),
+                    template_of(&ca) == template_of(&cb),
+                    "{a} vs {b}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn cookie_header_rewrite_touches_only_the_session() {

@@ -80,6 +80,9 @@ pub struct MemoryStore {
     routes_write: Mutex<()>,
     epoch: Instant,
     idle_ms: u64,
+    /// Least time between two recorded touches of a session (see
+    /// `get_idle`): a second, or a sixteenth of the idle timeout.
+    touch_ms: u64,
     capacity: u64,
     len: AtomicU64,
     rejected: AtomicU64,
@@ -128,6 +131,7 @@ impl MemoryStore {
                 .checked_sub(idle)
                 .unwrap_or_else(Instant::now),
             idle_ms: (idle.as_millis() as u64).max(1),
+            touch_ms: (idle.as_millis() as u64 / 16).min(1000),
             capacity: capacity as u64,
             len: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -255,11 +259,15 @@ impl MemoryStore {
     }
 
     /// The bound route and how long (ms) the session had been idle before
-    /// this call.
+    /// this call. Touches closer together than `touch_ms` are coalesced
+    /// (a session hit on every request writes its entry once a second at
+    /// most), so the idle time is since the last recorded touch.
     pub fn get_idle(&self, id: &str) -> Option<(Arc<str>, u64)> {
         self.with_live(id, |e, now| {
             let idle = now.saturating_sub(e.last_seen);
-            e.last_seen = now;
+            if idle >= self.touch_ms {
+                e.last_seen = now;
+            }
             (e.route.name.clone(), idle)
         })
     }
@@ -454,6 +462,25 @@ mod tests {
             .find(|(n, _)| &**n == r)
             .map(|(_, c)| c.current)
             .unwrap_or(0)
+    }
+
+    #[test]
+    fn touches_closer_than_touch_ms_are_coalesced() {
+        let r: Arc<str> = "t1".into();
+        // idle 16 s: touches are recorded once a second at most.
+        let s = MemoryStore::new(Duration::from_secs(16), 10);
+        s.bind("a", &r);
+        std::thread::sleep(Duration::from_millis(30));
+        let (_, first) = s.get_idle("a").unwrap();
+        let (_, second) = s.get_idle("a").unwrap();
+        assert!(first >= 30 && second >= 30, "{first} {second}: not touched");
+        // idle 160 ms: a touch 30 ms later is recorded (10 ms window).
+        let s = MemoryStore::new(Duration::from_millis(160), 10);
+        s.bind("a", &r);
+        std::thread::sleep(Duration::from_millis(30));
+        let (_, first) = s.get_idle("a").unwrap();
+        let (_, second) = s.get_idle("a").unwrap();
+        assert!(first >= 30 && second < 30, "{first} {second}: touch lost");
     }
 
     #[test]
