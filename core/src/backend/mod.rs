@@ -5,6 +5,7 @@
 //! made by one task (health checker, a failing request, the admin API) are
 //! seen by every request at once without locks.
 
+pub mod ajp;
 pub mod health;
 pub mod pool;
 pub mod stats;
@@ -122,6 +123,8 @@ pub struct Backend {
     state_at_ms: AtomicU64,
     pub cookie_template: ArcSwapOption<CookieTemplate>,
     pub pool: Pool,
+    /// The AJP connection pool of an `ajp://` backend (`None` for HTTP).
+    pub ajp: Option<ajp::AjpPool>,
     /// Consecutive good/bad health verdicts (rise/fall), shared by active
     /// and passive checks so a passive failure restarts the rise count.
     pub(crate) ok_streak: AtomicU32,
@@ -152,7 +155,9 @@ impl Backend {
     /// flows at once, and the first checks correct that within `fall` rounds.
     pub fn new(config: BackendConfig, pool: PoolSettings) -> Self {
         let state = AdminState::from(config.state) as u8;
+        let ajp = (config.ajp.as_ref()).map(|o| ajp::AjpPool::new(&config, (**o).clone(), &pool));
         Backend {
+            ajp,
             pool: Pool::new(&config, pool),
             config,
             state: AtomicU8::new(state),
@@ -238,6 +243,9 @@ impl Backend {
         if changed {
             if !up {
                 self.down.send_modify(|n| *n += 1);
+                if let Some(a) = &self.ajp {
+                    a.clear();
+                }
             }
             self.stats.health_history.push(up, reason);
             self.health_epoch.fetch_add(1, Ordering::AcqRel);
