@@ -89,6 +89,15 @@ pub(super) async fn attempt(
             m.stale = reused;
             Err(m)
         }
+        Ok(Err(AjpError::SecretRefused)) => {
+            tracing::error!(
+                backend = &*route,
+                "AJP backend refused the request: its connector's secret does not match ajp_secret (or ajp_secret is missing); fix the backend's ajp_secret"
+            );
+            // Tomcat refused before running the application: a bodiless
+            // idempotent request may try another node.
+            Err(fail(AjpError::SecretRefused, Verdict::Failed, true, None))
+        }
         Ok(Err(e)) => {
             tracing::warn!(backend = &*route, error = %e, "AJP protocol error: connection dropped");
             Err(fail(e, Verdict::Failed, false, None))

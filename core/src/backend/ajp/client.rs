@@ -54,6 +54,11 @@ pub enum AjpError {
     /// The request head does not fit one AJP packet.
     #[error("request head does not fit an AJP packet: {0}")]
     HeadTooLarge(CodecError),
+    /// Tomcat answers a request with a wrong or missing secret (and only
+    /// such an answer, in practice) with a 403 and a connection it will
+    /// not reuse; the backend's config, not the request, is at fault.
+    #[error("the container refused the request (403, connection not reusable): wrong or missing ajp_secret?")]
+    SecretRefused,
     /// AJP has no protocol upgrade.
     #[error("WebSocket upgrades cannot travel over AJP")]
     Upgrade,
@@ -289,6 +294,7 @@ impl AjpPool {
             },
             head_tx: Some(head_tx),
             data_tx,
+            held: None,
         };
         let guard = AbortOnDrop(tokio::spawn(task.run(head, first_chunk)).abort_handle());
         let (status, headers) = head_rx.await.map_err(|_| AjpError::Closed)??;
@@ -397,7 +403,21 @@ struct Task {
     body: BodySource,
     head_tx: Option<oneshot::Sender<Result<Head, AjpError>>>,
     data_tx: mpsc::Sender<Result<Bytes, AjpError>>,
+    /// A 403 kept back until END RESPONSE says whether it is Tomcat
+    /// refusing the secret (see [`AjpError::SecretRefused`]).
+    held: Option<Held>,
 }
+
+/// A response kept back: its head and the body read so far.
+struct Held {
+    head: Head,
+    body: Vec<Bytes>,
+    size: usize,
+}
+
+/// The most body a held 403 keeps before it is released as a normal
+/// answer (Tomcat's refusal page is under 1 KiB).
+const HOLD_LIMIT: usize = 16 * 1024;
 
 impl Task {
     async fn run(mut self, head: BytesMut, first_chunk: bool) {
@@ -426,15 +446,28 @@ impl Task {
             match self.conn.read_reply().await? {
                 Reply::GetBody(n) => self.send_body(n).await?,
                 Reply::Headers { status, headers } => {
-                    let tx = self
-                        .head_tx
-                        .take()
-                        .ok_or(AjpError::Unexpected("second SEND_HEADERS"))?;
-                    if tx.send(Ok((status, headers))).is_err() {
+                    if self.head_tx.is_none() || self.held.is_some() {
+                        return Err(AjpError::Unexpected("second SEND_HEADERS"));
+                    }
+                    let held = Held {
+                        head: (status, headers),
+                        body: Vec::new(),
+                        size: 0,
+                    };
+                    self.held = Some(held);
+                    if status != StatusCode::FORBIDDEN && !self.release().await {
                         return Ok(false);
                     }
                 }
                 Reply::Body(data) => {
+                    if let Some(h) = &mut self.held {
+                        h.size += data.len();
+                        h.body.push(data);
+                        if h.size > HOLD_LIMIT && !self.release().await {
+                            return Ok(false);
+                        }
+                        continue;
+                    }
                     if self.head_tx.is_some() {
                         return Err(AjpError::Unexpected("SEND_BODY_CHUNK before SEND_HEADERS"));
                     }
@@ -443,6 +476,12 @@ impl Task {
                     }
                 }
                 Reply::End { reuse } => {
+                    if self.held.is_some() && !reuse {
+                        return Err(AjpError::SecretRefused);
+                    }
+                    if self.held.is_some() && !self.release().await {
+                        return Ok(false);
+                    }
                     if self.head_tx.is_some() {
                         return Err(AjpError::Unexpected("END_RESPONSE before SEND_HEADERS"));
                     }
@@ -451,6 +490,26 @@ impl Task {
                 Reply::CPong => return Err(AjpError::Unexpected("CPong during a request")),
             }
         }
+    }
+
+    /// Hand the held response on: its head, then the body read so far;
+    /// false when the client is gone.
+    async fn release(&mut self) -> bool {
+        let Some(held) = self.held.take() else {
+            return true;
+        };
+        let Some(tx) = self.head_tx.take() else {
+            return false;
+        };
+        if tx.send(Ok(held.head)).is_err() {
+            return false;
+        }
+        for data in held.body.into_iter().filter(|d| !d.is_empty()) {
+            if self.data_tx.send(Ok(data)).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     /// One body packet of at most `want` bytes (and the packet limit);
