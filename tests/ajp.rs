@@ -70,11 +70,7 @@ impl Tomcat {
         for d in ["conf", "logs", "temp", "work"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
-        std::fs::copy(
-            classes.join("Drill.class"),
-            app.join("classes/Drill.class"),
-        )
-        .unwrap();
+        std::fs::copy(classes.join("Drill.class"), app.join("classes/Drill.class")).unwrap();
         std::fs::write(dir.join("conf/server.xml"), server_xml(route, port, secret)).unwrap();
         std::fs::write(app.join("web.xml"), WEB_XML).unwrap();
         let java = format!(
@@ -253,7 +249,10 @@ async fn ajp_new_session_is_sticky_and_tomcat_sees_the_client() {
     let _ = s.read_to_string(&mut info);
     assert!(info.starts_with("HTTP/1.1 200"), "{info}");
     assert!(info.contains("remote=127.0.0.1 "), "{info}");
-    assert!(info.contains(&format!(" port={port} ")), "client port {port}: {info}");
+    assert!(
+        info.contains(&format!(" port={port} ")),
+        "client port {port}: {info}"
+    );
     assert!(info.contains("query=a=1&b=%20 "), "{info}");
     assert!(info.contains("secure=false scheme=http"), "{info}");
     assert!(info.contains("host=127.0.0.1:80"), "{info}");
@@ -277,15 +276,20 @@ async fn ajp_post_of_5_mib_arrives_whole_with_and_without_content_length() {
     let body: Vec<u8> = (0..5u32 << 20).map(|i| (i % 253) as u8).collect();
     let want = format!("bytes={} crc={:x}", body.len(), crc32(&body));
     let c = client();
-    let r = request(&c, "POST", &gate.url("/echo"), None, Bytes::from(body.clone())).await;
+    let r = request(
+        &c,
+        "POST",
+        &gate.url("/echo"),
+        None,
+        Bytes::from(body.clone()),
+    )
+    .await;
     assert_eq!(r.status, 200);
     let text = String::from_utf8_lossy(&r.body);
     assert!(text.contains(&want), "{text} (want {want})");
     // Chunked upload: no Content-Length, Tomcat asks for every packet.
-    let mut raw_req = format!(
-        "POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    )
-    .into_bytes();
+    let mut raw_req = b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        .to_vec();
     for part in body.chunks(100_000) {
         raw_req.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
         raw_req.extend_from_slice(part);
@@ -318,7 +322,9 @@ async fn ajp_200_mib_download_streams_with_bounded_rss() {
         .await
         .expect("download stalled")
     {
-        let Ok(d) = f.unwrap().into_data() else { continue };
+        let Ok(d) = f.unwrap().into_data() else {
+            continue;
+        };
         for (i, b) in d.iter().enumerate() {
             assert_eq!(*b, ((pos + i) % 65536 % 251) as u8, "byte {}", pos + i);
         }
@@ -335,7 +341,10 @@ async fn ajp_200_mib_download_streams_with_bounded_rss() {
         "200 MiB over AJP in {:?}; stickgate RSS {base} KiB, peak growth {growth} KiB",
         started.elapsed()
     );
-    assert!(growth < 16 * 1024, "RSS grew by {growth} KiB while streaming");
+    assert!(
+        growth < 16 * 1024,
+        "RSS grew by {growth} KiB while streaming"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,11 +392,22 @@ async fn ajp_sigstop_is_caught_by_cping_and_sigkill_loses_no_get() {
     let (t1, t2, gate) = cluster();
     let c = client();
     let (node_a, cookie_a) = new_session(&c, &gate).await;
-    let (victim, other) = if node_a == "t1" { (&t1, &t2) } else { (&t2, &t1) };
+    let (victim, other) = if node_a == "t1" {
+        (&t1, &t2)
+    } else {
+        (&t2, &t1)
+    };
     // SIGSTOP: the JVM still accepts connections, only CPing tells.
     victim.signal("STOP");
     let t0 = Instant::now();
-    let r = request(&c, "GET", &gate.url("/count"), Some(&cookie_a), Bytes::new()).await;
+    let r = request(
+        &c,
+        "GET",
+        &gate.url("/count"),
+        Some(&cookie_a),
+        Bytes::new(),
+    )
+    .await;
     let took = t0.elapsed();
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(node_of(&r), other.route, "answered by the other node");
@@ -485,7 +505,10 @@ async fn ajp_codec_reads_packets_recorded_from_real_tomcat() {
     };
     assert_eq!(*status, 200);
     let cookie = headers["set-cookie"].to_str().unwrap();
-    assert!(cookie.starts_with("JSESSIONID=") && cookie.contains(".t1;"), "{cookie}");
+    assert!(
+        cookie.starts_with("JSESSIONID=") && cookie.contains(".t1;"),
+        "{cookie}"
+    );
     assert_eq!(headers["x-node"], "t1");
     let body: Vec<u8> = replies
         .iter()

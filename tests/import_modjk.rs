@@ -163,7 +163,9 @@ fn real_looking_setup_imports_and_passes_check() {
         );
     }
     // AJP nodes stay AJP: no URL guess, no "speaks HTTP" warning.
-    assert!(!notes.iter().any(|n| n.contains("not AJP") || n.contains(": AJP ")));
+    assert!(!notes
+        .iter()
+        .any(|n| n.contains("not AJP") || n.contains(": AJP ")));
     // A default that matches (sticky_session=true) is not noted.
     assert!(!notes.iter().any(|n| n.contains("sticky_session")));
     assert!(stdout.contains("# mounted paths ("), "{stdout}");

@@ -294,7 +294,7 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(Some(r)) => {
                     idle.progress();
-                    Poll::Ready(Some(r.map_err(BodyError::from)))
+                    Poll::Ready(Some(r))
                 }
             },
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),

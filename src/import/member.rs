@@ -250,8 +250,13 @@ pub(super) fn member(
     handled.insert("ping_mode");
     let mut keys = AjpKeys::default();
     if let Some(pm) = s.get("ping_mode") {
-        let modes = ping_modes(&pm.value)
-            .ok_or_else(|| cx.bad("ping_mode", pm, "expected a combination of C (connect), P (prepost), I (interval), A (all)"))?;
+        let modes = ping_modes(&pm.value).ok_or_else(|| {
+            cx.bad(
+                "ping_mode",
+                pm,
+                "expected a combination of C (connect), P (prepost), I (interval), A (all)",
+            )
+        })?;
         g.ping_interval_mode |= modes.contains(&"interval");
         keys.ping_mode = modes;
     }

@@ -200,7 +200,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Problem> {
         if let Some(d) = &b.domain {
             check_token(d).map_err(|p| bad(key("domain"), p))?;
         }
-        let (host, port, tls, is_ajp) = parse_backend_url(&b.url).map_err(|p| bad(key("url"), p))?;
+        let (host, port, tls, is_ajp) =
+            parse_backend_url(&b.url).map_err(|p| bad(key("url"), p))?;
         let ajp = crate::backend::ajp::check_options(b, is_ajp).map_err(|(k, p)| bad(key(k), p))?;
         if !tls && (b.ca_file.is_some() || b.client_cert.is_some()) {
             return Err(bad(

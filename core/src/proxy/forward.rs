@@ -180,7 +180,7 @@ impl Outgoing {
 
     /// The client the request came from (AJP sends its address, port and
     /// TLS state as Forward Request fields).
-    pub fn from_client(mut self, client: ClientInfo) -> Self {
+    pub fn with_client(mut self, client: ClientInfo) -> Self {
         self.client = Some(client);
         self
     }

@@ -80,11 +80,7 @@ pub(super) async fn attempt(
             if reused {
                 health::closing_seen(backend, &rt.config.health);
             }
-            let verdict = if reused {
-                Verdict::None
-            } else {
-                Verdict::Down
-            };
+            let verdict = if reused { Verdict::None } else { Verdict::Down };
             let mut m = fail(e, verdict, true, None);
             m.stale = reused;
             Err(m)

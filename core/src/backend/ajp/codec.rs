@@ -732,7 +732,11 @@ mod tests {
             }
             let mut b = BytesMut::from(&bytes[..]);
             let before = b.len();
-            let max = if round % 3 == 0 { 16 } else { DEFAULT_MAX_PACKET };
+            let max = if round % 3 == 0 {
+                16
+            } else {
+                DEFAULT_MAX_PACKET
+            };
             if let Ok(Some(_)) = decode_reply(&mut b, max) {
                 assert!(b.len() < before);
             }
