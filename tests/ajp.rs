@@ -539,3 +539,87 @@ async fn ajp_codec_reads_packets_recorded_from_real_tomcat() {
         "{result:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ajp_import_modjk_round_trip_serves_the_same_tomcats() {
+    let t1 = Tomcat::start("t1", Some(SECRET));
+    let t2 = Tomcat::start("t2", None);
+    let dir = tempdir();
+    let workers = dir.join("workers.properties");
+    std::fs::write(
+        &workers,
+        format!(
+            "worker.list=lb\nworker.lb.type=lb\nworker.lb.balance_workers=t1,t2\n\
+             worker.t1.type=ajp13\nworker.t1.host=127.0.0.1\nworker.t1.port={}\n\
+             worker.t1.secret={SECRET}\nworker.t1.ping_mode=A\nworker.t1.ping_timeout=1000\n\
+             worker.t2.type=ajp13\nworker.t2.host=127.0.0.1\nworker.t2.port={}\n\
+             worker.t2.ping_mode=A\nworker.t2.max_packet_size=16384\n",
+            t1.port, t2.port
+        ),
+    )
+    .unwrap();
+    let out = Command::new(stickgate_bin())
+        .args(["import", "modjk"])
+        .arg(&workers)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("not AJP"), "{text}");
+    let mut t: toml::Table = text.parse().expect("import output is TOML");
+    let urls: Vec<&str> = t["backend"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            format!("ajp://127.0.0.1:{}", t1.port),
+            format!("ajp://127.0.0.1:{}", t2.port)
+        ]
+    );
+    // The gate brings its own listeners; everything else is the import's.
+    t.remove("server");
+    t.remove("admin");
+    let gate = Gate::start(&toml::to_string(&t).unwrap());
+    let c = client();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let (node, cookie) = new_session(&c, &gate).await;
+        let r = request(&c, "GET", &gate.url("/count"), Some(&cookie), Bytes::new()).await;
+        assert_eq!((node_of(&r), count_of(&r)), (node.clone(), 2), "sticky");
+        nodes.push(node);
+    }
+    nodes.sort();
+    assert_eq!(
+        nodes,
+        ["t1", "t2"],
+        "both imported nodes serve, t1 with its secret"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ajp_url_on_an_http_port_is_a_502_with_the_error_counted() {
+    // A real HTTP node behind an ajp:// url: its answer has the wrong magic.
+    let node = Backend::start("h1", &[]);
+    let gate = Gate::start(&format!(
+        "[health]\nenabled = false\n[[backend]]\nroute = \"h1\"\nurl = \"ajp://127.0.0.1:{}\"\nping_mode = []\n",
+        node.port
+    ));
+    let c = client();
+    let r = request(&c, "GET", &gate.url("/count"), None, Bytes::new()).await;
+    assert_eq!(r.status, 502, "{:?}", r.body);
+    assert_eq!(&r.body[..], b"502 bad gateway: AJP backend failed\n");
+    let logged = wait_for(Duration::from_secs(5), || {
+        gate.logs().contains("wrong AJP magic")
+    });
+    assert!(logged.is_ok(), "{}", gate.logs());
+    let b = gate.backend_status("h1").await;
+    assert!(b["errors"].as_u64().unwrap_or(0) >= 1, "{b}");
+}
