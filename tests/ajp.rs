@@ -364,6 +364,15 @@ async fn ajp_wrong_secret_is_a_502_with_a_clear_log_line() {
     assert!(logged.is_ok(), "{}", gate.logs());
     let b = gate.backend_status("t1").await;
     assert!(b["errors"].as_u64().unwrap_or(0) >= 1, "{b}");
+    // A head too big for one 8 KiB AJP packet (each line within the
+    // listener's limits): 431 from the balancer, nothing sent to Tomcat.
+    let big = "x".repeat(5000);
+    let head = format!(
+        "GET /count HTTP/1.1\r\nHost: a\r\nX-A: {big}\r\nX-B: {big}\r\nConnection: close\r\n\r\n"
+    );
+    let out = raw(gate.port, head.as_bytes(), Duration::from_secs(10));
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    assert!(out.contains("AJP packet size"), "{out}");
 }
 
 /// Repeat `GET /count` with `cookie` until `deadline`, counting non-200s;

@@ -159,3 +159,88 @@ fn read_secret(path: &std::path::Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(text.lines().next().unwrap_or("").trim_end().to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn backend(keys: &str) -> Result<crate::config::Config, String> {
+        let text =
+            format!("[server]\nlisten = [\"127.0.0.1:0\"]\n[[backend]]\nroute = \"t1\"\n{keys}\n");
+        crate::config::from_str(&text, Path::new("t.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn ajp_urls_default_to_port_8009_and_every_ping_mode() {
+        let cfg = backend("url = \"ajp://10.0.0.1\"").unwrap();
+        let b = &cfg.backends[0];
+        assert_eq!((&*b.host, b.port), ("10.0.0.1", 8009));
+        assert_eq!(b.ajp.as_deref(), Some(&AjpOptions::default()));
+        let cfg = backend(
+            "url = \"ajp://[::1]:8010/\"\najp_secret = \"s\"\nping_mode = [\"interval\"]\nping_timeout = \"300ms\"\nmax_packet_size = 65536",
+        )
+        .unwrap();
+        let o = cfg.backends[0].ajp.clone().unwrap();
+        assert_eq!(cfg.backends[0].port, 8010);
+        assert_eq!(o.secret.as_deref(), Some("s"));
+        assert_eq!(
+            o.ping,
+            PingModes {
+                interval: true,
+                ..PingModes::default()
+            }
+        );
+        assert_eq!(o.ping_timeout, Duration::from_millis(300));
+        assert_eq!(o.max_packet_size, 65536);
+        assert!(!format!("{o:?}").contains("\"s\""), "secret not printed");
+        assert!(backend("url = \"http://a:1\"").unwrap().backends[0]
+            .ajp
+            .is_none());
+    }
+
+    #[test]
+    fn ajp_keys_are_checked() {
+        for (keys, needle) in [
+            ("url = \"http://a:1\"\najp_secret = \"x\"", "ajp_secret"),
+            ("url = \"http://a:1\"\nping_mode = []", "ping_mode"),
+            (
+                "url = \"ajp://a:1\"\nmax_packet_size = 4096",
+                "max_packet_size",
+            ),
+            ("url = \"ajp://a:1\"\nping_timeout = \"0s\"", "ping_timeout"),
+            ("url = \"ajp://a:1\"\nhttp2 = true", "url"),
+            ("url = \"ajp://a:1\"\najp_secret = \"\"", "ajp_secret"),
+            (
+                "url = \"ajp://a:1\"\nping_mode = [\"sometimes\"]",
+                "sometimes",
+            ),
+            ("url = \"ajp://a/x\"", "ajp://"),
+            (
+                "url = \"ajp://a:1\"\najp_secret_file = \"/nonexistent/secret\"",
+                "/nonexistent/secret",
+            ),
+        ] {
+            let e = backend(keys).unwrap_err();
+            assert!(e.contains(needle), "{keys}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_secret_file_gives_its_first_line() {
+        let dir = std::env::temp_dir().join(format!("stickgate-ajp-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("secret");
+        std::fs::write(&f, "t0ps3cret\nignored\n").unwrap();
+        let cfg = backend(&format!(
+            "url = \"ajp://a:1\"\najp_secret_file = \"{}\"",
+            f.display()
+        ))
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            cfg.backends[0].ajp.as_ref().unwrap().secret.as_deref(),
+            Some("t0ps3cret")
+        );
+    }
+}
