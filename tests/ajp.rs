@@ -632,3 +632,41 @@ async fn ajp_url_on_an_http_port_is_a_502_with_the_error_counted() {
     let b = gate.backend_status("h1").await;
     assert!(b["errors"].as_u64().unwrap_or(0) >= 1, "{b}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ajp_cpong_timeout_moves_even_a_post_with_its_body() {
+    let t1 = Tomcat::start("t1", None);
+    let t2 = Tomcat::start("t2", None);
+    // Health checks off: only the CPing before the request can tell.
+    let keys = "ping_timeout = \"500ms\"\nping_after_idle = \"0s\"";
+    let gate = Gate::start(&format!(
+        "[health]\nenabled = false\n{}{}",
+        t1.toml(keys),
+        t2.toml(keys)
+    ));
+    let c = client();
+    let cookie = loop {
+        let (node, cookie) = new_session(&c, &gate).await;
+        if node == "t1" {
+            break cookie;
+        }
+    };
+    t1.signal("STOP");
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+    let want = format!("node=t2 bytes={} crc={:x}", body.len(), crc32(&body));
+    let t0 = Instant::now();
+    let r = request(
+        &c,
+        "POST",
+        &gate.url("/echo"),
+        Some(&cookie),
+        Bytes::from(body),
+    )
+    .await;
+    let took = t0.elapsed();
+    t1.signal("CONT");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(text.contains(&want), "{text} (want {want})");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}

@@ -179,9 +179,15 @@ impl AjpPool {
                 continue;
             }
             if opts.ping.prepost && since.elapsed() >= opts.ping_after_idle {
-                if let Err(e) = conn.cping(opts.ping_timeout).await {
-                    tracing::debug!(backend = &*self.inner.route, error = %e, "pooled AJP connection failed its CPing");
-                    continue;
+                match conn.cping(opts.ping_timeout).await {
+                    Ok(()) => {}
+                    // A silent container: trying every pooled connection
+                    // would wait ping_timeout for each. Nothing was sent.
+                    Err(e @ AjpError::PingTimeout(_)) => return Err(e),
+                    Err(e) => {
+                        tracing::debug!(backend = &*self.inner.route, error = %e, "pooled AJP connection failed its CPing");
+                        continue;
+                    }
                 }
             }
             conn.reused = true;
