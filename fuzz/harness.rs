@@ -8,9 +8,11 @@
 //! not come back. The first bytes steer the run (separator, split points,
 //! signing, which optional file is present); the rest is the input.
 
+use bytes::BytesMut;
 use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue};
 use std::path::Path;
+use stickgate::backend::ajp::codec::{self, CodecError};
 use stickgate::import::{self, ImportError, InputFile};
 use stickgate::proxy::websocket::frames::{self, Chunk, Parser, Violation};
 use stickgate::routing::session::{self, SessionId, Source, MAX_SESSION_LEN};
@@ -509,4 +511,58 @@ pub fn modjk_import(data: &[u8]) {
             assert!(!line.contains('\n'), "error {line:?} spans lines");
         }
     }
+}
+
+// ---------------------------------------------------------------- AJP
+
+/// AJP replies from a backend (`codec::decode_reply`): the steering byte
+/// picks `max_packet_size` (the smallest legal one, or a tiny one that
+/// makes most packets too large). Decoding never panics; a whole packet
+/// consumes exactly its header and declared length, an incomplete one
+/// nothing; bytes not starting with `AB` are a magic error; and feeding
+/// the same bytes in two pieces decodes the same first reply.
+pub fn ajp_reply(data: &[u8]) {
+    let (steer_byte, input) = steer(data);
+    let max = if steer_byte % 4 == 0 {
+        16
+    } else {
+        codec::DEFAULT_MAX_PACKET
+    };
+    let mut buf = BytesMut::from(input);
+    let first = codec::decode_reply(&mut buf, max);
+    match &first {
+        Ok(Some(_)) => {
+            let len = u16::from_be_bytes([input[2], input[3]]) as usize;
+            assert_eq!(buf.len(), input.len() - 4 - len, "consumed one packet");
+        }
+        Ok(None) => assert_eq!(buf.len(), input.len(), "nothing consumed"),
+        Err(CodecError::BadMagic(m)) => {
+            assert_eq!(*m, u16::from_be_bytes([input[0], input[1]]));
+            assert_ne!(&input[..2], b"AB");
+        }
+        Err(_) => {}
+    }
+    if input.len() >= 2 && &input[..2] != b"AB" {
+        assert!(matches!(first, Err(CodecError::BadMagic(_))), "{first:?}");
+    }
+    // In two pieces: no reply before the packet is whole, then the same.
+    let cut = steer_byte as usize % (input.len() + 1);
+    let mut piece = BytesMut::from(&input[..cut]);
+    let early = codec::decode_reply(&mut piece, max);
+    if let (Ok(Some(a)), Ok(Some(b))) = (&early, &first) {
+        assert_eq!(a, b);
+    }
+    if early.is_ok() && !matches!(early, Ok(Some(_))) {
+        piece.extend_from_slice(&input[cut..]);
+        let later = codec::decode_reply(&mut piece, max);
+        assert_eq!(
+            later.as_ref().ok().map(|r| r.is_some()),
+            first.as_ref().ok().map(|r| r.is_some())
+        );
+        if let (Ok(Some(a)), Ok(Some(b))) = (&later, &first) {
+            assert_eq!(a, b);
+        }
+    }
+    // Whatever follows one packet decodes (or fails) without panicking.
+    while let Ok(Some(_)) = codec::decode_reply(&mut buf, max) {}
 }

@@ -7,7 +7,7 @@
 #   scripts/fuzz.sh [seconds-per-target [target...]]
 #
 # Defaults: 60 s, every target (session_id ws_frames multicast_datagram
-# modjk_import).
+# modjk_import ajp_reply).
 #
 # The machine's one toolchain is stable: RUSTC_BOOTSTRAP=1 lets it take
 # the -Z flags cargo-fuzz passes; `-s none` asks for no sanitizer (the
@@ -21,7 +21,7 @@ secs="${1:-60}"
 case "$secs" in
     '' | *[!0-9]*) echo "usage: $0 [seconds-per-target [target...]]" >&2; exit 2 ;;
 esac
-targets=(session_id ws_frames multicast_datagram modjk_import)
+targets=(session_id ws_frames multicast_datagram modjk_import ajp_reply)
 if [ $# -gt 1 ]; then
     targets=("${@:2}")
 fi

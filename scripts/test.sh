@@ -3,7 +3,7 @@
 # (redis-server, whose instances the tests start on free loopback ports;
 # curl, openssl, ss, python3; Debian's python3-prometheus-client, the real
 # parser the /metrics drill uses; chromium, the headless browser the status
-# page drill drives), makes multicast work on loopback for the multicast
+# page drill drives; tomcat10 and a JDK, the real Tomcat of the AJP drills), makes multicast work on loopback for the multicast
 # drills, then runs formatting, lint and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,9 @@ need ss iproute2
 need python3 python3
 /usr/bin/python3 -c "import prometheus_client" >/dev/null 2>&1 || need_apt+=(python3-prometheus-client)
 need chromium chromium
+# Real Tomcat for the AJP drills (tests/ajp.rs), and javac for their servlet.
+[ -f /usr/share/tomcat10/bin/bootstrap.jar ] || need_apt+=(tomcat10)
+need javac default-jdk-headless
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "scripts/test.sh: installing ${need_apt[*]}" >&2
     SUDO=""

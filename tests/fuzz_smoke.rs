@@ -207,6 +207,11 @@ fn multicast_decoder_holds_its_invariants() {
 }
 
 #[test]
+fn ajp_reply_decoder_holds_its_invariants() {
+    drive("ajp_reply", harness::ajp_reply);
+}
+
+#[test]
 fn modjk_import_holds_its_invariants() {
     drive("modjk_import", harness::modjk_import);
 }

@@ -73,6 +73,44 @@ pub enum BodyError {
     Upstream(#[from] hyper::Error),
     #[error("backend paused its response body for longer than {0:?} (upstream.body_timeout)")]
     Stalled(Duration),
+    #[error("AJP backend response body failed: {0}")]
+    Ajp(#[from] crate::backend::ajp::AjpError),
+}
+
+/// A backend's response body: HTTP (hyper's stream, the fast path,
+/// untouched) or AJP (see `backend::ajp`).
+pub enum BackendBody {
+    Http(Incoming),
+    Ajp(crate::backend::ajp::AjpBody),
+}
+
+impl Body for BackendBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            BackendBody::Http(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+            BackendBody::Ajp(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            BackendBody::Http(b) => b.is_end_stream(),
+            BackendBody::Ajp(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            BackendBody::Http(b) => b.size_hint(),
+            BackendBody::Ajp(b) => b.size_hint(),
+        }
+    }
 }
 
 /// The idle timer of a streaming response body: armed only when the
@@ -117,7 +155,7 @@ impl IdleTimer {
 pub enum ResponseBody {
     /// Streamed from a backend.
     Upstream {
-        body: Incoming,
+        body: BackendBody,
         exchange: UpstreamLease,
         idle: IdleTimer,
     },
@@ -161,7 +199,7 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(Some(r)) => {
                     idle.progress();
-                    Poll::Ready(Some(r.map_err(BodyError::from)))
+                    Poll::Ready(Some(r))
                 }
             },
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),

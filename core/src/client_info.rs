@@ -58,4 +58,3 @@ impl std::fmt::Debug for IpText {
         f.write_str(self.as_str())
     }
 }
-

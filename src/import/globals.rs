@@ -221,7 +221,13 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(table(&out)["health"]["enabled"].as_bool(), Some(false));
-        assert!(has_note(&out, "worker.n1.ping_timeout=1500"));
+        let t = table(&out);
+        assert_eq!(t["health"]["enabled"].as_bool(), Some(false));
+        assert!(!has_note(&out, "worker.n1.ping_timeout=1500"));
+        assert_eq!(
+            t["backend"][0]["ping_timeout"].as_str(),
+            Some("1500ms"),
+            "CPing timeout per AJP backend"
+        );
     }
 }

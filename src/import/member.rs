@@ -19,14 +19,31 @@ pub(super) struct Backend {
     pub(super) origin: String,
     /// `route`: the node's jvmRoute.
     pub(super) route: String,
-    /// `url`: the node's HTTP connector.
+    /// `url`: `ajp://` for an AJP worker (the node's AJP connector, as
+    /// mod_jk used it), `http://` for an http one.
     pub(super) url: String,
+    /// The AJP keys of an `ajp://` backend.
+    pub(super) ajp: Option<AjpKeys>,
     /// `weight`, from `lbfactor`.
     pub(super) weight: u32,
     /// `domain`, for failover to a node that holds the session's replicas.
     pub(super) domain: Option<String>,
     /// `state`, from `activation`.
     pub(super) state: &'static str,
+}
+
+/// mod_jk's per-worker AJP settings, as `[[backend]]` keys.
+#[derive(Default)]
+pub(super) struct AjpKeys {
+    /// `ping_mode`: mod_jk's letters as a list (empty: no CPing, mod_jk's
+    /// default).
+    pub(super) ping_mode: Vec<&'static str>,
+    /// `ping_timeout` in ms.
+    pub(super) ping_timeout: Option<u64>,
+    /// `max_packet_size`.
+    pub(super) max_packet_size: Option<u32>,
+    /// `ajp_secret`, from mod_jk's `secret`.
+    pub(super) secret: Option<String>,
 }
 
 /// The RFC 7230 token rule stickgate applies to routes, domains and cookie
@@ -102,27 +119,21 @@ pub(super) fn member(
             format!("http {url_host}:{port}"),
         )
     } else {
-        let guess = 8080i64 + i64::from(port) - 8009;
-        let http = if (1..=65535).contains(&guess) {
-            guess
-        } else {
-            8080
-        };
         let proto = if k == WorkerKind::Ajp14 {
             "ajp14"
         } else {
             "ajp13"
         };
-        let at = port_s.or(host_s).map(|x| x.line).unwrap_or(named_at);
-        cx.note(
-            Some(at),
-            format!("worker.{name}: AJP {url_host}:{port}"),
-            format!(
-                "stickgate speaks HTTP, not AJP: url = \"http://{url_host}:{http}\" assumes Tomcat's HTTP connector on port {http} (rule: HTTP port = 8080 + AJP port - 8009); check the <Connector protocol=\"HTTP/1.1\"> port in that node's server.xml"
-            ),
-        );
+        if k == WorkerKind::Ajp14 {
+            let at = port_s.or(host_s).map(|x| x.line).unwrap_or(named_at);
+            cx.note(
+                Some(at),
+                format!("worker.{name}: ajp14 {url_host}:{port}"),
+                "stickgate speaks AJP/1.3 (what Tomcat's AJP connector implements); ajp14's login negotiation is not carried over",
+            );
+        }
         (
-            format!("http://{url_host}:{http}"),
+            format!("ajp://{url_host}:{port}"),
             format!("{proto} {url_host}:{port}"),
         )
     };
@@ -241,43 +252,17 @@ pub(super) fn member(
         .transpose()?;
     g.keepalive.push((name.to_owned(), ka));
     handled.insert("ping_mode");
+    let mut keys = AjpKeys::default();
     if let Some(pm) = s.get("ping_mode") {
-        let mut interval = false;
-        let mut other = false;
-        for c in pm.value.chars().filter(|c| !c.is_whitespace() && *c != ',') {
-            match c.to_ascii_uppercase() {
-                'I' => interval = true,
-                'A' => {
-                    interval = true;
-                    other = true;
-                }
-                'C' | 'P' => other = true,
-                _ => {
-                    return Err(cx.bad(
-                        "ping_mode",
-                        pm,
-                        "expected a combination of C (connect), P (prepost), I (interval), A (all)",
-                    ))
-                }
-            }
-        }
-        if interval {
-            g.ping_interval_mode = true;
-        }
-        if other {
-            cx.note_setting(
+        let modes = ping_modes(&pm.value).ok_or_else(|| {
+            cx.bad(
                 "ping_mode",
                 pm,
-                "AJP CPing after connect / before each request has no HTTP equivalent",
-            );
-        }
-        if interval {
-            cx.note_setting(
-                "ping_mode",
-                pm,
-                "interval CPing became active HTTP checks ([health]): every node must answer GET health.path (/health) with 2xx/3xx, or set health.path",
-            );
-        }
+                "expected a combination of C (connect), P (prepost), I (interval), A (all)",
+            )
+        })?;
+        g.ping_interval_mode |= modes.contains(&"interval");
+        keys.ping_mode = modes;
     }
     for d in ["ping_timeout", "connection_ping_interval"] {
         handled.insert(d);
@@ -285,22 +270,53 @@ pub(super) fn member(
             let n = cx.int(d, v)?;
             if d == "ping_timeout" {
                 g.ping_timeout.push(n);
+                keys.ping_timeout = u64::try_from(n).ok().filter(|n| *n > 0);
             } else {
                 g.ping_every.push(n);
+                g.ping_extras.push((d.to_owned(), v.clone()));
             }
-            g.ping_extras.push((d.to_owned(), v.clone()));
         }
     }
+    for d in ["max_packet_size", "secret"] {
+        handled.insert(d);
+    }
+    if let Some(v) = s.get("max_packet_size") {
+        let n = cx.int("max_packet_size", v)?;
+        match u32::try_from(n) {
+            Ok(n) if (8192..=65536).contains(&n) => keys.max_packet_size = Some(n),
+            _ => return Err(cx.bad("max_packet_size", v, "expected 8192..65536, as mod_jk")),
+        }
+    }
+    keys.secret = s.get("secret").map(|v| v.value.trim().to_owned());
     cx.note_unhandled(s, |dir| handled.contains(dir));
+    let ajp = (k != WorkerKind::Http).then_some(keys);
     Ok(Backend {
         worker: name.to_owned(),
         origin,
         route,
         url,
+        ajp,
         weight,
         domain,
         state,
     })
+}
+
+/// mod_jk's `ping_mode` letters (C, P, I, A, any case, commas or spaces
+/// between) as stickgate's list; `None` for another letter.
+fn ping_modes(letters: &str) -> Option<Vec<&'static str>> {
+    let (mut c, mut p, mut i) = (false, false, false);
+    for ch in letters.chars().filter(|c| !c.is_whitespace() && *c != ',') {
+        match ch.to_ascii_uppercase() {
+            'C' => c = true,
+            'P' => p = true,
+            'I' => i = true,
+            'A' => (c, p, i) = (true, true, true),
+            _ => return None,
+        }
+    }
+    let all = [(c, "connect"), (p, "prepost"), (i, "interval")];
+    Some(all.into_iter().filter(|x| x.0).map(|x| x.1).collect())
 }
 
 /// Why stickgate cannot use `r` as a route (token rule, no `.` since that
@@ -385,11 +401,45 @@ mod tests {
         )
         .unwrap();
         let t = table(&out);
-        assert_eq!(backends(&t)[0]["url"].as_str(), Some("http://[::1]:8080"));
+        assert_eq!(backends(&t)[0]["url"].as_str(), Some("ajp://[::1]:8009"));
         assert_eq!(
             backends(&t)[1]["url"].as_str(),
-            Some("http://[fd00::2]:8080")
+            Some("ajp://[fd00::2]:8009")
         );
+    }
+
+    #[test]
+    fn ajp_settings_become_backend_keys() {
+        let out = import(
+            &format!("{BASIC}worker.n1.ping_mode=C,p\nworker.n1.ping_timeout=1500\nworker.n1.max_packet_size=16384\nworker.n1.secret=s3cret\nworker.n2.ping_mode=A\n"),
+            None,
+            None,
+        )
+        .unwrap();
+        let t = table(&out);
+        let b = backends(&t);
+        let modes = |i: usize| -> Vec<&str> {
+            b[i]["ping_mode"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect()
+        };
+        assert_eq!(modes(0), ["connect", "prepost"]);
+        assert_eq!(modes(1), ["connect", "prepost", "interval"]);
+        assert_eq!(b[0]["ping_timeout"].as_str(), Some("1500ms"));
+        assert_eq!(b[0]["max_packet_size"].as_integer(), Some(16384));
+        assert_eq!(b[0]["ajp_secret"].as_str(), Some("s3cret"));
+        assert!(b[1].get("ajp_secret").is_none());
+        assert!(!has_note(&out, "max_packet_size"), "{:#?}", out.notes);
+        assert!(!has_note(&out, "secret"), "{:#?}", out.notes);
+        let e = import(
+            &format!("{BASIC}worker.n1.max_packet_size=100\n"),
+            None,
+            None,
+        );
+        assert!(e.is_err());
     }
 
     #[test]

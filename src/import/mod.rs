@@ -15,12 +15,15 @@
 //! - member `route`/`jvm_route` (default: the worker name) -> `route`,
 //!   `lbfactor` -> `weight`, `domain` -> `domain`, `activation`
 //!   (or old `disabled`/`stopped`) -> `state`;
-//! - AJP `host:port` -> `url = "http://host:(8080 + port - 8009)"`, always
-//!   with a note, because stickgate speaks HTTP to Tomcat's HTTP connector;
+//! - AJP `host:port` -> `url = "ajp://host:port"` (stickgate speaks
+//!   AJP/1.3 to the same connector mod_jk used), with `ping_mode` (the
+//!   letters as a list), `ping_timeout`, `max_packet_size` and `secret`
+//!   (-> `ajp_secret`) per backend;
 //! - per-worker timeouts -> the global `[upstream]` ones (the largest);
 //! - lb `method` -> `[balance] algorithm`, `session_cookie`/`session_path`
 //!   -> `[session]`, `retries` -> `[upstream] retries`, `recover_time` ->
-//!   `[health] probe_backoff`; interval CPing -> active `[health]` checks.
+//!   `[health] probe_backoff`; interval CPing -> active `[health]` checks
+//!   (CPing for those backends).
 //!
 //! One module per step: [`properties`] parses the files, `model` groups
 //! settings by worker, `plan` (with `member` and `globals`) maps the chosen

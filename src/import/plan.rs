@@ -425,7 +425,7 @@ mod tests {
         )
         .unwrap();
         let t = table(&out);
-        assert_eq!(backends(&t)[0]["url"].as_str(), Some("http://app:8080"));
+        assert_eq!(backends(&t)[0]["url"].as_str(), Some("ajp://app:8009"));
         assert!(out.toml.contains("# imported single worker: ajp13w"));
     }
 }

@@ -117,12 +117,14 @@ pub(super) fn render(
     match p.active_health {
         Some((every, timeout)) => {
             o.push_str(
-                "# mod_jk probed idle AJP connections with CPing (ping_mode I/A); stickgate\n",
+                "# mod_jk probed idle AJP connections with CPing (ping_mode I/A); so does\n",
             );
             o.push_str(
-                "# probes GET path over HTTP instead: every node must answer it with 2xx/3xx\n",
+                "# stickgate for each ajp:// backend whose ping_mode has \"interval\" (the\n",
             );
-            o.push_str("# without creating a session.\n");
+            o.push_str(
+                "# others are checked with GET path over AJP: 2xx/3xx without a session).\n",
+            );
             o.push_str("enabled = true\npath = \"/health\"\n");
             if let Some(e) = every {
                 duration_line(&mut o, "interval", e, "mod_jk connection_ping_interval");
@@ -192,8 +194,36 @@ pub(super) fn render(
             let _ = writeln!(o, "domain = {}", quote(d));
         }
         let _ = writeln!(o, "state = {}", quote(b.state));
+        if let Some(a) = &b.ajp {
+            ajp_lines(&mut o, a);
+        }
     }
     o
+}
+
+/// The AJP keys of one `[[backend]]`.
+fn ajp_lines(o: &mut String, a: &super::member::AjpKeys) {
+    use std::fmt::Write as _;
+    let modes: Vec<String> = a.ping_mode.iter().map(|m| quote(m)).collect();
+    let why = if a.ping_mode.is_empty() {
+        "no mod_jk ping_mode: no CPing, as mod_jk"
+    } else {
+        "mod_jk ping_mode"
+    };
+    let _ = writeln!(o, "ping_mode = [{}]   # {why}", modes.join(", "));
+    if let Some(t) = a.ping_timeout {
+        duration_line(o, "ping_timeout", t, "mod_jk ping_timeout");
+    }
+    if let Some(n) = a.max_packet_size {
+        let _ = writeln!(o, "max_packet_size = {n}   # mod_jk max_packet_size");
+    }
+    if let Some(s) = &a.secret {
+        let _ = writeln!(
+            o,
+            "ajp_secret = {}   # mod_jk secret (or move it to a file: ajp_secret_file)",
+            quote(s)
+        );
+    }
 }
 
 #[cfg(test)]

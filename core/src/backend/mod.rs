@@ -5,6 +5,7 @@
 //! made by one task (health checker, a failing request, the admin API) are
 //! seen by every request at once without locks.
 
+pub mod ajp;
 pub mod health;
 pub mod pool;
 pub mod stats;
@@ -49,6 +50,8 @@ pub struct Backend {
     /// Reachability: the up flag every request reads, and the counters and
     /// probes that change it (see [`health`]).
     pub health: Health,
+    /// The AJP connection pool of an `ajp://` backend (`None` for HTTP).
+    pub ajp: Option<ajp::AjpPool>,
 }
 
 impl Backend {
@@ -56,7 +59,9 @@ impl Backend {
     /// flows at once, and the first checks correct that within `fall` rounds.
     pub fn new(config: BackendConfig, pool: PoolSettings) -> Self {
         let state = config.state as u8;
+        let ajp = (config.ajp.as_ref()).map(|o| ajp::AjpPool::new(&config, (**o).clone(), &pool));
         Backend {
+            ajp,
             pool: Pool::new(&config, pool),
             config,
             state: AtomicU8::new(state),
@@ -124,7 +129,13 @@ impl Backend {
     /// Record a health verdict and why; returns true if this changed the
     /// flag, so the caller logs each transition once.
     pub fn set_up(&self, up: bool, reason: &str) -> bool {
-        self.health.set_up(up, reason, &self.stats.health_history)
+        let changed = self.health.set_up(up, reason, &self.stats.health_history);
+        if changed && !up {
+            if let Some(a) = &self.ajp {
+                a.clear();
+            }
+        }
+        changed
     }
 
     /// A receiver that changes when this backend next goes down. Only

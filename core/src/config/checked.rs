@@ -103,6 +103,8 @@ pub struct BackendConfig {
     pub http2: bool,
     pub ca_file: Option<std::path::PathBuf>,
     pub client_cert: Option<super::raw::CertFiles>,
+    /// An `ajp://` backend's AJP settings; `None` for HTTP.
+    pub ajp: Option<Arc<crate::backend::ajp::AjpOptions>>,
 }
 
 impl BackendConfig {
@@ -121,6 +123,7 @@ impl BackendConfig {
             http2: false,
             ca_file: None,
             client_cert: None,
+            ajp: None,
         }
     }
 }
@@ -200,7 +203,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Problem> {
         if let Some(d) = &b.domain {
             check_token(d).map_err(|p| bad(key("domain"), p))?;
         }
-        let (host, port, tls) = parse_url(&b.url).map_err(|p| bad(key("url"), p))?;
+        let (host, port, tls, is_ajp) =
+            parse_backend_url(&b.url).map_err(|p| bad(key("url"), p))?;
+        let ajp = crate::backend::ajp::check_options(b, is_ajp).map_err(|(k, p)| bad(key(k), p))?;
         if !tls && (b.ca_file.is_some() || b.client_cert.is_some()) {
             return Err(bad(
                 key("ca_file"),
@@ -226,6 +231,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Problem> {
             http2: b.http2,
             ca_file: b.ca_file.clone(),
             client_cert: b.client_cert.clone(),
+            ajp: ajp.map(Arc::new),
         });
     }
     Ok(Config {
@@ -591,13 +597,33 @@ fn check_token(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `ajp://host:port[/]` (port 8009 by default, like Tomcat's AJP
+/// connector) or an HTTP URL (see [`parse_url`]) -> (host, port, tls, ajp).
+fn parse_backend_url(url: &str) -> Result<(String, u16, bool, bool), String> {
+    let Some(rest) = url.strip_prefix("ajp://") else {
+        return parse_url(url).map(|(h, p, t)| (h, p, t, false));
+    };
+    let invalid = || format!("{url:?} is not a valid ajp://host:port URL");
+    let (host, _, _) = parse_url(&format!("http://{rest}")).map_err(|_| invalid())?;
+    let authority: http::uri::Authority = rest
+        .strip_suffix('/')
+        .unwrap_or(rest)
+        .parse()
+        .map_err(|_| invalid())?;
+    Ok((host, authority.port_u16().unwrap_or(8009), false, true))
+}
+
 /// `http[s]://host:port[/]` -> (host, port, tls). Paths are not
 /// supported: a balancer forwards the client's path unchanged.
 fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
     let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
         (Some(r), _) => (r, false),
         (_, Some(r)) => (r, true),
-        _ => return Err(format!("{url:?} must start with http:// or https://")),
+        _ => {
+            return Err(format!(
+                "{url:?} must start with http://, https:// or ajp://"
+            ))
+        }
     };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     if authority.contains('/') || authority.contains('?') || authority.contains('@') {

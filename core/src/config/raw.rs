@@ -612,6 +612,35 @@ pub struct BackendSection {
     /// Administrative state the backend starts in (mod_jk's `activation`).
     #[serde(default)]
     pub state: AdminState,
+    /// `ajp://` only: Tomcat's AJP connector `secret` (`requiredSecret`).
+    pub ajp_secret: Option<String>,
+    /// `ajp://` only: a file holding the secret (first line), so it need
+    /// not sit in the config.
+    pub ajp_secret_file: Option<PathBuf>,
+    /// `ajp://` only: when to CPing (mod_jk's `ping_mode`); default all.
+    pub ping_mode: Option<Vec<PingMode>>,
+    /// `ajp://` only: longest wait for a CPong (default 2s).
+    #[serde(default, with = "humantime_serde::option")]
+    pub ping_timeout: Option<Duration>,
+    /// `ajp://` only, with `prepost`: ping a pooled connection idle at
+    /// least this long before using it (default 1s; 0s: always).
+    #[serde(default, with = "humantime_serde::option")]
+    pub ping_after_idle: Option<Duration>,
+    /// `ajp://` only: largest AJP packet, header included (default 8192,
+    /// like mod_jk; 8192..=65536).
+    pub max_packet_size: Option<usize>,
+}
+
+/// When an AJP backend is sent a CPing (mod_jk's `ping_mode` letters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PingMode {
+    /// After connecting (mod_jk `C`).
+    Connect,
+    /// Before a request on an idle pooled connection (mod_jk `P`).
+    Prepost,
+    /// As the health check (mod_jk `I`).
+    Interval,
 }
 
 fn one() -> u32 {

@@ -23,9 +23,10 @@
 //! fails says itself whether another may follow ([`Miss`]).
 
 use super::{error_response, headers, retry, rewrite, ClientInfo, Runtime};
+use crate::backend::ajp::AjpError;
 use crate::backend::pool::{ConnectError, Sender};
 use crate::backend::{health, Backend};
-use crate::body::{Progress, ResponseBody, UpstreamBody, UpstreamLease};
+use crate::body::{BackendBody, Progress, ResponseBody, UpstreamBody, UpstreamLease};
 use crate::config::Config;
 use crate::routing::{session, NoBackend, Reason, SessionId, Tried};
 use http::header::HOST;
@@ -37,9 +38,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[path = "forward_ajp.rs"]
+mod ajp;
+
 /// A successful exchange, ready for the response rewrite.
 pub struct Done {
-    pub response: Response<Incoming>,
+    pub response: Response<BackendBody>,
     pub exchange: UpstreamLease,
     pub backend: Arc<Backend>,
     pub reason: Reason,
@@ -71,6 +75,8 @@ pub enum Failure {
     ClientBody(hyper::Error),
     #[error("client paused its request body for longer than {0:?}")]
     ClientTimeout(Duration),
+    #[error("AJP backend {route}: {source}")]
+    Ajp { route: Arc<str>, source: AjpError },
 }
 
 impl Failure {
@@ -112,6 +118,7 @@ impl Failure {
                 StatusCode::REQUEST_TIMEOUT,
                 "408 request timeout: request body stalled\n",
             ),
+            Failure::Ajp { source, .. } => ajp::response(source),
         }
     }
 }
@@ -145,6 +152,8 @@ pub struct Outgoing {
     progress: Option<Arc<Progress>>,
     /// A WebSocket upgrade: always over a fresh HTTP/1.1 connection.
     upgrade: bool,
+    /// The client, for the AJP fields HTTP carries in X-Forwarded-*.
+    client: Option<ClientInfo>,
 }
 
 impl Outgoing {
@@ -165,7 +174,15 @@ impl Outgoing {
             replay,
             progress,
             upgrade: false,
+            client: None,
         }
+    }
+
+    /// The client the request came from (AJP sends its address, port and
+    /// TLS state as Forward Request fields).
+    pub fn with_client(mut self, client: ClientInfo) -> Self {
+        self.client = Some(client);
+        self
     }
 
     /// A WebSocket upgrade: a bodiless GET, so every attempt may be
@@ -180,6 +197,7 @@ impl Outgoing {
             }),
             progress: None,
             upgrade: true,
+            client: None,
         }
     }
 }
@@ -238,6 +256,7 @@ pub async fn run(
         replay: head,
         progress,
         upgrade,
+        client,
     } = out;
     let mut pending = request;
     let mut tried = Tried::default();
@@ -280,7 +299,7 @@ pub async fn run(
         } else {
             Via::Pool { stay }
         };
-        match attempt(rt, &backend, req, progress.as_ref(), how).await {
+        match attempt(rt, &backend, req, progress.as_ref(), how, client).await {
             Ok((response, exchange, upgrade)) => {
                 return Ok(Done {
                     response,
@@ -293,7 +312,12 @@ pub async fn run(
             Err(miss) => {
                 if matches!(
                     miss.failure,
-                    Failure::ClientBody(_) | Failure::ClientTimeout(_)
+                    Failure::ClientBody(_)
+                        | Failure::ClientTimeout(_)
+                        | Failure::Ajp {
+                            source: AjpError::HeadTooLarge(_),
+                            ..
+                        }
                 ) {
                     return Err(miss.failure);
                 }
@@ -566,7 +590,8 @@ async fn attempt(
     req: Request<UpstreamBody>,
     progress: Option<&Arc<Progress>>,
     via: Via,
-) -> Result<(Response<Incoming>, UpstreamLease, Option<Sender>), Miss> {
+    client: Option<ClientInfo>,
+) -> Result<(Response<BackendBody>, UpstreamLease, Option<Sender>), Miss> {
     let route = backend.config.route.clone();
     let permit = match backend.pool.permit().await {
         Ok(p) => p,
@@ -582,6 +607,16 @@ async fn attempt(
     };
     let mut exchange = UpstreamLease::begin(backend.clone(), permit);
     backend.stats.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(pool) = &backend.ajp {
+        let how = ajp::How {
+            progress,
+            client,
+            upgrade: matches!(via, Via::Upgrade),
+        };
+        return ajp::attempt(rt, backend, pool, req, how)
+            .await
+            .map(|r| (r.map(BackendBody::Ajp), exchange, None));
+    }
     let conn = match via {
         Via::Pool { stay } => backend.pool.checkout(stay).await,
         Via::Upgrade => backend.pool.connect_upgrade().await,
@@ -624,13 +659,16 @@ async fn attempt(
     };
     let sent_at = std::time::Instant::now();
     match response_head(&timers, rt, backend, sender.try_send(req)).await {
-        Ok(Ok(resp)) => match via {
-            Via::Upgrade => Ok((resp, exchange, Some(sender))),
-            Via::Pool { .. } => {
-                exchange.set_sender(sender, progress.cloned());
-                Ok((resp, exchange, None))
+        Ok(Ok(resp)) => {
+            let resp = resp.map(BackendBody::Http);
+            match via {
+                Via::Upgrade => Ok((resp, exchange, Some(sender))),
+                Via::Pool { .. } => {
+                    exchange.set_sender(sender, progress.cloned());
+                    Ok((resp, exchange, None))
+                }
             }
-        },
+        }
         Ok(Err(mut e)) => {
             let unsent = e.take_message();
             let err = e.into_error();
@@ -652,7 +690,24 @@ async fn attempt(
                 replay: true,
             })
         }
-        Err(Late::Backend) => {
+        Err(late) => Err(late_miss(rt, backend, late, sent_at)),
+    }
+}
+
+/// The miss of a request whose head did not come in time (see [`Late`]),
+/// for HTTP and AJP attempts alike.
+fn late_miss(rt: &Runtime, backend: &Backend, late: Late, sent_at: std::time::Instant) -> Miss {
+    let route = backend.config.route.clone();
+    let up = &rt.config.upstream;
+    let miss = |failure, verdict, replay| Miss {
+        unsent: None,
+        failure,
+        verdict,
+        stale: false,
+        replay,
+    };
+    match late {
+        Late::Backend => {
             let after = up.response_timeout;
             let failure = Failure::Timeout { route, after };
             // A rescue probe that passed while this request waited proved
@@ -662,15 +717,15 @@ async fn attempt(
             } else {
                 Verdict::Failed
             };
-            Err(miss(failure, verdict, up.retry_on_response_timeout))
+            miss(failure, verdict, up.retry_on_response_timeout)
         }
-        Err(Late::Down) => {
+        Late::Down => {
             backend.stats.rescued.fetch_add(1, Ordering::Relaxed);
-            Err(miss(Failure::WentDown { route }, Verdict::None, true))
+            miss(Failure::WentDown { route }, Verdict::None, true)
         }
-        Err(Late::Client) => {
+        Late::Client => {
             let failure = Failure::ClientTimeout(rt.config.server.body_timeout);
-            Err(miss(failure, Verdict::None, false))
+            miss(failure, Verdict::None, false)
         }
     }
 }

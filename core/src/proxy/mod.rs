@@ -137,7 +137,7 @@ impl Proxy {
             (r, served.map_or(AnsweredBy::Balancer, AnsweredBy::Backend))
         } else {
             forward::prepare(&mut parts, &rt.config, client);
-            let out = forward::Outgoing::request(parts, body);
+            let out = forward::Outgoing::request(parts, body).with_client(client);
             match forward::run(&rt, out, session.as_ref()).await {
                 Ok(done) => {
                     let (r, served) = finish(&rt, done, session.as_ref(), client, started).await;

@@ -45,6 +45,9 @@ pub fn spawn_checker(backend: &Arc<Backend>, cfg: Arc<HealthSection>) {
 /// One HTTP check on a fresh connection (never a pooled one: a check must
 /// prove the backend still accepts connections).
 async fn check_once(b: &Backend, cfg: &HealthSection) -> Result<(), String> {
+    if let Some(ajp) = &b.ajp {
+        return check_ajp(ajp, cfg).await;
+    }
     let attempt = async {
         let mut sender = b.pool.connect_any().await.map_err(|e| e.to_string())?;
         let uri = if b.config.http2 {
@@ -72,6 +75,18 @@ async fn check_once(b: &Backend, cfg: &HealthSection) -> Result<(), String> {
     };
     match tokio::time::timeout(cfg.timeout, attempt).await {
         Ok(r) => r,
+        Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
+    }
+}
+
+/// The check of an AJP backend: a CPing (`ping_mode` has `interval`) or
+/// the health path over AJP, bounded by `timeout` like an HTTP check.
+async fn check_ajp(ajp: &super::ajp::AjpPool, cfg: &HealthSection) -> Result<(), String> {
+    match tokio::time::timeout(cfg.timeout, ajp.check(&cfg.path)).await {
+        Ok(Ok(None)) => Ok(()),
+        Ok(Ok(Some(status))) if status_ok(cfg, status) => Ok(()),
+        Ok(Ok(Some(status))) => Err(format!("status {}", status.as_u16())),
+        Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
     }
 }

@@ -1,0 +1,127 @@
+//! One attempt on an `ajp://` backend, with the same retry rules as an
+//! HTTP attempt: a connect failure or a CPing without CPong means nothing
+//! was sent (any method may go to another node, body intact); a reused
+//! connection that fails before any answer is stale (retried like a
+//! stale keep-alive connection); a malformed packet or wrong magic drops
+//! the connection and answers 502 (never replayed: the backend may have
+//! acted on the request), counted as a backend failure.
+
+use super::{error_response, late_miss, response_head, Failure, Miss, Timers, Verdict};
+use crate::backend::ajp::{client, AjpBody, AjpError, AjpPool};
+use crate::backend::{health, Backend};
+use crate::body::{Progress, ResponseBody, UpstreamBody};
+use crate::proxy::{ClientInfo, Runtime};
+use http::{Request, Response, StatusCode};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What the attempt loop knows about the request besides its head.
+pub(super) struct How<'a> {
+    pub progress: Option<&'a Arc<Progress>>,
+    pub client: Option<ClientInfo>,
+    /// A WebSocket upgrade (AJP cannot carry one).
+    pub upgrade: bool,
+}
+
+/// Send `req` to an AJP backend and wait for its head.
+pub(super) async fn attempt(
+    rt: &Runtime,
+    backend: &Arc<Backend>,
+    pool: &AjpPool,
+    req: Request<UpstreamBody>,
+    how: How<'_>,
+) -> Result<Response<AjpBody>, Miss> {
+    let route = backend.config.route.clone();
+    let fail = |source, verdict, replay, unsent| Miss {
+        unsent,
+        failure: Failure::Ajp {
+            route: route.clone(),
+            source,
+        },
+        verdict,
+        stale: false,
+        replay,
+    };
+    if how.upgrade {
+        return Err(fail(AjpError::Upgrade, Verdict::None, false, None));
+    }
+    let client = how
+        .client
+        .unwrap_or_else(|| ClientInfo::new(SocketAddr::from(([127, 0, 0, 1], 0)), false));
+    let head = match pool.encode(&req, client.peer, client.https) {
+        Ok(h) => h,
+        Err(e) => return Err(fail(e, Verdict::None, false, None)),
+    };
+    let conn = match pool.checkout().await {
+        Ok(c) => c,
+        Err(e) => return Err(fail(e, Verdict::Down, true, Some(req))),
+    };
+    let reused = conn.reused;
+    let first_chunk = client::declares_body(req.headers());
+    let timers = Timers {
+        after: rt.config.upstream.response_timeout,
+        body_timeout: rt.config.server.body_timeout,
+        suspect_after: rt.config.health.suspect_after,
+        progress: how.progress.map(|p| &**p),
+    };
+    let sent_at = std::time::Instant::now();
+    let send = pool.send(conn, head, req.into_body(), first_chunk);
+    match response_head(&timers, rt, backend, send).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(AjpError::ClientBody(e))) => Err(Miss {
+            unsent: None,
+            failure: Failure::ClientBody(e),
+            verdict: Verdict::None,
+            stale: false,
+            replay: false,
+        }),
+        Ok(Err(e @ (AjpError::Io(_) | AjpError::Closed))) => {
+            if reused {
+                health::closing_seen(backend, &rt.config.health);
+            }
+            let verdict = if reused { Verdict::None } else { Verdict::Down };
+            let mut m = fail(e, verdict, true, None);
+            m.stale = reused;
+            Err(m)
+        }
+        Ok(Err(AjpError::SecretRefused)) => {
+            tracing::error!(
+                backend = &*route,
+                "AJP backend refused the request: its connector's secret does not match ajp_secret (or ajp_secret is missing); fix the backend's ajp_secret"
+            );
+            // Tomcat refused before running the application: a bodiless
+            // idempotent request may try another node.
+            Err(fail(AjpError::SecretRefused, Verdict::Failed, true, None))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(backend = &*route, error = %e, "AJP protocol error: connection dropped");
+            Err(fail(e, Verdict::Failed, false, None))
+        }
+        Err(late) => Err(late_miss(rt, backend, late, sent_at)),
+    }
+}
+
+/// The client-facing answer to an AJP failure.
+pub(super) fn response(e: &AjpError) -> Response<ResponseBody> {
+    match e {
+        AjpError::HeadTooLarge(_) => error_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "431 request header fields too large: the request head does not fit the backend's AJP packet size\n",
+        ),
+        AjpError::Upgrade => error_response(
+            StatusCode::BAD_GATEWAY,
+            "502 bad gateway: WebSocket upgrades cannot travel over AJP\n",
+        ),
+        AjpError::Connect(_)
+        | AjpError::ConnectTimeout(_)
+        | AjpError::Resolve(_)
+        | AjpError::PingTimeout(_) => error_response(
+            StatusCode::BAD_GATEWAY,
+            "502 bad gateway: backend unreachable\n",
+        ),
+        _ => error_response(
+            StatusCode::BAD_GATEWAY,
+            "502 bad gateway: AJP backend failed\n",
+        ),
+    }
+}
