@@ -670,3 +670,32 @@ async fn ajp_cpong_timeout_moves_even_a_post_with_its_body() {
     assert!(text.contains(&want), "{text} (want {want})");
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
+
+/// A client on a TLS listener: Tomcat learns the connection is secure, and
+/// the cipher suite and key size the balancer negotiated (the AJP SSL
+/// attributes mod_jk sends from mod_ssl).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ajp_tls_client_reaches_tomcat_with_its_cipher_and_key_size() {
+    let t = Tomcat::start("t1", None);
+    let dir = tempdir();
+    let ca = common::tls::Ca::new(&dir);
+    let leaf = ca.leaf(&dir, "a", &["a.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let (_gate, port) = common::tls::tls_gate(std::slice::from_ref(&leaf), &t.toml(""), "");
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "--tlsv1.3", "--cacert"])
+        .arg(&ca.pem)
+        .args(["--resolve", &format!("a.test:{port}:127.0.0.1")])
+        .arg(format!("https://a.test:{port}/info"))
+        .output()
+        .expect("curl");
+    let info = String::from_utf8_lossy(&out.stdout);
+    assert!(info.contains("secure=true scheme=https"), "{info}");
+    assert!(
+        info.contains("cipher=TLS_AES_") || info.contains("cipher=TLS_CHACHA20_"),
+        "cipher suite: {info}"
+    );
+    assert!(
+        info.contains("keysize=128") || info.contains("keysize=256"),
+        "key size: {info}"
+    );
+}

@@ -112,3 +112,38 @@ fn notifies_ready_status_watchdog_reloading_and_stopping() {
     gate.signal("TERM");
     manager.wait_for("STOPPING=1", Duration::from_secs(5));
 }
+
+/// READY=1 waits for the first round of health checks, so the status line
+/// (and the routing table) already shows a dead node as down.
+#[test]
+fn ready_waits_for_the_first_health_checks() {
+    let dir = tempdir();
+    let mut manager = Manager::bind(&dir.join("notify.sock"));
+    let (port, admin, dead) = (free_port(), free_port(), free_port());
+    let node = Backend::start("tomcat1", &[]);
+    let cfg = dir.join("stickgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [health]\ninterval = \"5s\"\ntimeout = \"1s\"\nfall = 1\n{}\
+             [[backend]]\nroute = \"tomcat2\"\nurl = \"http://127.0.0.1:{dead}\"\n",
+            node.toml()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(stickgate_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", dir.join("notify.sock"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stickgate.log")).unwrap())
+        .spawn()
+        .expect("start stickgate");
+    let _gate = Proc { child };
+    let ready = manager.wait_for("READY=1", Duration::from_secs(10));
+    assert!(
+        ready.contains("STATUS=1/2 backends up"),
+        "the dead node's first check must be in before READY: {ready:?}"
+    );
+}

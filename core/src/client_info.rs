@@ -14,6 +14,54 @@ pub struct ClientInfo {
     /// The peer's address as header text, written once per connection
     /// (every forwarded request carries it in X-Forwarded-For).
     pub ip: IpText,
+    /// What the TLS handshake settled (TLS listeners only): AJP backends
+    /// pass it on as Tomcat's SSL request attributes.
+    pub tls: Option<TlsFacts>,
+}
+
+/// The negotiated TLS version and cipher suite of a client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsFacts {
+    pub version: rustls::ProtocolVersion,
+    pub suite: rustls::CipherSuite,
+}
+
+impl TlsFacts {
+    /// What `conn` negotiated, once its handshake is done.
+    pub fn of(conn: &rustls::ServerConnection) -> Option<Self> {
+        Some(TlsFacts {
+            version: conn.protocol_version()?,
+            suite: conn.negotiated_cipher_suite()?.suite(),
+        })
+    }
+
+    /// The version as servlet containers name it (`TLSv1.3`).
+    pub fn version_name(&self) -> &'static str {
+        match self.version {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+            _ => "TLS",
+        }
+    }
+
+    /// The suite's IANA name (`TLS_AES_128_GCM_SHA256`,
+    /// `TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384`).
+    pub fn suite_name(&self) -> String {
+        format!("{:?}", self.suite).replacen("TLS13_", "TLS_", 1)
+    }
+
+    /// Bits of the bulk cipher's key (what `javax.servlet.request.key_size`
+    /// reports): 128 for AES-128, 256 for AES-256 and ChaCha20.
+    pub fn key_bits(&self) -> Option<u16> {
+        let name = format!("{:?}", self.suite);
+        if name.contains("AES_128") {
+            Some(128)
+        } else if name.contains("AES_256") || name.contains("CHACHA20") {
+            Some(256)
+        } else {
+            None
+        }
+    }
 }
 
 impl ClientInfo {
@@ -23,6 +71,7 @@ impl ClientInfo {
             peer,
             https,
             ip: IpText::new(peer.ip()),
+            tls: None,
         }
     }
 }
@@ -56,5 +105,33 @@ impl IpText {
 impl std::fmt::Debug for IpText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::{CipherSuite, ProtocolVersion};
+
+    #[test]
+    fn tls_facts_name_suites_and_key_sizes_as_servlet_containers_do() {
+        let f = |version, suite| TlsFacts { version, suite };
+        let t13 = f(
+            ProtocolVersion::TLSv1_3,
+            CipherSuite::TLS13_AES_128_GCM_SHA256,
+        );
+        assert_eq!(t13.suite_name(), "TLS_AES_128_GCM_SHA256");
+        assert_eq!((t13.key_bits(), t13.version_name()), (Some(128), "TLSv1.3"));
+        let t12 = f(
+            ProtocolVersion::TLSv1_2,
+            CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        );
+        assert_eq!(t12.suite_name(), "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384");
+        assert_eq!((t12.key_bits(), t12.version_name()), (Some(256), "TLSv1.2"));
+        let cc = f(
+            ProtocolVersion::TLSv1_3,
+            CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+        );
+        assert_eq!(cc.key_bits(), Some(256));
     }
 }

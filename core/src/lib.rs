@@ -124,6 +124,11 @@ pub async fn run(
         tokio::spawn(admin::serve(admin, l))
     });
     let reload_task = tokio::spawn(control::reload::on_sighup(reloader));
+    if control::systemd::under_systemd() {
+        // Bounded: a check never takes longer than health.timeout.
+        let limit = proxy.runtime().config.health.timeout + std::time::Duration::from_secs(1);
+        proxy.first_checks(limit).await;
+    }
     control::systemd::ready(&proxy.summary());
     let watchdog = control::systemd::spawn_watchdog();
     server

@@ -426,7 +426,8 @@ impl Server {
                     let deadline = ctx.timing.first_head_deadline();
                     match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            let info = ClientInfo::new(peer, true);
+                            let mut info = ClientInfo::new(peer, true);
+                            info.tls = crate::client_info::TlsFacts::of(tls.get_ref().1);
                             let proto = match tls.get_ref().1.alpn_protocol() {
                                 Some(b"h2") => Proto::H2,
                                 Some(_) => Proto::H1,

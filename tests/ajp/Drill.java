@@ -51,7 +51,9 @@ public class Drill extends HttpServlet {
             text(resp, "remote=" + req.getRemoteAddr() + " port=" + req.getRemotePort()
                 + " secure=" + req.isSecure() + " scheme=" + req.getScheme()
                 + " method=" + req.getMethod() + " query=" + req.getQueryString()
-                + " host=" + req.getServerName() + ":" + req.getServerPort());
+                + " host=" + req.getServerName() + ":" + req.getServerPort()
+                + " cipher=" + req.getAttribute("jakarta.servlet.request.cipher_suite")
+                + " keysize=" + req.getAttribute("jakarta.servlet.request.key_size"));
         } else {
             resp.sendError(404);
         }

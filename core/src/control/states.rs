@@ -46,6 +46,22 @@ pub(super) fn watch_health(rt: std::sync::Weak<Runtime>) {
 }
 
 impl Proxy {
+    /// Wait until every backend has had its first active check (or
+    /// `limit` passed, or checks are off), so "ready" means the routing
+    /// table reflects the nodes' real state.
+    pub async fn first_checks(&self, limit: std::time::Duration) {
+        let end = tokio::time::Instant::now() + limit;
+        loop {
+            let rt = self.runtime();
+            let done = !rt.config.health.enabled
+                || rt.table.backends.iter().all(|b| b.health.checked_once());
+            if done || tokio::time::Instant::now() >= end {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// One line for `systemctl status`: backends up and sessions known.
     pub fn summary(&self) -> String {
         let rt = self.runtime();

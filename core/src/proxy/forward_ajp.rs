@@ -48,7 +48,7 @@ pub(super) async fn attempt(
     let client = how
         .client
         .unwrap_or_else(|| ClientInfo::new(SocketAddr::from(([127, 0, 0, 1], 0)), false));
-    let head = match pool.encode(&req, client.peer, client.https) {
+    let head = match pool.encode(&req, &client) {
         Ok(h) => h,
         Err(e) => return Err(fail(e, Verdict::None, false, None)),
     };

@@ -229,8 +229,8 @@ impl AjpPool {
             .header(http::header::USER_AGENT, "stickgate-health")
             .body(UpstreamBody::Empty)
             .map_err(|_| AjpError::Unexpected("health check path"))?;
-        let peer = SocketAddr::from(([127, 0, 0, 1], 0));
-        let head = self.encode(&req, peer, false)?;
+        let me = crate::client_info::ClientInfo::new(SocketAddr::from(([127, 0, 0, 1], 0)), false);
+        let head = self.encode(&req, &me)?;
         let resp = self.send(conn, head, req.into_body(), false).await?;
         Ok(Some(resp.status()))
     }
@@ -240,9 +240,15 @@ impl AjpPool {
     pub fn encode(
         &self,
         req: &Request<UpstreamBody>,
-        peer: SocketAddr,
-        https: bool,
+        client: &crate::client_info::ClientInfo,
     ) -> Result<BytesMut, AjpError> {
+        let (peer, https) = (client.peer, client.https);
+        let ssl = client.tls.map(|t| codec::SslInfo {
+            cipher: Some(t.suite_name()),
+            key_size: t.key_bits(),
+            protocol: Some(t.version_name().to_owned()),
+            ..Default::default()
+        });
         let opts = &self.inner.opts;
         let default_port = if https { 443 } else { 80 };
         let (server_name, server_port) = req
@@ -267,7 +273,7 @@ impl AjpPool {
             server_name: &server_name,
             server_port,
             is_ssl: https,
-            ssl: None,
+            ssl: ssl.as_ref(),
             headers: req.headers(),
             jvm_route: Some(&self.inner.route),
             secret: opts.secret.as_deref(),

@@ -101,6 +101,7 @@ fn status_ok(cfg: &HealthSection, s: StatusCode) -> bool {
 
 /// Apply one active verdict with rise/fall hysteresis.
 fn record(b: &Backend, cfg: &HealthSection, verdict: Result<(), String>) {
+    b.health.checked();
     let (outcome, reason) = match &verdict {
         Ok(()) => (Outcome::Pass, "health check passed"),
         Err(why) => (Outcome::Fail, why.as_str()),

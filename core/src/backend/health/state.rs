@@ -40,6 +40,9 @@ pub struct Health {
     pub(super) rescue_ok_ms: AtomicU64,
     /// Origin of the millisecond clock above.
     born: Instant,
+    /// Active checks completed (passed or failed), so startup can wait for
+    /// the first round before telling systemd it is ready.
+    checks: AtomicU64,
 }
 
 impl Default for Health {
@@ -64,6 +67,7 @@ impl Health {
             rescue_probing: AtomicBool::new(false),
             rescue_ok_ms: AtomicU64::new(0),
             born: Instant::now(),
+            checks: AtomicU64::new(0),
         }
     }
 
@@ -140,6 +144,16 @@ impl Health {
             self.passive_streak.store(0, Ordering::Relaxed);
         }
         None
+    }
+
+    /// An active check finished, whatever its verdict.
+    pub fn checked(&self) {
+        self.checks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether an active check has finished since this backend started.
+    pub fn checked_once(&self) -> bool {
+        self.checks.load(Ordering::Relaxed) > 0
     }
 
     /// Claim the backoff probe; false when one is already running.
