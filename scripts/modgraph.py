@@ -51,6 +51,7 @@ from collections import defaultdict
 # - demo, drill, import are tools outside the core; they may use any of it.
 LAYERS = [
     "lock",
+    "thread_index",
     "admin_state",
     "client_info",
     "secret",

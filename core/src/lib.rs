@@ -23,6 +23,7 @@ pub mod routing;
 pub mod secret;
 pub mod server;
 pub mod store;
+pub mod thread_index;
 pub mod tls;
 
 use config::{Config, StoreKind};
@@ -85,7 +86,7 @@ pub async fn run(
         (
             Some(tls::server_config(
                 r.clone(),
-                tls::Resumption::of(&config.server),
+                config.server.tls_resumption(),
             )?),
             Some(r),
         )

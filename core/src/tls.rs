@@ -195,16 +195,6 @@ pub struct Resumption {
     pub cache: usize,
 }
 
-impl Resumption {
-    /// The settings `server` asks for.
-    pub fn of(server: &crate::config::raw::ServerSection) -> Self {
-        Resumption {
-            tickets: server.tls_session_tickets,
-            cache: server.tls_session_cache,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -242,7 +242,7 @@ impl Pool {
     /// off the request path.
     fn share(&self) -> &Share {
         let threads = self.shares.len() - 1;
-        let i = crate::server::workers::current().map_or(threads, |w| w % threads);
+        let i = crate::thread_index::current().map_or(threads, |w| w % threads);
         &self.shares[i]
     }
 

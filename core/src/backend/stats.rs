@@ -27,7 +27,7 @@ const STRIPES: usize = 8;
 
 /// The stripe the calling thread writes.
 fn stripe() -> usize {
-    crate::server::workers::current().map_or(0, |w| (w + 1) % STRIPES)
+    crate::thread_index::current().map_or(0, |w| (w + 1) % STRIPES)
 }
 
 /// A counter (or, with wrapping adds and subtracts, a gauge) written per
@@ -279,7 +279,7 @@ mod tests {
             for w in 0..3 {
                 let (c, t) = (&c, &t);
                 scope.spawn(move || {
-                    crate::server::workers::pretend(w);
+                    crate::thread_index::set(w);
                     for _ in 0..100 {
                         c.fetch_add(1, Ordering::Relaxed);
                         t.record(200, Duration::from_millis(1));

@@ -104,7 +104,7 @@ pub struct BackendConfig {
     pub ca_file: Option<std::path::PathBuf>,
     pub client_cert: Option<super::raw::CertFiles>,
     /// An `ajp://` backend's AJP settings; `None` for HTTP.
-    pub ajp: Option<Arc<crate::backend::ajp::AjpOptions>>,
+    pub ajp: Option<Arc<crate::config::ajp::AjpOptions>>,
 }
 
 impl BackendConfig {
@@ -205,7 +205,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Problem> {
         }
         let (host, port, tls, is_ajp) =
             parse_backend_url(&b.url).map_err(|p| bad(key("url"), p))?;
-        let ajp = crate::backend::ajp::check_options(b, is_ajp).map_err(|(k, p)| bad(key(k), p))?;
+        let ajp = crate::config::ajp::check_options(b, is_ajp).map_err(|(k, p)| bad(key(k), p))?;
         if !tls && (b.ca_file.is_some() || b.client_cert.is_some()) {
             return Err(bad(
                 key("ca_file"),

@@ -4,6 +4,7 @@
 //! A file is parsed and checked exactly once; the proxy only ever sees a
 //! [`Config`], so the hot path never re-parses or re-validates anything.
 
+pub mod ajp;
 pub mod raw;
 
 mod checked;

@@ -106,6 +106,16 @@ impl ServerSection {
     }
 }
 
+impl ServerSection {
+    /// How TLS listeners resume returning clients' sessions.
+    pub fn tls_resumption(&self) -> crate::tls::Resumption {
+        crate::tls::Resumption {
+            tickets: self.tls_session_tickets,
+            cache: self.tls_session_cache,
+        }
+    }
+}
+
 impl Default for ServerSection {
     fn default() -> Self {
         Self {

@@ -194,7 +194,7 @@ impl Reloader {
             }
             None => {
                 let r = SniResolver::load(&new.server.certificate)?;
-                let cfg = tls::server_config(r.clone(), tls::Resumption::of(&new.server))?;
+                let cfg = tls::server_config(r.clone(), new.server.tls_resumption())?;
                 (r, Some(cfg))
             }
         }))

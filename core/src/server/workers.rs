@@ -4,29 +4,11 @@
 //! stealing, no cross-core wake-ups). Admin, health checks, store
 //! replication and reload run on the caller's runtime beside them.
 
-use std::cell::Cell;
 use std::sync::Arc;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-thread_local! {
-    /// This thread's worker number; `None` off the request path.
-    static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// The worker number of the calling thread (`0..threads`), or `None` on
-/// any other thread (control plane, tests): per-core state such as
-/// upstream pools picks its slot with it.
-pub fn current() -> Option<usize> {
-    INDEX.with(Cell::get)
-}
-
-/// Make the calling thread count as request thread `index` (unit tests of
-/// per-thread state).
-#[cfg(test)]
-pub(crate) fn pretend(index: usize) {
-    INDEX.with(|i| i.set(Some(index)));
-}
+pub use crate::thread_index::current;
 
 /// A request-path thread could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +44,7 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("stickgate-w{index}"))
                 .spawn(move || {
-                    INDEX.with(|i| i.set(Some(index)));
+                    crate::thread_index::set(index);
                     // Tasks spawned onto this runtime run while it waits.
                     let _ = rt.block_on(stopped);
                 })

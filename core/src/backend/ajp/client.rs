@@ -12,8 +12,8 @@
 
 use super::codec::{self, CodecError, ForwardRequest, Reply};
 use super::AjpOptions;
+use crate::backend::upstream_body::UpstreamBody;
 use crate::backend::PoolSettings;
-use crate::body::UpstreamBody;
 use crate::config::{BackendConfig, Keepalive};
 use crate::lock::lock;
 use bytes::{Bytes, BytesMut};

@@ -14,10 +14,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
-/// mod_jk's and Tomcat's default packet size.
-pub const DEFAULT_MAX_PACKET: usize = 8192;
-/// The largest packet size AJP can express (Tomcat's upper bound).
-pub const LIMIT_MAX_PACKET: usize = 65536;
+pub use crate::config::ajp::{DEFAULT_MAX_PACKET, LIMIT_MAX_PACKET};
 /// Packet header: magic and payload length.
 const HEADER: usize = 4;
 /// Toward the container: `0x12 0x34`.
