@@ -221,3 +221,24 @@ backend be_all
     server t2 127.0.0.1:$4 check inter 1s
 HAPROXY
 }
+
+# A stickgate config in front of the two nginx backends ($P1, $P2), as
+# BENCHMARKS.md sets it up: file, [server] lines, admin port, and any other
+# sections (each may hold several lines).
+gate_toml() { # file server-lines admin-port [other-sections]
+    cat >"$1" <<TOML
+[server]
+$2
+[admin]
+listen = "127.0.0.1:$3"
+[health]
+interval = "1s"
+${4:-}
+[[backend]]
+route = "tomcat1"
+url = "http://127.0.0.1:$P1"
+[[backend]]
+route = "tomcat2"
+url = "http://127.0.0.1:$P2"
+TOML
+}

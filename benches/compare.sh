@@ -164,20 +164,7 @@ HAPROXY_PID=$!
 PIDS+=($HAPROXY_PID)
 
 # ---- stickgate (the smallest config) -----------------------------------------
-cat >"$WORK/stickgate.toml" <<EOF
-[server]
-listen = ["127.0.0.1:$PG"]
-[admin]
-listen = "127.0.0.1:$PA"
-[health]
-interval = "1s"
-[[backend]]
-route = "tomcat1"
-url = "http://127.0.0.1:$P1"
-[[backend]]
-route = "tomcat2"
-url = "http://127.0.0.1:$P2"
-EOF
+gate_toml "$WORK/stickgate.toml" "listen = [\"127.0.0.1:$PG\"]" "$PA"
 "$GATE_BIN" run --config "$WORK/stickgate.toml" 2>"$WORK/stickgate.log" &
 GATE_PID=$!
 PIDS+=($GATE_PID)

@@ -51,25 +51,11 @@ haproxy -db -f "$WORK/haproxy.cfg" &
 HAPROXY_PID=$!
 PIDS+=($HAPROXY_PID)
 
-gate_cfg() { # file port admin-port store-lines
-    cat >"$1" <<EOF
-[server]
-listen = ["127.0.0.1:$2"]
-idle_timeout = "300s"
-[admin]
-listen = "127.0.0.1:$3"
-[health]
-interval = "1s"
-[session]
+gate_cfg() { # file port admin-port store-sections
+    gate_toml "$1" "listen = [\"127.0.0.1:$2\"]
+idle_timeout = \"300s\"" "$3" "[session]
 max_sessions = $((SESSIONS + SESSIONS / 10 + 1000))
-$4
-[[backend]]
-route = "tomcat1"
-url = "http://127.0.0.1:$P1"
-[[backend]]
-route = "tomcat2"
-url = "http://127.0.0.1:$P2"
-EOF
+${4:-}"
 }
 PG=$(port) PA=$(port)
 gate_cfg "$WORK/gate.toml" "$PG" "$PA" ""

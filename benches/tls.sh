@@ -48,35 +48,22 @@ haproxy -db -f "$WORK/haproxy.cfg" 2>"$WORK/haproxy.log" &
 HAPROXY_PID=$!
 PIDS+=($HAPROXY_PID)
 
-gate_toml() { # file tls-port admin-port
-    cat >"$1" <<EOF
-[server]
-listen = ["127.0.0.1:$(port)"]
-tls_listen = ["127.0.0.1:$2"]
+tls_gate_toml() { # file tls-port admin-port
+    gate_toml "$1" "listen = [\"127.0.0.1:$(port)\"]
+tls_listen = [\"127.0.0.1:$2\"]
 [[server.certificate]]
-cert = "$WORK/site.crt"
-key = "$WORK/site.key"
-[admin]
-listen = "127.0.0.1:$3"
-[health]
-interval = "1s"
-[[backend]]
-route = "tomcat1"
-url = "http://127.0.0.1:$P1"
-[[backend]]
-route = "tomcat2"
-url = "http://127.0.0.1:$P2"
-EOF
+cert = \"$WORK/site.crt\"
+key = \"$WORK/site.key\"" "$3"
 }
 PG=$(port)
-gate_toml "$WORK/gate.toml" "$PG" "$(port)"
+tls_gate_toml "$WORK/gate.toml" "$PG" "$(port)"
 "$GATE_BIN" run --config "$WORK/gate.toml" 2>"$WORK/gate.log" &
 GATE_PID=$!
 PIDS+=($GATE_PID)
 WHO="haproxy stickgate"
 if [ -n "$BASE_BIN" ]; then
     PB=$(port)
-    gate_toml "$WORK/base.toml" "$PB" "$(port)"
+    tls_gate_toml "$WORK/base.toml" "$PB" "$(port)"
     "$BASE_BIN" run --config "$WORK/base.toml" 2>"$WORK/base.log" &
     BASE_PID=$!
     PIDS+=($BASE_PID)
