@@ -3,7 +3,7 @@
 # ../shared/BENCHMARKS.md describes: nbthread 2, the same two nginx
 # backends, sticky on the JSESSIONID suffix), measured in the same run.
 #
-#   benches/footprint.sh                 # 3000 and 10000 idle clients, 1M sessions
+#   benches/footprint.sh                 # 3000 and 8000 idle clients, 1M sessions
 #   CONNS="3000" SESSIONS=200000 benches/footprint.sh
 #   STORES="memory redis" benches/footprint.sh
 #
@@ -17,7 +17,7 @@
 NAME=footprint.sh
 . "$(dirname "$0")/common.sh"
 
-CONNS=${CONNS:-"3000 10000"}
+CONNS=${CONNS:-"3000 8000"}
 SESSIONS=${SESSIONS:-1000000}
 STORES=${STORES:-"memory redis"}
 [[ $SESSIONS =~ ^[0-9]+$ && $SESSIONS -le 5000000 ]] || die "SESSIONS must be 0..5000000"
@@ -46,7 +46,9 @@ nginx_backends "$P1" "$P2"
 
 # ---- the balancers -----------------------------------------------------------
 PH=$(port)
-haproxy_sticky_cfg "$WORK/haproxy.cfg" "$PH" "$P1" "$P2" 30000
+# maxconn: HAProxy wants two descriptors per connection; 9500 fits the
+# 20000-descriptor hard limit of the machines here.
+haproxy_sticky_cfg "$WORK/haproxy.cfg" "$PH" "$P1" "$P2" "${HAPROXY_MAXCONN:-9500}"
 haproxy -db -f "$WORK/haproxy.cfg" &
 HAPROXY_PID=$!
 PIDS+=($HAPROXY_PID)

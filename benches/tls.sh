@@ -102,14 +102,16 @@ h2run() { # who args...
 }
 
 # TLS connections per second: two openssl s_time clients at once, `-new`
-# (full handshakes) or `-reuse` (resumed sessions).
+# (full handshakes) or `-reuse` (resumed sessions), each connection a GET
+# of / (`-www`: reading the answer is what lets a TLS 1.3 client take the
+# session ticket that arrives after the handshake).
 hsrun() { # who -new|-reuse
     local who=$1 mode=$2 pid t0 t1 n
     pid=$(pid_of "$who")
     t0=$(ticks "$pid")
     for c in 1 2; do
         timeout $((HANDSHAKE_SECS + 30)) openssl s_time -connect "127.0.0.1:$(port_of "$who")" \
-            "$mode" -time "$HANDSHAKE_SECS" >"$WORK/st$c.out" 2>&1 &
+            "$mode" -www / -time "$HANDSHAKE_SECS" >"$WORK/st$c.out" 2>&1 &
     done
     wait
     t1=$(ticks "$pid")
