@@ -68,36 +68,7 @@ end
 LUA
 
 # ---- nginx backends ----------------------------------------------------------
-backend_conf() { # dir port route
-    mkdir -p "$1/logs"
-    cat >"$1/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $1/nginx.pid;
-error_log $1/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 100000;
-    default_type application/json;
-    server {
-        listen 127.0.0.1:$2;
-        location / {
-            if (\$cookie_jsessionid = "") {
-                add_header Set-Cookie "JSESSIONID=\$request_id.$3; Path=/; HttpOnly";
-            }
-            return 200 '{"route":"$3"}';
-        }
-    }
-}
-EOF
-}
-for b in "1 $P1" "2 $P2"; do
-    set -- $b
-    backend_conf "$WORK/be$1" "$2" "tomcat$1"
-    nginx -p "$WORK/be$1" -c "$WORK/be$1/nginx.conf" &
-    PIDS+=($!)
-done
+nginx_backends "$P1" "$P2"
 
 # ---- nginx as balancer -------------------------------------------------------
 mkdir -p "$WORK/nginx/logs"
@@ -130,35 +101,7 @@ NGINX_PID=$!
 PIDS+=($NGINX_PID)
 
 # ---- HAProxy -----------------------------------------------------------------
-cat >"$WORK/haproxy.cfg" <<EOF
-global
-    nbthread 2
-    maxconn 4000
-defaults
-    mode http
-    timeout connect 1s
-    timeout client 30s
-    timeout server 30s
-    option redispatch
-    retries 3
-    http-reuse always
-frontend fe
-    bind 127.0.0.1:$PH
-    http-request set-var(txn.route) req.cook(JSESSIONID),field(2,.)
-    use_backend be_tomcat1 if { var(txn.route) -m str tomcat1 }
-    use_backend be_tomcat2 if { var(txn.route) -m str tomcat2 }
-    default_backend be_all
-backend be_tomcat1
-    server t1 127.0.0.1:$P1 check inter 1s
-    server t2 127.0.0.1:$P2 check inter 1s backup
-backend be_tomcat2
-    server t2 127.0.0.1:$P2 check inter 1s
-    server t1 127.0.0.1:$P1 check inter 1s backup
-backend be_all
-    balance roundrobin
-    server t1 127.0.0.1:$P1 check inter 1s
-    server t2 127.0.0.1:$P2 check inter 1s
-EOF
+haproxy_sticky_cfg "$WORK/haproxy.cfg" "$PH" "$P1" "$P2" 4000
 haproxy -db -f "$WORK/haproxy.cfg" &
 HAPROXY_PID=$!
 PIDS+=($HAPROXY_PID)
