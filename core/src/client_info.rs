@@ -45,15 +45,20 @@ impl TlsFacts {
     }
 
     /// The suite's IANA name (`TLS_AES_128_GCM_SHA256`,
-    /// `TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384`).
-    pub fn suite_name(&self) -> String {
-        format!("{:?}", self.suite).replacen("TLS13_", "TLS_", 1)
+    /// `TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384`): rustls names TLS 1.3
+    /// suites `TLS13_*`, servlet containers use the IANA `TLS_*`.
+    pub fn suite_name(&self) -> &'static str {
+        let name = self.suite.as_str().unwrap_or("TLS_UNKNOWN");
+        TLS13_IANA
+            .iter()
+            .find(|(rustls, _)| *rustls == name)
+            .map_or(name, |(_, iana)| iana)
     }
 
     /// Bits of the bulk cipher's key (what `javax.servlet.request.key_size`
     /// reports): 128 for AES-128, 256 for AES-256 and ChaCha20.
     pub fn key_bits(&self) -> Option<u16> {
-        let name = format!("{:?}", self.suite);
+        let name = self.suite.as_str()?;
         if name.contains("AES_128") {
             Some(128)
         } else if name.contains("AES_256") || name.contains("CHACHA20") {
@@ -63,6 +68,19 @@ impl TlsFacts {
         }
     }
 }
+
+/// rustls's TLS 1.3 suite names and their IANA names (renamed without an
+/// allocation per request).
+const TLS13_IANA: [(&str, &str); 5] = [
+    ("TLS13_AES_128_GCM_SHA256", "TLS_AES_128_GCM_SHA256"),
+    ("TLS13_AES_256_GCM_SHA384", "TLS_AES_256_GCM_SHA384"),
+    (
+        "TLS13_CHACHA20_POLY1305_SHA256",
+        "TLS_CHACHA20_POLY1305_SHA256",
+    ),
+    ("TLS13_AES_128_CCM_SHA256", "TLS_AES_128_CCM_SHA256"),
+    ("TLS13_AES_128_CCM_8_SHA256", "TLS_AES_128_CCM_8_SHA256"),
+];
 
 impl ClientInfo {
     /// The facts of a connection from `peer`.

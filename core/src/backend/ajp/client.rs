@@ -244,7 +244,7 @@ impl AjpPool {
     ) -> Result<BytesMut, AjpError> {
         let (peer, https) = (client.peer, client.https);
         let ssl = client.tls.map(|t| codec::SslInfo {
-            cipher: Some(t.suite_name()),
+            cipher: Some(t.suite_name().to_owned()),
             key_size: t.key_bits(),
             protocol: Some(t.version_name().to_owned()),
             ..Default::default()
