@@ -130,7 +130,7 @@ pub async fn run(
         let limit = proxy.runtime().config.health.timeout + std::time::Duration::from_secs(1);
         proxy.first_checks(limit).await;
     }
-    control::systemd::ready(&proxy.summary());
+    control::systemd::ready(|| proxy.summary());
     let watchdog = control::systemd::spawn_watchdog();
     server
         .run_until(async {

@@ -107,7 +107,7 @@ impl Reloader {
         let _one_at_a_time = self.serial.lock().await;
         super::systemd::reloading();
         let result = self.apply().await;
-        super::systemd::ready(&self.proxy.summary());
+        super::systemd::ready(|| self.proxy.summary());
         match &result {
             Ok(r) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);

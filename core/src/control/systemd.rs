@@ -26,10 +26,11 @@ pub fn under_systemd() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some()
 }
 
-/// Startup finished: the balancer accepts and routes.
-pub fn ready(status: &str) {
+/// Startup (or a reload) finished: the balancer accepts and routes.
+/// `status` is only worked out when a service manager listens.
+pub fn ready(status: impl FnOnce() -> String) {
     if under_systemd() {
-        send(&[NotifyState::Ready, NotifyState::Status(status)]);
+        send(&[NotifyState::Ready, NotifyState::Status(&status())]);
     }
 }
 
