@@ -128,7 +128,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config } => run(&config),
+        Command::Run { config } => return exit_2_on_error(run(&config)),
         Command::Ctl {
             admin,
             token_file,
@@ -144,6 +144,19 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("stickgate: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `stickgate run` that could not start (config, bind, takeover) exits 2
+/// with one line, so an upgrade script tells "did not start, the old one
+/// still serves" from a crash.
+fn exit_2_on_error(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stickgate: {e:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -170,6 +170,9 @@ struct Accepter {
     /// The address as configured (port 0 stays 0), to match on reload.
     configured: SocketAddr,
     side: ListenerKind,
+    /// Copies of the listening sockets (same kernel socket), so a binary
+    /// upgrade can hand them to the next process (see `sockets`).
+    sockets: Vec<std::net::TcpListener>,
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -279,6 +282,7 @@ impl Server {
         let mut accepter = Accepter {
             configured,
             side,
+            sockets: group.iter().filter_map(|l| l.try_clone().ok()).collect(),
             stops: Vec::with_capacity(group.len()),
             tasks: Vec::with_capacity(group.len()),
         };
@@ -350,15 +354,47 @@ impl Server {
     /// up to `shutdown_timeout` to finish.
     pub async fn run_until(&self, shutdown: impl Future<Output = ()>) {
         shutdown.await;
+        self.stop_accepting().await;
+        self.drain().await;
+    }
+
+    /// Every listening socket, as fresh copies of the same kernel sockets,
+    /// grouped by configured address: what a binary upgrade hands to the
+    /// next process (connections waiting in their backlog stay queued for
+    /// whoever accepts next).
+    pub fn listening_sockets(&self) -> Vec<(ListenerKind, SocketAddr, Vec<std::net::TcpListener>)> {
+        self.lock()
+            .iter()
+            .map(|a| {
+                let copies = a.sockets.iter().filter_map(|l| l.try_clone().ok());
+                (a.side, a.configured, copies.collect())
+            })
+            .collect()
+    }
+
+    /// Stop every accept loop; the sockets stay open where another process
+    /// holds them (binary upgrade), and connections go on.
+    pub async fn stop_accepting(&self) {
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         let all: Vec<Accepter> = std::mem::take(&mut *self.lock());
         for a in all {
             a.stop().await;
         }
+    }
+
+    /// Ask every connection to finish and wait up to `shutdown_timeout`
+    /// until all are gone, WebSocket tunnels included (an upgraded
+    /// connection keeps its `max_connections` slot until it closes).
+    pub async fn drain(&self) {
         let limit = self.cfg.load().shutdown_timeout;
         let _ = self.drain.send(());
+        let all = u32::try_from(self.limit).unwrap_or(u32::MAX);
+        let gone = async {
+            self.drain.closed().await;
+            let _ = self.slots.acquire_many(all).await;
+        };
         tokio::select! {
-            _ = self.drain.closed() => tracing::info!("all connections closed"),
+            _ = gone => tracing::info!("all connections closed"),
             _ = tokio::time::sleep(limit) => {
                 tracing::warn!(timeout = ?limit, "shutdown deadline reached; closing remaining connections");
             }

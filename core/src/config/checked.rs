@@ -309,7 +309,30 @@ fn check_server(s: &ServerSection) -> Result<(), Problem> {
             "needs tls_listen to redirect to",
         ));
     }
+    check_takeover_socket(&s.takeover_socket)?;
     check_keepalive("server.tcp_keepalive", &s.tcp_keepalive)
+}
+
+/// Longest Unix socket path the kernel takes (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// `server.takeover_socket`: empty (off) or an absolute path short enough
+/// for a Unix socket, so a typo is refused at load, not at the upgrade.
+fn check_takeover_socket(p: &std::path::Path) -> Result<(), Problem> {
+    let key = "server.takeover_socket";
+    if p.as_os_str().is_empty() {
+        return Ok(());
+    }
+    if !p.is_absolute() || p.file_name().is_none() {
+        return Err(bad(key, "must be an absolute file path, e.g. \"/run/stickgate/takeover.sock\" (\"\" turns takeover off)"));
+    }
+    if p.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(bad(
+            key,
+            format!("is longer than the {MAX_SOCKET_PATH} bytes a Unix socket path may have"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_admin(a: &AdminSection) -> Result<AdminRules, Problem> {
@@ -660,6 +683,16 @@ mod tests {
         assert!(parse_url("http://a:1/x").is_err());
         assert!(parse_url("ftp://a:1").is_err());
         assert!(parse_url("http://").is_err());
+    }
+
+    #[test]
+    fn takeover_socket_is_off_or_a_short_absolute_path() {
+        let check = |p: &str| check_takeover_socket(std::path::Path::new(p));
+        assert!(check("").is_ok(), "empty turns it off");
+        assert!(check("/run/stickgate/takeover.sock").is_ok());
+        assert!(check("takeover.sock").is_err(), "relative");
+        assert!(check("/").is_err(), "no file name");
+        assert!(check(&format!("/{}", "s".repeat(MAX_SOCKET_PATH))).is_err());
     }
 
     #[test]

@@ -94,6 +94,12 @@ pub struct ServerSection {
     /// id, for clients without tickets); 0 turns it off. Filled on use,
     /// each entry a few hundred bytes.
     pub tls_session_cache: usize,
+    /// Unix socket of the binary upgrade: a `stickgate run` that finds a
+    /// running instance here takes over its listening sockets, sessions
+    /// and backend states instead of binding (see `control::takeover`).
+    /// Empty: no takeover, the default, so several instances on one
+    /// machine (and tests) never meet on a shared path.
+    pub takeover_socket: PathBuf,
 }
 
 impl ServerSection {
@@ -141,6 +147,7 @@ impl Default for ServerSection {
             tcp_keepalive: KeepaliveSection::default(),
             tls_session_tickets: true,
             tls_session_cache: 20_000,
+            takeover_socket: PathBuf::new(),
         }
     }
 }

@@ -348,6 +348,12 @@ impl MemoryStore {
     pub fn idle_ms(&self) -> u64 {
         self.idle_ms
     }
+
+    /// The unconfirmed tier (see [`SessionStore::remember_unconfirmed`]),
+    /// for a binary upgrade to hand over; `None` in the tier itself.
+    pub fn unconfirmed_tier(&self) -> Option<&MemoryStore> {
+        self.unconfirmed.as_deref()
+    }
 }
 
 impl SessionStore for MemoryStore {
@@ -402,6 +408,10 @@ impl SessionStore for MemoryStore {
 
     fn lookup_unconfirmed(&self, id: &str) -> Option<Arc<str>> {
         self.unconfirmed.as_ref()?.get(id)
+    }
+
+    fn memory(&self) -> Option<&MemoryStore> {
+        Some(self)
     }
 
     fn remember_unconfirmed(&self, id: &str, route: &Arc<str>) {

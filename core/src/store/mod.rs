@@ -284,6 +284,14 @@ pub trait SessionStore: Send + Sync + 'static {
     fn set_routes(&self, routes: &[Arc<str>]) {
         let _ = routes;
     }
+
+    /// The embedded table when this store is the embedded store and
+    /// nothing else holds its sessions: what a binary upgrade must hand to
+    /// the next process. Shared stores answer `None` (their sessions
+    /// outlive the process anyway).
+    fn memory(&self) -> Option<&MemoryStore> {
+        None
+    }
 }
 
 /// Why a store could not be started; the message says what to fix.
