@@ -327,7 +327,11 @@ impl Server {
                 },
                 _ = &mut stopped => return,
             };
+            // A free slot is taken before a stop is seen: a connection
+            // accepted here must be served, not reset (the socket may live
+            // on in a new process that would have served it).
             let slot = tokio::select! {
+                biased;
                 s = self.slot() => s,
                 _ = &mut stopped => return,
             };
@@ -549,14 +553,21 @@ where
     serve_io(ctx, io, prefix, info, h2).await;
 }
 
-/// The protocol sniff, given up when the server drains (nothing was
-/// requested yet, so nothing is lost).
+/// The protocol sniff; when the server drains meanwhile, the client has
+/// [`DRAIN_QUIET`] more to send its first bytes (it connected before the
+/// listener stopped, and its request may be on the way), then it is
+/// closed with nothing requested and nothing lost.
 async fn sniff_or_drain<I: AsyncRead + Unpin>(io: &mut I, ctx: &Ctx) -> Sniffed {
     let mut drain = ctx.drain.clone();
+    let sniff = guard::sniff(io, ctx.timing.first_head_deadline());
+    tokio::pin!(sniff);
     tokio::select! {
-        s = guard::sniff(io, ctx.timing.first_head_deadline()) => s,
-        _ = drain.changed() => Sniffed::Closed,
+        s = &mut sniff => return s,
+        _ = drain.changed() => {}
     }
+    tokio::time::timeout(DRAIN_QUIET, sniff)
+        .await
+        .unwrap_or(Sniffed::Closed)
 }
 
 /// Serve one connection with hyper until it ends, expires (see [`guard`])
@@ -603,6 +614,14 @@ where
     }
 }
 
+/// How long a draining HTTP/1.1 keep-alive connection may stay silent
+/// before it is closed: a client sending meanwhile gets its answer with
+/// `Connection: close` instead of a reset.
+const DRAIN_QUIET: Duration = Duration::from_millis(500);
+
+/// How often a draining HTTP/1.1 connection checks whether it is quiet.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
 /// What drives one connection to its end: its timers and the drain signal.
 struct Watch {
     timing: Arc<Timing>,
@@ -619,7 +638,12 @@ impl Watch {
     where
         C: Future<Output = hyper::Result<()>>,
     {
-        let mut draining = false;
+        // Since when the server drains: HTTP/2 gets GOAWAY at once (its
+        // clients retry what the server did not take); an HTTP/1.1
+        // connection answers its next request with `Connection: close`,
+        // or is closed after [`DRAIN_QUIET`] without one.
+        let mut draining: Option<Instant> = None;
+        let mut shut = false;
         // After expiry the connection gets a moment to say goodbye (408 or
         // GOAWAY), then it is dropped whatever it is doing.
         let mut hard_stop: Option<Instant> = None;
@@ -629,19 +653,34 @@ impl Watch {
         // plus that, so sleeping until the next check loses no precision.
         let recheck = self.timing.recheck();
         let result = loop {
-            let next = Instant::now() + recheck;
+            let poll = match (draining, shut) {
+                (Some(_), false) => recheck.min(DRAIN_POLL),
+                _ => recheck,
+            };
+            let next = Instant::now() + poll;
             let at =
                 hard_stop.unwrap_or_else(|| self.timing.due().map_or(next, |(at, _)| at.min(next)));
             let wake = tokio::time::sleep_until(at);
             tokio::select! {
                 r = conn.as_mut() => break r,
-                _ = self.drain.changed(), if !draining => {
-                    draining = true;
-                    shutdown(conn.as_mut());
+                _ = self.drain.changed(), if draining.is_none() => {
+                    draining = Some(Instant::now());
+                    if self.h2 {
+                        shut = true;
+                        shutdown(conn.as_mut());
+                    } else {
+                        self.timing.close_after_response();
+                    }
                 }
                 _ = wake => {
                     if hard_stop.is_some_and(|at| Instant::now() >= at) {
                         break Ok(());
+                    }
+                    if let (Some(since), false) = (draining, shut) {
+                        if self.timing.quiet(since, DRAIN_QUIET) {
+                            shut = true;
+                            shutdown(conn.as_mut());
+                        }
                     }
                     if let Some(how) = self.expire_if_due() {
                         if self.h2 || how == Expiry::Close {
@@ -698,9 +737,15 @@ fn service(
                 Some(port) => to_https(&req, port),
                 None => proxy.handle(req, info).await,
             };
+            let mut resp = resp;
             let status = resp.status();
             if status == StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success()) {
                 timing.tunnel();
+            } else if timing.closing() {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
             }
             Ok::<_, Infallible>(resp.map(|body| Tracked {
                 body,

@@ -47,6 +47,8 @@ struct State {
     idle_since: Instant,
     head_started: Option<Instant>,
     tunnel: bool,
+    /// The server drains: answers from now on say `Connection: close`.
+    closing: bool,
     expired: Option<Expiry>,
     /// Per request head seen by the HTTP/1.1 scanner, in order: whether it
     /// carried both Content-Length and Transfer-Encoding.
@@ -64,6 +66,7 @@ impl Timing {
                 idle_since: accepted,
                 head_started: None,
                 tunnel: false,
+                closing: false,
                 expired: None,
                 conflicts: VecDeque::new(),
             }),
@@ -137,6 +140,28 @@ impl Timing {
         s.head_started = None;
         let conflict = s.conflicts.pop_front().unwrap_or(false);
         (InFlight(self.clone()), conflict)
+    }
+
+    /// The server drains (HTTP/1.1): every answer from now on closes the
+    /// connection after it, so a keep-alive client learns it from the
+    /// response instead of racing a close with its next request.
+    pub fn close_after_response(&self) {
+        self.lock().closing = true;
+    }
+
+    /// Whether answers must say `Connection: close`.
+    pub fn closing(&self) -> bool {
+        self.lock().closing
+    }
+
+    /// Whether the connection has been quiet (nothing in flight, no head
+    /// started) for `quiet` since `since` and its last request: safe
+    /// enough to close while draining.
+    pub fn quiet(&self, since: Instant, quiet: Duration) -> bool {
+        let s = self.lock();
+        s.in_flight == 0
+            && s.head_started.is_none()
+            && Instant::now() >= s.idle_since.max(since) + quiet
     }
 
     /// A WebSocket tunnel opened on this connection; it has its own idle
