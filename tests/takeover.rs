@@ -523,3 +523,102 @@ fn rustix_uid() -> u32 {
     let out = Command::new("id").arg("-u").output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
+
+/// The documented systemd upgrade (`systemctl kill -s USR2 --kill-whom=main
+/// stickgate`) without systemd: the test plays the service manager on
+/// NOTIFY_SOCKET. SIGUSR2 makes A start its own binary again; that child
+/// takes over, A names it the main process (MAINPID=) and exits 0, and
+/// the child says READY=1 and serves A's sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_starts_the_new_binary_which_takes_over_and_becomes_the_main_process() {
+    let sock = sock_path();
+    let b1 = Backend::start("tomcat1", &["--no-suffix"]);
+    let b2 = Backend::start("tomcat2", &["--no-suffix"]);
+    let dir = tempdir();
+    let notify = std::os::unix::net::UnixDatagram::bind(dir.join("notify.sock")).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let cfg = dir.join("stickgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n{}[admin]\nlisten = \"127.0.0.1:{admin}\"\n{FAST_HEALTH}{}{}",
+            server_keys(&sock),
+            b1.toml(),
+            b2.toml()
+        ),
+    )
+    .unwrap();
+    let log = dir.join("stickgate.log");
+    let mut a = Proc {
+        child: Command::new(stickgate_bin())
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("NOTIFY_SOCKET", dir.join("notify.sock"))
+            .env("STICKGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    };
+    let mut seen = Vec::new();
+    let mut wait_note = |prefix: &str| -> String {
+        let end = Instant::now() + Duration::from_secs(20);
+        let mut buf = [0u8; 4096];
+        while Instant::now() < end {
+            if let Ok(n) = notify.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                seen.push(msg.clone());
+                if let Some(l) = msg.lines().find(|l| l.starts_with(prefix)) {
+                    return l.to_owned();
+                }
+            }
+        }
+        panic!("no {prefix} notification; got {seen:?}");
+    };
+    tokio::task::block_in_place(|| wait_note("READY=1"));
+    let gate = Gate {
+        port,
+        admin_port: admin,
+        proc: Proc {
+            child: Command::new("true").spawn().unwrap(),
+        },
+        dir: dir.clone(),
+        log: log.clone(),
+    };
+    let sessions = learn(&gate, 30).await;
+
+    a.signal("USR2");
+    let main_pid = tokio::task::block_in_place(|| {
+        let l = wait_note("MAINPID=");
+        wait_note("READY=1");
+        l
+    });
+    let pid: u32 = main_pid["MAINPID=".len()..].parse().unwrap();
+    assert_ne!(pid, a.pid());
+    let (code, _) =
+        tokio::task::block_in_place(|| wait_exit(&mut a, SHUTDOWN + Duration::from_secs(5)));
+    assert_eq!(
+        code,
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let alive = Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(alive.success(), "the new main process {pid} is not running");
+    let home = still_home(&gate, &sessions).await;
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    assert_eq!(
+        home,
+        sessions.len(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}

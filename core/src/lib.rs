@@ -181,8 +181,14 @@ pub async fn run(
     };
     control::systemd::ready(|| proxy.summary());
     let watchdog = control::systemd::spawn_watchdog();
+    let upgrades = file
+        .as_ref()
+        .and_then(|_| control::takeover::upgrade::on_sigusr2());
     let mut handover = wait_for_end(shutdown, handover).await;
-    control::systemd::stopping();
+    if handover.is_none() {
+        // After a handover the new process is the service: not stopping.
+        control::systemd::stopping();
+    }
     server.stop_accepting().await;
     if let Some(t) = &admin_task {
         t.abort();
@@ -203,7 +209,12 @@ pub async fn run(
     if let Some(f) = file {
         f.remove();
     }
-    for t in admin_task.into_iter().chain([reload_task]).chain(watchdog) {
+    for t in admin_task
+        .into_iter()
+        .chain([reload_task])
+        .chain(watchdog)
+        .chain(upgrades)
+    {
         t.abort();
     }
     workers.stop().await;

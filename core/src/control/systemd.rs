@@ -53,6 +53,19 @@ pub fn stopping() {
     }
 }
 
+/// A binary upgrade hands the service to process `pid` (see
+/// `takeover::upgrade`): from now on systemd expects its notifications and
+/// watches its exit. Sent by the old main process, so `NotifyAccess=main`
+/// accepts it.
+pub fn main_pid(pid: u32) {
+    if under_systemd() {
+        send(&[
+            NotifyState::MainPid(pid),
+            NotifyState::Status("handing over to the new binary"),
+        ]);
+    }
+}
+
 /// Replace the one-line status `systemctl status` shows.
 pub fn status(line: &str) {
     if under_systemd() {

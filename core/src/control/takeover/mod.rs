@@ -37,6 +37,7 @@
 mod conn;
 mod serve;
 mod take;
+pub mod upgrade;
 pub mod wire;
 
 pub use serve::{Handover, Listening, SocketFile, Source};

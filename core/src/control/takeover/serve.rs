@@ -160,6 +160,9 @@ impl Listening {
                 };
                 match offer(&mut conn, &source).await {
                     Ok(since) => {
+                        if pid != 0 {
+                            crate::control::systemd::main_pid(pid);
+                        }
                         let _ = tx.send(Handover {
                             conn,
                             since,
