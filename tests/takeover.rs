@@ -125,13 +125,18 @@ async fn learn(gate: &Gate, n: usize) -> Vec<(String, String)> {
     out
 }
 
-/// How many of `sessions` still reach their node through the gate.
+/// How many of `sessions` still reach their node through the gate (and
+/// the node knew them: no new cookie). Asked node by node: in the order
+/// they were learned, round robin alone would send every unknown id back
+/// to the node that created it.
 async fn still_home(gate: &Gate, sessions: &[(String, String)]) -> usize {
     let c = client();
     let mut home = 0;
-    for (id, route) in sessions {
+    let mut by_node = sessions.to_vec();
+    by_node.sort_by(|a, b| a.1.cmp(&b.1));
+    for (id, route) in &by_node {
         let r = hit(&c, gate, Some(id)).await;
-        if r.status == 200 && route_of(&r) == *route {
+        if r.status == 200 && route_of(&r) == *route && r.set_cookie("JSESSIONID").is_none() {
             home += 1;
         }
     }
