@@ -381,6 +381,7 @@ fn run_to_end(cfg: &Path) -> (Option<i32>, String) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("stickgate run {} did not exit", cfg.display());
 }
 

@@ -388,7 +388,7 @@ mod tests {
             id: format!("ID{i:040}"),
             route: "tomcat1".into(),
             idle_ms: i as u64,
-            confirmed: i % 2 == 0,
+            confirmed: i.is_multiple_of(2),
         }
     }
 
