@@ -628,3 +628,67 @@ async fn sigusr2_starts_the_new_binary_which_takes_over_and_becomes_the_main_pro
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
+
+/// `curl` over TLS with the test CA: the status code it got.
+fn curl_tls(port: u16, ca: &Path) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+        .arg("--cacert")
+        .arg(ca)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(format!("https://localhost:{port}/"))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// TLS listeners travel like plain ones; an address the new config adds is
+/// bound, one it drops is closed once the old process is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listeners_are_handed_over_and_changed_addresses_are_bound_or_closed() {
+    let dir = tempdir();
+    let ca = tls::Ca::new(&dir);
+    let leaf = ca.leaf(&dir, "gate", &["localhost"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let sock = sock_path();
+    let b1 = Backend::start("tomcat1", &["--no-suffix"]);
+    let b2 = Backend::start("tomcat2", &["--no-suffix"]);
+    let backends = format!("{}{}", b1.toml(), b2.toml());
+    let (mut a, tls_port) = tls::tls_gate(&[leaf], &backends, &server_keys(&sock));
+    assert_eq!(curl_tls(tls_port, &ca.pem), "200", "TLS through A");
+    let sessions = learn(&a, 20).await;
+
+    // B adds a plain address.
+    let cfg = a.dir.join("stickgate.toml");
+    let original = std::fs::read_to_string(&cfg).unwrap();
+    let extra = free_port();
+    let wider = original.replacen(
+        &format!("listen = [\"127.0.0.1:{}\"]", a.port),
+        &format!("listen = [\"127.0.0.1:{}\", \"127.0.0.1:{extra}\"]", a.port),
+        1,
+    );
+    assert_ne!(wider, original, "config layout changed");
+    let cfg_b = a.dir.join("b.toml");
+    std::fs::write(&cfg_b, wider).unwrap();
+    let mut b = start_next(&cfg_b, &a.dir.join("b.log"));
+    let (code, _) = tokio::task::block_in_place(|| wait_exit(&mut a.proc, Duration::from_secs(30)));
+    assert_eq!(code, Some(0), "A:\n{}", a.logs());
+    assert_eq!(curl_tls(tls_port, &ca.pem), "200", "TLS through B");
+    let on_extra = get(&format!("http://127.0.0.1:{extra}/"), None).await;
+    assert_eq!(on_extra.status, 200, "B's added address");
+    assert_eq!(still_home(&a, &sessions).await, sessions.len());
+
+    // C has the original config again: the added address goes away.
+    let mut c = start_next(&cfg, &a.dir.join("c.log"));
+    let (code, _) = tokio::task::block_in_place(|| wait_exit(&mut b, Duration::from_secs(30)));
+    let c_log = std::fs::read_to_string(a.dir.join("c.log")).unwrap_or_default();
+    assert_eq!(code, Some(0), "B exit");
+    assert!(c.child.try_wait().unwrap().is_none(), "C exited:\n{c_log}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", extra)).is_err(),
+        "the dropped address still accepts"
+    );
+    assert!(c_log.contains("address no longer configured"), "{c_log}");
+    assert_eq!(curl_tls(tls_port, &ca.pem), "200", "TLS through C");
+    assert_eq!(still_home(&a, &sessions).await, sessions.len());
+    c.kill();
+}
