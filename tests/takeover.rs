@@ -632,7 +632,15 @@ async fn sigusr2_starts_the_new_binary_which_takes_over_and_becomes_the_main_pro
 /// `curl` over TLS with the test CA: the status code it got.
 fn curl_tls(port: u16, ca: &Path) -> String {
     let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
         .arg("--cacert")
         .arg(ca)
         .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
@@ -691,4 +699,20 @@ async fn tls_listeners_are_handed_over_and_changed_addresses_are_bound_or_closed
     assert_eq!(curl_tls(tls_port, &ca.pem), "200", "TLS through C");
     assert_eq!(still_home(&a, &sessions).await, sessions.len());
     c.kill();
+}
+
+/// A socket file whose process is gone (a crash, a kill -9) is no
+/// obstacle: the next start binds normally and listens there itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_socket_file_is_replaced_at_start() {
+    let sock = sock_path();
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let (_b1, _b2, mut a) = cluster(&sock);
+    assert!(a.logs().contains("stale takeover socket"), "{}", a.logs());
+    let sessions = learn(&a, 10).await;
+    let mut b = start_next(&a.dir.join("stickgate.toml"), &a.dir.join("b.log"));
+    let (code, _) = tokio::task::block_in_place(|| wait_exit(&mut a.proc, Duration::from_secs(30)));
+    assert_eq!(code, Some(0), "A did not hand over:\n{}", a.logs());
+    assert_eq!(still_home(&a, &sessions).await, sessions.len());
+    b.kill();
 }

@@ -120,9 +120,11 @@ pub(super) fn same_user(peer: u32, me: u32) -> bool {
 
 /// What this process hands over.
 pub struct Source {
+    /// The listeners (their sockets are handed over).
     pub server: Arc<Server>,
     /// The admin socket as configured, and a copy of it.
     pub admin: Option<(SocketAddr, std::net::TcpListener)>,
+    /// The request path: its store's sessions and its backends' states.
     pub proxy: Arc<Proxy>,
 }
 

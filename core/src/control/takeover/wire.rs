@@ -51,7 +51,9 @@ impl Kind {
 /// One session of the memory store, as handed over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
+    /// The base session id (a credential: never logged).
     pub id: String,
+    /// The backend it is bound to.
     pub route: String,
     /// Milliseconds since its last request: the copy expires when the
     /// original would have.
@@ -63,7 +65,9 @@ pub struct Session {
 /// A backend's administrative state, as an operator last set it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
+    /// The backend.
     pub route: String,
+    /// What the operator set.
     pub state: AdminState,
     /// Unix milliseconds of the operator's action (newest wins).
     pub at_ms: u64,
