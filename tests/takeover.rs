@@ -603,6 +603,7 @@ async fn sigusr2_starts_the_new_binary_which_takes_over_and_becomes_the_main_pro
         l
     });
     let pid: u32 = main_pid["MAINPID=".len()..].parse().unwrap();
+    let _successor = KillOnDrop(pid);
     assert_ne!(pid, a.pid());
     let (code, _) =
         tokio::task::block_in_place(|| wait_exit(&mut a, SHUTDOWN + Duration::from_secs(5)));
@@ -618,9 +619,6 @@ async fn sigusr2_starts_the_new_binary_which_takes_over_and_becomes_the_main_pro
         .unwrap();
     assert!(alive.success(), "the new main process {pid} is not running");
     let home = still_home(&gate, &sessions).await;
-    let _ = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status();
     assert_eq!(
         home,
         sessions.len(),
@@ -715,4 +713,16 @@ async fn a_stale_socket_file_is_replaced_at_start() {
     assert_eq!(code, Some(0), "A did not hand over:\n{}", a.logs());
     assert_eq!(still_home(&a, &sessions).await, sessions.len());
     b.kill();
+}
+
+/// A process this test did not spawn itself (A's child), killed when the
+/// test ends, whether it passed or not.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
 }
