@@ -592,13 +592,18 @@ async fn attempt(
     via: Via,
     client: Option<ClientInfo>,
 ) -> Result<(Response<BackendBody>, UpstreamLease, Option<Sender>), Miss> {
-    let route = backend.config.route.clone();
+    // Cloned only for a failure: on the sticky path this count is shared
+    // by every core.
+    let route = || backend.config.route.clone();
     let permit = match backend.pool.permit().await {
         Ok(p) => p,
         Err(source) => {
             return Err(Miss {
                 unsent: Some(req),
-                failure: Failure::Connect { route, source },
+                failure: Failure::Connect {
+                    route: route(),
+                    source,
+                },
                 verdict: Verdict::None,
                 stale: false,
                 replay: true,
@@ -632,7 +637,10 @@ async fn attempt(
             };
             return Err(Miss {
                 unsent: Some(req),
-                failure: Failure::Connect { route, source },
+                failure: Failure::Connect {
+                    route: route(),
+                    source,
+                },
                 verdict,
                 stale: false,
                 replay: true,
@@ -686,7 +694,10 @@ async fn attempt(
                 },
                 stale: conn.reused,
                 unsent,
-                failure: Failure::Upstream { route, source: err },
+                failure: Failure::Upstream {
+                    route: route(),
+                    source: err,
+                },
                 replay: true,
             })
         }

@@ -179,19 +179,46 @@ pub fn join_cookies(h: &mut HeaderMap) {
 /// A request that came chunked also loses any `Content-Length`, so the
 /// backend can never see two conflicting framings (request smuggling).
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if h.contains_key(header::TRANSFER_ENCODING) {
+    // One pass over the names (standard ones compare as small integers)
+    // finds which hop-by-hop headers are there; most heads carry none or
+    // only `Connection: keep-alive`, so nothing else is hashed or built.
+    let mut present = 0u8;
+    for n in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|x| x == n) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    let has = |name: &HeaderName| {
+        HOP_BY_HOP
+            .iter()
+            .position(|x| x == name)
+            .is_some_and(|i| present & (1 << i) != 0)
+    };
+    if has(&header::TRANSFER_ENCODING) {
         h.remove(header::CONTENT_LENGTH);
     }
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| n != header::HOST)
-        .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
-        h.remove(n);
+    if has(&header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|n| !n.eq_ignore_ascii_case("close") && !n.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .filter(|n| n != header::HOST)
+            .collect();
+        for n in &named {
+            h.remove(n);
+        }
+    }
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(n);
+        }
     }
 }
 
@@ -244,6 +271,21 @@ pub fn add_forwarded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn common_heads_keep_everything_but_their_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "a".parse().unwrap());
+        h.insert(header::COOKIE, "JSESSIONID=1.t1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "nothing hop-by-hop: untouched");
+        h.insert(header::CONNECTION, "close, X-Secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "5".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["host", "cookie", "content-length"]);
+    }
 
     #[test]
     fn strips_named_and_standard_hop_headers() {

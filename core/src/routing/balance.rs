@@ -113,7 +113,10 @@ impl Selector {
         if mask == 0 {
             return None;
         }
-        let seq = match self.seq.load_full() {
+        // A guard, not a clone: the reference count is shared by every core.
+        let cached = self.seq.load();
+        let fresh;
+        let seq: &Sequence = match &*cached {
             Some(s) if s.mask == mask => s,
             _ => {
                 let s = Arc::new(Sequence {
@@ -121,7 +124,8 @@ impl Selector {
                     order: smooth_sequence(backends, mask),
                 });
                 self.seq.store(Some(s.clone()));
-                s
+                fresh = s;
+                &fresh
             }
         };
         let start = self.next.fetch_add(1, Ordering::Relaxed);

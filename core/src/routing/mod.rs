@@ -111,10 +111,17 @@ impl Table {
             Cached::Absent => None,
             Cached::Unknown => store.fetch(s.base).await,
         };
-        let bound = confirmed
-            .clone()
-            .or_else(|| store.lookup_unconfirmed(s.base));
-        let wanted: Option<&str> = bound.as_deref().or(s.route);
+        // Borrowed, not cloned: a route name's count is shared by every
+        // session bound to it and by every core.
+        let unconfirmed;
+        let bound: Option<&str> = match &confirmed {
+            Some(r) => Some(r),
+            None => {
+                unconfirmed = store.lookup_unconfirmed(s.base);
+                unconfirmed.as_deref()
+            }
+        };
+        let wanted: Option<&str> = bound.or(s.route);
         let Some(wanted) = wanted else {
             return self.new_session(store, tried);
         };
