@@ -16,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -36,6 +37,9 @@ pub enum Expiry {
 /// One connection's clock and request count.
 pub struct Timing {
     state: Mutex<State>,
+    /// The server drains: answers from now on say `Connection: close`
+    /// (read once per response, so no lock).
+    closing: AtomicBool,
     header: Duration,
     idle: Duration,
 }
@@ -47,8 +51,6 @@ struct State {
     idle_since: Instant,
     head_started: Option<Instant>,
     tunnel: bool,
-    /// The server drains: answers from now on say `Connection: close`.
-    closing: bool,
     expired: Option<Expiry>,
     /// Per request head seen by the HTTP/1.1 scanner, in order: whether it
     /// carried both Content-Length and Transfer-Encoding.
@@ -66,10 +68,10 @@ impl Timing {
                 idle_since: accepted,
                 head_started: None,
                 tunnel: false,
-                closing: false,
                 expired: None,
                 conflicts: VecDeque::new(),
             }),
+            closing: AtomicBool::new(false),
             header,
             idle,
         })
@@ -146,12 +148,12 @@ impl Timing {
     /// connection after it, so a keep-alive client learns it from the
     /// response instead of racing a close with its next request.
     pub fn close_after_response(&self) {
-        self.lock().closing = true;
+        self.closing.store(true, Ordering::Relaxed);
     }
 
     /// Whether answers must say `Connection: close`.
     pub fn closing(&self) -> bool {
-        self.lock().closing
+        self.closing.load(Ordering::Relaxed)
     }
 
     /// Whether the connection has been quiet (nothing in flight, no head
