@@ -551,7 +551,7 @@ where
         b.timer(TokioTimer::new())
             .max_header_list_size(cfg.max_header_size as u32)
             .enable_connect_protocol();
-        let conn = std::pin::pin!(b.serve_connection(io, svc));
+        let conn = std::pin::pin!(b.serve_connection(io, boxed_calls(svc)));
         watch.run(conn, |c| c.graceful_shutdown()).await;
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
@@ -672,6 +672,29 @@ fn service(
             }))
         }
     })
+}
+
+/// `svc` with each call's future on the heap. hyper's HTTP/2 server moves
+/// every stream's future (the whole request path's state machine, several
+/// kilobytes) into a task of its own, copying it on the way; boxed, only a
+/// pointer moves. HTTP/1.1 keeps one future slot per connection and needs
+/// no box.
+fn boxed_calls<S>(
+    svc: S,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Tracked<ResponseBody>>,
+    Error = Infallible,
+    Future = Pin<Box<S::Future>>,
+> + Clone
+where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Tracked<ResponseBody>>,
+            Error = Infallible,
+        > + Clone,
+{
+    service_fn(move |req| Box::pin(svc.call(req)))
 }
 
 fn https_port(cfg: &ServerSection) -> u16 {
