@@ -677,11 +677,11 @@ fn service(
     })
 }
 
-/// `svc` with each call's future on the heap. hyper's HTTP/2 server moves
+/// `svc` with each call's future on the heap. hyper's HTTP/2 server wraps
 /// every stream's future (the whole request path's state machine, several
-/// kilobytes) into a task of its own, copying it on the way; boxed, only a
-/// pointer moves. HTTP/1.1 keeps one future slot per connection and needs
-/// no box.
+/// kilobytes) in its own stream future and moves that into the executor
+/// (see [`streams`]), copying it each time; boxed, only a pointer moves.
+/// HTTP/1.1 keeps one future slot per connection and needs no box.
 fn boxed_calls<S>(
     svc: S,
 ) -> impl hyper::service::Service<
