@@ -740,3 +740,66 @@ async fn returning_tls_clients_resume_instead_of_a_full_handshake() {
     assert_eq!(resume_probe(port, &client).await, Full);
     assert_eq!(resume_probe(port, &client).await, Full, "resumption off");
 }
+
+/// One HTTP/2 request for `route`'s session on `send`: status and body.
+async fn h2_slow_get(
+    mut send: hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    i: usize,
+    route: &str,
+) -> (u16, String) {
+    let req = http::Request::get("http://127.0.0.1/slow?ms=500")
+        .header("cookie", format!("JSESSIONID=S{i:04}.{route}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = send.send_request(req).await.expect("h2 stream answered");
+    let status = resp.status().as_u16();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("h2 body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn many_streams_on_one_h2_connection_are_answered_side_by_side() {
+    // Twenty streams on one connection, each 500 ms at its node: the
+    // streams run inside the connection's task (server::streams), side by
+    // side, each sent to the node its cookie names.
+    let n1 = Backend::start("tomcat1", &[]);
+    let n2 = Backend::start("tomcat2", &[]);
+    let gate = Gate::start_with(&format!("{}{}", n1.toml(), n2.toml()), "h2c = true");
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gate.port))
+        .await
+        .unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let started = std::time::Instant::now();
+    let streams: Vec<_> = (0..20)
+        .map(|i| {
+            let route = if i % 2 == 0 { "tomcat1" } else { "tomcat2" };
+            let send = send.clone();
+            tokio::spawn(async move { (route, h2_slow_get(send, i, route).await) })
+        })
+        .collect();
+    for s in streams {
+        let (route, (status, body)) = tokio::time::timeout(Duration::from_secs(15), s)
+            .await
+            .expect("every stream answered within 15 s")
+            .unwrap();
+        assert_eq!(status, 200, "{route}: {body}");
+        assert!(
+            body.contains(&format!("\"route\":\"{route}\"")),
+            "{route} answered by another node: {body}"
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "20 streams of 500 ms took {took:?}: they did not run side by side"
+    );
+}

@@ -5,6 +5,7 @@
 
 mod framing;
 mod guard;
+mod streams;
 pub mod workers;
 
 use crate::body::ResponseBody;
@@ -17,7 +18,7 @@ use guard::{Expiry, Guarded, Sniffed, Timing, Tracked};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -594,12 +595,14 @@ where
         h2,
     };
     if h2 {
-        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let exec = streams::StreamExec::default();
+        let mut b = hyper::server::conn::http2::Builder::new(exec.clone());
         b.timer(TokioTimer::new())
             .max_header_list_size(cfg.max_header_size as u32)
             .enable_connect_protocol();
-        let conn = std::pin::pin!(b.serve_connection(io, svc));
-        watch.run(conn, |c| c.graceful_shutdown()).await;
+        let conn = b.serve_connection(io, boxed_calls(svc));
+        let driven = std::pin::pin!(streams::Driven::new(conn, exec));
+        watch.run(driven, |d| d.conn().graceful_shutdown()).await;
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
         // Header and idle timing are the guard's (hyper's header timer
@@ -753,6 +756,29 @@ fn service(
             }))
         }
     })
+}
+
+/// `svc` with each call's future on the heap. hyper's HTTP/2 server wraps
+/// every stream's future (the whole request path's state machine, several
+/// kilobytes) in its own stream future and moves that into the executor
+/// (see [`streams`]), copying it each time; boxed, only a pointer moves.
+/// HTTP/1.1 keeps one future slot per connection and needs no box.
+fn boxed_calls<S>(
+    svc: S,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Tracked<ResponseBody>>,
+    Error = Infallible,
+    Future = Pin<Box<S::Future>>,
+> + Clone
+where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Tracked<ResponseBody>>,
+            Error = Infallible,
+        > + Clone,
+{
+    service_fn(move |req| Box::pin(svc.call(req)))
 }
 
 fn https_port(cfg: &ServerSection) -> u16 {
