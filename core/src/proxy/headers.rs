@@ -97,12 +97,17 @@ pub fn prepare(parts: &mut Parts, cfg: &Config, client: ClientInfo) {
         parts.headers.insert(header::HOST, v);
     }
     if parts.uri.scheme().is_some() {
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        if let Ok(u) = pq.parse::<Uri>() {
+        // Origin form from the parts already parsed (every h2 request
+        // comes absolute): no second parse of the target.
+        let mut origin = http::uri::Parts::default();
+        origin.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        if let Ok(u) = Uri::from_parts(origin) {
             parts.uri = u;
         }
     }
@@ -125,6 +130,10 @@ pub fn prepare(parts: &mut Parts, cfg: &Config, client: ClientInfo) {
 
 /// `host[:port]` of an authority, without any `user:password@`.
 fn host_value(a: &Authority) -> Option<HeaderValue> {
+    if !a.as_str().contains('@') {
+        // Already `host[:port]`: copied as it is, nothing formatted.
+        return HeaderValue::from_str(a.as_str()).ok();
+    }
     let v = match a.port_u16() {
         Some(p) => format!("{}:{p}", a.host()),
         None => a.host().to_owned(),
