@@ -461,6 +461,62 @@ async fn an_open_websocket_finishes_on_the_old_process() {
     b.kill();
 }
 
+/// A WebSocket that outlives the old process's `shutdown_timeout` is
+/// closed cleanly: Close 1001 ("going away") shortly before the deadline,
+/// then A exits 0; the client reconnects through B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_open_at_the_deadline_gets_close_1001() {
+    let sock = sock_path();
+    let (_b1, _b2, mut a) = cluster(&sock);
+    let url = format!("ws://127.0.0.1:{}/ws", a.port);
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(url.clone()),
+    )
+    .await
+    .expect("handshake timed out")
+    .expect("websocket through A");
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "before");
+    let log_b = a.dir.join("b.log");
+    let mut b = start_next(&a.dir.join("stickgate.toml"), &log_b);
+    tokio::task::block_in_place(|| {
+        wait_log(
+            &log_b,
+            "took over from the previous process",
+            Duration::from_secs(30),
+        )
+    });
+    let handed = Instant::now();
+    // The client stays silent; A must not keep it past its deadline.
+    let close = tokio::time::timeout(SHUTDOWN + Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(c))) => return c,
+                Some(Ok(_)) => continue,
+                other => panic!("no Close frame before the connection ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("no Close within the shutdown deadline");
+    let at = handed.elapsed();
+    let code = close.map(|c| u16::from(c.code));
+    assert_eq!(code, Some(1001), "Close code");
+    assert!(
+        at < SHUTDOWN + Duration::from_secs(1),
+        "closed after {at:?}"
+    );
+    let (exit, _) = tokio::task::block_in_place(|| wait_exit(&mut a.proc, Duration::from_secs(5)));
+    assert_eq!(exit, Some(0), "A:\n{}", a.logs());
+    let (mut again, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("a new websocket through B");
+    again.send(Message::text("after")).await.unwrap();
+    assert_eq!(next_text(&mut again).await, "after");
+    b.kill();
+}
+
 /// The next text message, within 10 s.
 async fn next_text<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> String
 where

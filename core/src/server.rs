@@ -398,9 +398,17 @@ impl Server {
             self.drain.closed().await;
             let _ = self.slots.acquire_many(all).await;
         };
+        tokio::pin!(gone);
+        // Near the deadline, open WebSocket tunnels are told to say Close
+        // 1001 and end, so their clients reconnect rather than see a reset.
+        let grace = GOING_AWAY_GRACE.min(limit / 2);
         tokio::select! {
-            _ = gone => tracing::info!("all connections closed"),
-            _ = tokio::time::sleep(limit) => {
+            _ = &mut gone => return tracing::info!("all connections closed"),
+            _ = tokio::time::sleep(limit - grace) => self.proxy.going_away(),
+        }
+        tokio::select! {
+            _ = &mut gone => tracing::info!("all connections closed"),
+            _ = tokio::time::sleep(grace) => {
                 tracing::warn!(timeout = ?limit, "shutdown deadline reached; closing remaining connections");
             }
         }
@@ -616,6 +624,10 @@ where
         watch.run(conn, |c| c.graceful_shutdown()).await;
     }
 }
+
+/// Before the shutdown deadline, how long WebSocket tunnels get to send
+/// their Close 1001 (at most half of `shutdown_timeout`).
+const GOING_AWAY_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a draining HTTP/1.1 keep-alive connection may stay silent
 /// before it is closed: a client sending meanwhile gets its answer with

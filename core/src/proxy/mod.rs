@@ -61,6 +61,9 @@ impl ProxyStats {
 pub struct Proxy {
     current: ArcSwap<Runtime>,
     access_log: ArcSwapOption<AccessLogger>,
+    /// Set once, when the shutdown deadline is near: open WebSocket
+    /// tunnels say Close 1001 ("going away") to both peers and end.
+    going_away: tokio::sync::watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -69,6 +72,7 @@ impl Proxy {
         Arc::new(Proxy {
             current: ArcSwap::new(runtime),
             access_log: ArcSwapOption::new(access_log),
+            going_away: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -91,6 +95,13 @@ impl Proxy {
     /// the one they started with.
     pub fn swap(&self, runtime: Arc<Runtime>) {
         self.current.store(runtime);
+    }
+
+    /// The shutdown deadline is near: every open WebSocket tunnel sends
+    /// Close 1001 to both peers (at a frame boundary) and ends, so clients
+    /// reconnect cleanly instead of seeing a reset.
+    pub fn going_away(&self) {
+        self.going_away.send_replace(true);
     }
 
     /// Handle one client request; never fails (errors become responses).
@@ -132,8 +143,9 @@ impl Proxy {
             );
             (r, AnsweredBy::Balancer)
         } else if let Some(kind) = ws {
+            let stop = self.going_away.subscribe();
             let (r, served) =
-                websocket::handle(&rt, parts, session.as_ref(), client, kind, started).await;
+                websocket::handle(&rt, parts, session.as_ref(), client, kind, started, stop).await;
             (r, served.map_or(AnsweredBy::Balancer, AnsweredBy::Backend))
         } else {
             forward::prepare(&mut parts, &rt.config, client);

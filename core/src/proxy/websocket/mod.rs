@@ -79,6 +79,7 @@ pub async fn handle(
     client: ClientInfo,
     kind: Handshake,
     started: std::time::Instant,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> (Response<ResponseBody>, Option<Served>) {
     let Some(on_client) = parts.extensions.remove::<OnUpgrade>() else {
         let r = error_response(
@@ -173,7 +174,7 @@ pub async fn handle(
         };
         tracing::debug!(backend = %label.route, session = label.session.as_deref().unwrap_or("-"), "websocket tunnel open");
         let start = std::time::Instant::now();
-        let r = tunnel::run(TokioIo::new(c), TokioIo::new(b), settings).await;
+        let r = tunnel::run(TokioIo::new(c), TokioIo::new(b), settings, stop).await;
         drop(exchange); // the tunnel held a connection slot and counted in flight
         let secs = start.elapsed().as_secs_f64();
         match r.end {

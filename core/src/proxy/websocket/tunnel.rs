@@ -12,6 +12,9 @@
 //! - When one side ends, the other gets a Close 1001 ("going away") if its
 //!   stream stands on a frame boundary and saw no Close yet, then a TCP
 //!   shutdown; the survivor has a short grace to finish its side.
+//! - When the balancer is about to stop (the shutdown deadline is near),
+//!   both peers get a Close 1001 at their next frame boundary and the
+//!   tunnel ends: clients reconnect instead of seeing a reset.
 
 use super::frames::{self, Chunk, Parser, Violation};
 use std::collections::VecDeque;
@@ -141,7 +144,12 @@ enum PumpEnd {
 }
 
 /// Relay between `client` and `backend` until the connection ends.
-pub async fn run<C, B>(client: C, backend: B, s: Settings) -> Report
+pub async fn run<C, B>(
+    client: C,
+    backend: B,
+    s: Settings,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Report
 where
     C: AsyncRead + AsyncWrite + Send,
     B: AsyncRead + AsyncWrite + Send,
@@ -158,8 +166,16 @@ where
     let from_backend = AtomicU64::new(0);
     let idle = (!s.idle_timeout.is_zero()).then_some(s.idle_timeout);
     let ping = s.ping_interval.filter(|p| !p.is_zero());
-    let up = pump(cr, bw, Peer::Client, &shared, ping, &from_client);
-    let down = pump(br, cw, Peer::Backend, &shared, ping, &from_backend);
+    let up = pump(
+        cr,
+        bw,
+        Peer::Client,
+        &shared,
+        ping,
+        &from_client,
+        stop.clone(),
+    );
+    let down = pump(br, cw, Peer::Backend, &shared, ping, &from_backend, stop);
     tokio::pin!(up, down);
     let (mut up_done, mut down_done) = (false, false);
     let mut grace: Option<Instant> = None;
@@ -211,6 +227,7 @@ async fn pump<R, W>(
     shared: &Shared,
     ping_interval: Option<Duration>,
     count: &AtomicU64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> PumpEnd
 where
     R: AsyncRead + Unpin,
@@ -232,6 +249,7 @@ where
             .map(|p| last_tx + p);
         let read = tokio::select! {
             biased;
+            _ = going_away(&mut stop) => Ok(0),
             r = src.read(&mut buf) => r,
             _ = sleep_until_opt(ping_at) => {
                 let payload = crate::lock::lock(shared.pings(to)).issue();
@@ -290,6 +308,14 @@ where
     }
 }
 
+/// Resolves once the balancer says it is going away; never if it cannot
+/// say so any more (the sender is gone with the proxy).
+async fn going_away(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    if stop.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t).await,
@@ -325,6 +351,11 @@ mod tests {
         (h, payload, raw)
     }
 
+    /// A stop signal that never fires (its sender is gone).
+    fn never() -> tokio::sync::watch::Receiver<bool> {
+        tokio::sync::watch::channel(false).1
+    }
+
     fn settings(idle: u64, ping: Option<u64>) -> Settings {
         Settings {
             idle_timeout: Duration::from_millis(idle),
@@ -352,7 +383,12 @@ mod tests {
     async fn relays_byte_identical_both_ways() {
         let (client, c_end) = duplex(4096);
         let (backend, b_end) = duplex(4096);
-        let t = tokio::spawn(run(client, backend, settings(10_000, Some(60_000))));
+        let t = tokio::spawn(run(
+            client,
+            backend,
+            settings(10_000, Some(60_000)),
+            never(),
+        ));
         let k = Some([3, 1, 4, 1]);
         let mut up = Vec::new();
         up.extend(frame(false, 0x1, b"frag-1", k));
@@ -407,7 +443,12 @@ mod tests {
     async fn pings_both_ways_when_idle_and_swallows_answers() {
         let (client, mut c_end) = duplex(4096);
         let (backend, mut b_end) = duplex(4096);
-        let t = tokio::spawn(run(client, backend, settings(30_000, Some(20_000))));
+        let t = tokio::spawn(run(
+            client,
+            backend,
+            settings(30_000, Some(20_000)),
+            never(),
+        ));
         for round in 1..=4u32 {
             // Toward the client: unmasked; toward the backend: masked.
             let (hc, pc, _) = read_frame(&mut c_end).await;
@@ -443,7 +484,12 @@ mod tests {
     async fn ping_waits_for_a_frame_boundary() {
         let (client, mut c_end) = duplex(1 << 20);
         let (backend, mut b_end) = duplex(1 << 20);
-        let t = tokio::spawn(run(client, backend, settings(300_000, Some(1_000))));
+        let t = tokio::spawn(run(
+            client,
+            backend,
+            settings(300_000, Some(1_000)),
+            never(),
+        ));
         // Backend starts a 100-byte frame but sends only its header and
         // half the payload, then stalls past the ping interval.
         let f = frame(true, 0x2, &[9u8; 100], None);
@@ -470,7 +516,7 @@ mod tests {
         let (client, mut c_end) = duplex(4096);
         let (backend, _b_end) = duplex(4096);
         let start = Instant::now();
-        let t = tokio::spawn(run(client, backend, settings(30_000, None)));
+        let t = tokio::spawn(run(client, backend, settings(30_000, None), never()));
         let mut rest = Vec::new();
         c_end.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty(), "no ping without ping_interval");
@@ -484,7 +530,7 @@ mod tests {
     async fn unanswered_pings_do_not_keep_it_alive() {
         let (client, c_end) = duplex(4096);
         let (backend, b_end) = duplex(4096);
-        let r = run(client, backend, settings(30_000, Some(10_000))).await;
+        let r = run(client, backend, settings(30_000, Some(10_000)), never()).await;
         assert_eq!(r.end, End::Idle);
         drop((c_end, b_end));
     }
@@ -493,7 +539,7 @@ mod tests {
     async fn zero_settings_mean_never() {
         let (client, mut c_end) = duplex(4096);
         let (backend, b_end) = duplex(4096);
-        let t = tokio::spawn(run(client, backend, settings(0, Some(0))));
+        let t = tokio::spawn(run(client, backend, settings(0, Some(0)), never()));
         let mut b = [0u8; 1];
         let quiet = tokio::time::timeout(Duration::from_secs(3600), c_end.read(&mut b)).await;
         assert!(quiet.is_err(), "no ping flood, no idle close");
@@ -506,7 +552,7 @@ mod tests {
     async fn backend_gone_sends_going_away_to_client() {
         let (client, mut c_end) = duplex(4096);
         let (backend, b_end) = duplex(4096);
-        let t = tokio::spawn(run(client, backend, settings(30_000, None)));
+        let t = tokio::spawn(run(client, backend, settings(30_000, None), never()));
         drop(b_end);
         let (h, p, _) = read_frame(&mut c_end).await;
         assert_eq!((h.opcode, h.mask, p), (0x8, None, vec![0x03, 0xE9]));
@@ -518,10 +564,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn going_away_closes_both_sides_with_1001() {
+        let (client, mut c_end) = duplex(4096);
+        let (backend, mut b_end) = duplex(4096);
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let t = tokio::spawn(run(client, backend, settings(30_000, None), rx));
+        c_end
+            .write_all(&frame(true, 0x1, b"hi", Some([1, 2, 3, 4])))
+            .await
+            .unwrap();
+        let (h, p, _) = read_frame(&mut b_end).await;
+        assert_eq!((h.opcode, p), (0x1, b"hi".to_vec()));
+        stop.send_replace(true);
+        let soon = Duration::from_secs(2);
+        let (h, p, _) = tokio::time::timeout(soon, read_frame(&mut c_end))
+            .await
+            .expect("no Close toward the client");
+        assert_eq!((h.opcode, h.mask, p), (0x8, None, vec![0x03, 0xE9]));
+        let (h, p, _) = tokio::time::timeout(soon, read_frame(&mut b_end))
+            .await
+            .expect("no Close toward the backend");
+        assert_eq!(
+            (h.opcode, h.mask.is_some(), p),
+            (0x8, true, vec![0x03, 0xE9])
+        );
+        let r = tokio::time::timeout(Duration::from_secs(2), t).await;
+        assert_eq!(r.expect("tunnel ended").unwrap().end, End::Closed);
+    }
+
+    #[tokio::test]
     async fn garbage_ends_the_tunnel() {
         let (client, mut c_end) = duplex(4096);
         let (backend, mut b_end) = duplex(4096);
-        let t = tokio::spawn(run(client, backend, settings(30_000, None)));
+        let t = tokio::spawn(run(client, backend, settings(30_000, None), never()));
         c_end.write_all(&[0x83, 0x80, 0, 0, 0, 0]).await.unwrap();
         let r = t.await.unwrap();
         assert_eq!(
