@@ -46,7 +46,13 @@ impl<'a> SessionId<'a> {
         if !valid_value(value) {
             return None;
         }
-        let (base, route) = match value.split_once(sep) {
+        // A one-byte separator (Tomcat's ".") is a byte search, not a
+        // substring search set up per call.
+        let split = match sep.as_bytes() {
+            [b] if b.is_ascii() => value.split_once(char::from(*b)),
+            _ => value.split_once(sep),
+        };
+        let (base, route) = match split {
             Some((b, r)) => (b, (!r.is_empty()).then_some(r)),
             None => (value, None),
         };
@@ -111,10 +117,15 @@ pub fn cookie_values<'a, 'n>(
         .get_all(COOKIE)
         .iter()
         .flat_map(|h| h.as_bytes().split(|&b| b == b';'))
-        .filter_map(|pair| std::str::from_utf8(pair).ok())
         .filter_map(move |pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k.trim() == name).then(|| v.trim())
+            // Names compared as bytes: only the wanted cookie's value is
+            // checked for UTF-8, not every other cookie beside it.
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            let (k, v) = (&pair[..eq], &pair[eq + 1..]);
+            if k.trim_ascii() != name.as_bytes() {
+                return None;
+            }
+            std::str::from_utf8(v).ok().map(str::trim)
         })
 }
 

@@ -294,9 +294,11 @@ impl MemoryStore {
 
     /// Run `f` on a live entry; an expired one is removed and counted.
     fn with_live<R>(&self, id: &str, f: impl FnOnce(&mut Entry, u64) -> R) -> Option<R> {
-        let now = self.now();
         let mut map = lock(self.shard(id));
         let e = map.get_mut(id)?;
+        // The clock only for an entry found: most lookups of ids nobody
+        // bound (suffix routing, the unconfirmed tier) end above.
+        let now = self.now();
         if self.is_expired(e, now) {
             e.route.dec();
             map.remove(id);
