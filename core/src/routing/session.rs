@@ -68,13 +68,23 @@ impl<'a> SessionId<'a> {
     }
 }
 
+/// Which bytes a session id may hold: visible ASCII without the cookie and
+/// URL delimiters (a table: this runs over every id of every request).
+static ID_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] =
+            c.is_ascii_graphic() && !matches!(c, b';' | b',' | b'"' | b'\\' | b'?' | b'#' | b'/');
+        b += 1;
+    }
+    t
+};
+
 /// Visible ASCII without the cookie/URL delimiters, bounded in length.
 fn valid_value(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= MAX_SESSION_LEN
-        && v.bytes().all(|b| {
-            b.is_ascii_graphic() && !matches!(b, b';' | b',' | b'"' | b'\\' | b'?' | b'#' | b'/')
-        })
+    !v.is_empty() && v.len() <= MAX_SESSION_LEN && v.bytes().all(|b| ID_BYTE[b as usize])
 }
 
 /// Find the request's session: see the module docs for the precedence.
@@ -167,6 +177,19 @@ pub fn replace_path_parameter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_hold_visible_ascii_without_delimiters() {
+        assert!(valid_value("6B941D9A646C9BD5.tomcat1"));
+        assert!(valid_value("a-b_c~!$%&'()*+:<=>@[]^`{|}"));
+        for bad in [
+            "a;b", "a,b", "a\"b", "a\\b", "a?b", "a#b", "a/b", "a b", "a\tb", "é", "a\u{7f}",
+        ] {
+            assert!(!valid_value(bad), "{bad:?} accepted");
+        }
+        assert!(!valid_value(""));
+        assert!(!valid_value(&"A".repeat(MAX_SESSION_LEN + 1)));
+    }
 
     #[test]
     fn path_parameter_replaced_in_place() {
