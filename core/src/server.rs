@@ -547,12 +547,14 @@ where
         h2,
     };
     if h2 {
+        // Boxed: the HTTP/2 connection state is large, and inline it would
+        // size every connection's task, HTTP/1.1 ones included.
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .max_header_list_size(cfg.max_header_size as u32)
             .enable_connect_protocol();
-        let conn = std::pin::pin!(b.serve_connection(io, svc));
-        watch.run(conn, |c| c.graceful_shutdown()).await;
+        let mut conn = Box::pin(b.serve_connection(io, svc));
+        watch.run(conn.as_mut(), |c| c.graceful_shutdown()).await;
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
         // Header and idle timing are the guard's (hyper's header timer
@@ -635,6 +637,12 @@ impl Watch {
     }
 }
 
+/// What the service answers with: boxed, because hyper keeps a box the
+/// size of the service's future for the whole life of an HTTP/1.1
+/// connection, also while it is idle; a request's own state (the attempt
+/// loop, ~7 KiB) then lives only while the request runs.
+type Answer = Pin<Box<dyn Future<Output = Result<Response<Tracked<ResponseBody>>, Infallible>> + Send>>;
+
 /// The per-connection service: counts requests in flight for the timers,
 /// marks heads with conflicting framing, and notes tunnels.
 fn service(
@@ -646,13 +654,13 @@ fn service(
     Request<Incoming>,
     Response = Response<Tracked<ResponseBody>>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<Tracked<ResponseBody>>, Infallible>> + Send,
+    Future = Answer,
 > + Clone {
     let redirect = (cfg.redirect_http && !info.https).then(|| https_port(cfg));
-    service_fn(move |mut req: Request<Incoming>| {
+    service_fn(move |mut req: Request<Incoming>| -> Answer {
         let proxy = proxy.clone();
         let timing = timing.clone();
-        async move {
+        Box::pin(async move {
             let (in_flight, conflict) = timing.begin();
             if conflict {
                 req.extensions_mut().insert(ConflictingFraming);
@@ -670,7 +678,7 @@ fn service(
                 body,
                 guard: Some(in_flight),
             }))
-        }
+        })
     })
 }
 
