@@ -125,6 +125,7 @@ pub async fn run(
         tokio::spawn(admin::serve(admin, l))
     });
     let reload_task = tokio::spawn(control::reload::on_sighup(reloader));
+    control::housekeeping::spawn(Arc::downgrade(&proxy), Arc::downgrade(&server));
     if control::systemd::under_systemd() {
         // Bounded: a check never takes longer than health.timeout.
         let limit = proxy.runtime().config.health.timeout + std::time::Duration::from_secs(1);

@@ -236,6 +236,11 @@ impl Server {
         })
     }
 
+    /// Client connections open now (holding a `max_connections` slot).
+    pub fn open_connections(&self) -> usize {
+        self.limit - self.slots.available_permits()
+    }
+
     /// Request threads running; a new listener binds this many sockets.
     pub fn threads(&self) -> usize {
         self.workers.len()
