@@ -646,7 +646,8 @@ impl Watch {
 /// size of the service's future for the whole life of an HTTP/1.1
 /// connection, also while it is idle; a request's own state (the attempt
 /// loop, ~7 KiB) then lives only while the request runs.
-type Answer = Pin<Box<dyn Future<Output = Result<Response<Tracked<ResponseBody>>, Infallible>> + Send>>;
+type Answer =
+    Pin<Box<dyn Future<Output = Result<Response<Tracked<ResponseBody>>, Infallible>> + Send>>;
 
 /// The per-connection service: counts requests in flight for the timers,
 /// marks heads with conflicting framing, and notes tunnels.
