@@ -5,7 +5,9 @@
 #
 #   benches/footprint.sh                 # 3000 and 8000 idle clients, 1M sessions
 #   CONNS="3000" SESSIONS=200000 benches/footprint.sh
-#   STORES="memory redis" benches/footprint.sh
+#   STORES="memory redis multicast" benches/footprint.sh
+#   BALANCERS=stickgate SESSIONS=0 CONNS=3000 GATE_BIN=target/release/stickgate benches/footprint.sh
+#                                        # quick: no HAProxy, no sessions, no build
 #
 # For each balancer: idle RSS (started, one request served), RSS with N
 # idle keep-alive clients (each sent one sticky GET, read the answer and
@@ -19,11 +21,12 @@ NAME=footprint.sh
 
 CONNS=${CONNS:-"3000 8000"}
 SESSIONS=${SESSIONS:-1000000}
-STORES=${STORES:-"memory redis"}
+STORES=${STORES:-"memory redis multicast"}
+BALANCERS=${BALANCERS:-"haproxy stickgate"}
 [[ $SESSIONS =~ ^[0-9]+$ && $SESSIONS -le 5000000 ]] || die "SESSIONS must be 0..5000000"
 
 need wrk wrk
-need haproxy haproxy
+case " $BALANCERS " in *" haproxy "*) need haproxy haproxy ;; esac
 need nginx nginx
 need python3 python3
 case " $STORES " in *" redis "*) need redis-server redis-server ;; esac
@@ -48,10 +51,13 @@ nginx_backends "$P1" "$P2"
 PH=$(port)
 # maxconn: HAProxy wants two descriptors per connection; 9500 fits the
 # 20000-descriptor hard limit of the machines here.
-haproxy_sticky_cfg "$WORK/haproxy.cfg" "$PH" "$P1" "$P2" "${HAPROXY_MAXCONN:-9500}"
-haproxy -db -f "$WORK/haproxy.cfg" &
-HAPROXY_PID=$!
-PIDS+=($HAPROXY_PID)
+case " $BALANCERS " in *" haproxy "*)
+    haproxy_sticky_cfg "$WORK/haproxy.cfg" "$PH" "$P1" "$P2" "${HAPROXY_MAXCONN:-9500}"
+    haproxy -db -f "$WORK/haproxy.cfg" &
+    HAPROXY_PID=$!
+    PIDS+=($HAPROXY_PID)
+    ;;
+esac
 
 gate_cfg() { # file port admin-port store-sections
     gate_toml "$1" "listen = [\"127.0.0.1:$2\"]
@@ -64,14 +70,14 @@ gate_cfg "$WORK/gate.toml" "$PG" "$PA" ""
 "$GATE_BIN" run --config "$WORK/gate.toml" 2>"$WORK/gate.log" &
 GATE_PID=$!
 PIDS+=($GATE_PID)
-wait_port "$PH"
+[ -z "${HAPROXY_PID:-}" ] || wait_port "$PH"
 wait_port "$PG"
 sleep 1.5
 
 # ---- idle keep-alive clients ---------------------------------------------------
 declare -A IDLE
 printf '\n%-10s %10s %8s %22s %14s %16s\n' balancer "idle RSS" clients "RSS with idle clients" "per conn" "15 s after close"
-for who in haproxy stickgate; do
+for who in $BALANCERS; do
     case $who in haproxy) pid=$HAPROXY_PID p=$PH ;; stickgate) pid=$GATE_PID p=$PG ;; esac
     curl -s -o /dev/null -m 2 -b "JSESSIONID=$(printf '%032x' 1).tomcat1" "http://127.0.0.1:$p/"
     idle=$(rss_kib "$pid")
@@ -107,6 +113,18 @@ if [ "$SESSIONS" -gt 0 ]; then
     printf '\n%-10s %10s %12s %14s %12s\n' store sessions "RSS before" "RSS after" "per session"
     for store in $STORES; do
         extra=""
+        if [ "$store" = multicast ]; then
+            # One balancer alone in its group: the local table (memory
+            # store + version table) is what is measured.
+            head -c 32 /dev/urandom | base64 >"$WORK/cluster.key"
+            chmod 600 "$WORK/cluster.key"
+            extra="[store]
+kind = \"multicast\"
+multicast_group = \"239.255.$((RANDOM % 250)).$((RANDOM % 250 + 1)):$(port)\"
+multicast_interface = \"127.0.0.1\"
+replication_listen = \"127.0.0.1:$(port)\"
+key_file = \"$WORK/cluster.key\""
+        fi
         if [ "$store" = redis ]; then
             RP=$(port)
             redis-server --port "$RP" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$WORK/redis.log" 2>&1 &

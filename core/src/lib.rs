@@ -164,6 +164,7 @@ pub async fn run(
         tokio::spawn(admin::serve(admin, l))
     });
     let reload_task = tokio::spawn(control::reload::on_sighup(reloader));
+    control::housekeeping::spawn(Arc::downgrade(&proxy), Arc::downgrade(&server));
     if control::systemd::under_systemd() && !took_over {
         proxy.first_checks(checks).await;
     }

@@ -240,6 +240,11 @@ impl Server {
         })
     }
 
+    /// Client connections open now (holding a `max_connections` slot).
+    pub fn open_connections(&self) -> usize {
+        self.limit - self.slots.available_permits()
+    }
+
     /// Request threads running; a new listener binds this many sockets.
     pub fn threads(&self) -> usize {
         self.workers.len()
@@ -603,14 +608,18 @@ where
         h2,
     };
     if h2 {
+        // Boxed: the HTTP/2 connection state is large, and inline it would
+        // size every connection's task, HTTP/1.1 ones included.
         let exec = streams::StreamExec::default();
         let mut b = hyper::server::conn::http2::Builder::new(exec.clone());
         b.timer(TokioTimer::new())
             .max_header_list_size(cfg.max_header_size as u32)
             .enable_connect_protocol();
-        let conn = b.serve_connection(io, boxed_calls(svc));
-        let driven = std::pin::pin!(streams::Driven::new(conn, exec));
-        watch.run(driven, |d| d.conn().graceful_shutdown()).await;
+        let conn = b.serve_connection(io, svc);
+        let mut driven = Box::pin(streams::Driven::new(conn, exec));
+        watch
+            .run(driven.as_mut(), |d| d.conn().graceful_shutdown())
+            .await;
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
         // Header and idle timing are the guard's (hyper's header timer
@@ -725,6 +734,13 @@ impl Watch {
     }
 }
 
+/// What the service answers with: boxed, because hyper keeps a box the
+/// size of the service's future for the whole life of an HTTP/1.1
+/// connection, also while it is idle; a request's own state (the attempt
+/// loop, ~7 KiB) then lives only while the request runs.
+type Answer =
+    Pin<Box<dyn Future<Output = Result<Response<Tracked<ResponseBody>>, Infallible>> + Send>>;
+
 /// The per-connection service: counts requests in flight for the timers,
 /// marks heads with conflicting framing, and notes tunnels.
 fn service(
@@ -736,13 +752,13 @@ fn service(
     Request<Incoming>,
     Response = Response<Tracked<ResponseBody>>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<Tracked<ResponseBody>>, Infallible>> + Send,
+    Future = Answer,
 > + Clone {
     let redirect = (cfg.redirect_http && !info.https).then(|| https_port(cfg));
-    service_fn(move |mut req: Request<Incoming>| {
+    service_fn(move |mut req: Request<Incoming>| -> Answer {
         let proxy = proxy.clone();
         let timing = timing.clone();
-        async move {
+        Box::pin(async move {
             let (in_flight, conflict) = timing.begin();
             if conflict {
                 req.extensions_mut().insert(ConflictingFraming);
@@ -766,31 +782,8 @@ fn service(
                 body,
                 guard: Some(in_flight),
             }))
-        }
+        })
     })
-}
-
-/// `svc` with each call's future on the heap. hyper's HTTP/2 server wraps
-/// every stream's future (the whole request path's state machine, several
-/// kilobytes) in its own stream future and moves that into the executor
-/// (see [`streams`]), copying it each time; boxed, only a pointer moves.
-/// HTTP/1.1 keeps one future slot per connection and needs no box.
-fn boxed_calls<S>(
-    svc: S,
-) -> impl hyper::service::Service<
-    Request<Incoming>,
-    Response = Response<Tracked<ResponseBody>>,
-    Error = Infallible,
-    Future = Pin<Box<S::Future>>,
-> + Clone
-where
-    S: hyper::service::Service<
-            Request<Incoming>,
-            Response = Response<Tracked<ResponseBody>>,
-            Error = Infallible,
-        > + Clone,
-{
-    service_fn(move |req| Box::pin(svc.call(req)))
 }
 
 fn https_port(cfg: &ServerSection) -> u16 {

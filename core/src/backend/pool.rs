@@ -484,6 +484,27 @@ impl Pool {
         }
     }
 
+    /// Drop idle connections older than `upstream.pool_idle_timeout` in
+    /// every share (checkout only looks at the newest, so after a burst the
+    /// older ones would sit there with their buffers and descriptors until
+    /// the backend closes them); returns how many went.
+    pub fn drop_expired(&self) -> usize {
+        let max_age = self.settings.idle_timeout;
+        self.shares
+            .iter()
+            .map(|share| {
+                let mut idle = lock(&share.idle);
+                // Oldest first: checkin pushes, checkout pops.
+                let n = idle.partition_point(|c| c.since.elapsed() >= max_age);
+                idle.drain(..n);
+                if idle.is_empty() {
+                    idle.shrink_to_fit();
+                }
+                n
+            })
+            .sum()
+    }
+
     /// Number of idle connections (all threads), for the status API.
     pub fn idle_count(&self) -> usize {
         self.shares.iter().map(|s| lock(&s.idle).len()).sum()
