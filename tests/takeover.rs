@@ -415,25 +415,7 @@ async fn an_open_websocket_finishes_on_the_old_process() {
     let sock = sock_path();
     let (_b1, _b2, mut a) = cluster(&sock);
     let url = format!("ws://127.0.0.1:{}/ws", a.port);
-    let (mut ws, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(url),
-    )
-    .await
-    .expect("handshake timed out")
-    .expect("websocket through A");
-    ws.send(Message::text("before")).await.unwrap();
-    assert_eq!(next_text(&mut ws).await, "before");
-
-    let log_b = a.dir.join("b.log");
-    let mut b = start_next(&a.dir.join("stickgate.toml"), &log_b);
-    tokio::task::block_in_place(|| {
-        wait_log(
-            &log_b,
-            "took over from the previous process",
-            Duration::from_secs(30),
-        )
-    });
+    let (mut ws, mut b) = websocket_then_takeover(&a, &url).await;
     // New requests go to B; the tunnel stays on A, which waits for it.
     assert_eq!(get(&a.url("/"), None).await.status, 200);
     for i in 0..5 {
@@ -469,24 +451,7 @@ async fn a_websocket_open_at_the_deadline_gets_close_1001() {
     let sock = sock_path();
     let (_b1, _b2, mut a) = cluster(&sock);
     let url = format!("ws://127.0.0.1:{}/ws", a.port);
-    let (mut ws, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(url.clone()),
-    )
-    .await
-    .expect("handshake timed out")
-    .expect("websocket through A");
-    ws.send(Message::text("before")).await.unwrap();
-    assert_eq!(next_text(&mut ws).await, "before");
-    let log_b = a.dir.join("b.log");
-    let mut b = start_next(&a.dir.join("stickgate.toml"), &log_b);
-    tokio::task::block_in_place(|| {
-        wait_log(
-            &log_b,
-            "took over from the previous process",
-            Duration::from_secs(30),
-        )
-    });
+    let (mut ws, mut b) = websocket_then_takeover(&a, &url).await;
     let handed = Instant::now();
     // The client stays silent; A must not keep it past its deadline.
     let close = tokio::time::timeout(SHUTDOWN + Duration::from_secs(5), async {
@@ -515,6 +480,36 @@ async fn a_websocket_open_at_the_deadline_gets_close_1001() {
     again.send(Message::text("after")).await.unwrap();
     assert_eq!(next_text(&mut again).await, "after");
     b.kill();
+}
+
+/// A WebSocket open through A (one message echoed), then B started and
+/// taken over: the tunnel is still on A.
+async fn websocket_then_takeover(
+    a: &Gate,
+    url: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    Proc,
+) {
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    .expect("handshake timed out")
+    .expect("websocket through A");
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "before");
+    let log_b = a.dir.join("b.log");
+    let b = start_next(&a.dir.join("stickgate.toml"), &log_b);
+    tokio::task::block_in_place(|| {
+        wait_log(
+            &log_b,
+            "took over from the previous process",
+            Duration::from_secs(30),
+        )
+    });
+    (ws, b)
 }
 
 /// The next text message, within 10 s.
