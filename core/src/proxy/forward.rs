@@ -618,7 +618,9 @@ async fn attempt(
             client,
             upgrade: matches!(via, Via::Upgrade),
         };
-        return ajp::attempt(rt, backend, pool, req, how)
+        // Boxed: the AJP exchange's state would otherwise size every
+        // HTTP request's future (allocated per request, see server.rs).
+        return Box::pin(ajp::attempt(rt, backend, pool, req, how))
             .await
             .map(|r| (r.map(BackendBody::Ajp), exchange, None));
     }

@@ -144,8 +144,18 @@ impl Proxy {
             (r, AnsweredBy::Balancer)
         } else if let Some(kind) = ws {
             let stop = self.going_away.subscribe();
-            let (r, served) =
-                websocket::handle(&rt, parts, session.as_ref(), client, kind, started, stop).await;
+            // Boxed: a rare path whose state would otherwise size every
+            // request's future.
+            let (r, served) = Box::pin(websocket::handle(
+                &rt,
+                parts,
+                session.as_ref(),
+                client,
+                kind,
+                started,
+                stop,
+            ))
+            .await;
             (r, served.map_or(AnsweredBy::Balancer, AnsweredBy::Backend))
         } else {
             forward::prepare(&mut parts, &rt.config, client);
