@@ -233,6 +233,19 @@ struct Miss {
     replay: bool,
 }
 
+impl Miss {
+    /// A request that left, failed on a connection that was not stale.
+    fn after_send(failure: Failure, verdict: Verdict, replay: bool) -> Self {
+        Miss {
+            unsent: None,
+            failure,
+            verdict,
+            stale: false,
+            replay,
+        }
+    }
+}
+
 /// What a failed attempt says about the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
@@ -660,13 +673,7 @@ async fn attempt(
         suspect_after: rt.config.health.suspect_after,
         progress: progress.map(|p| &**p),
     };
-    let miss = |failure, verdict, replay| Miss {
-        unsent: None,
-        failure,
-        verdict,
-        stale: false,
-        replay,
-    };
+    let miss = Miss::after_send;
     let sent_at = std::time::Instant::now();
     match response_head(&timers, rt, backend, sender.try_send(req)).await {
         Ok(Ok(resp)) => {
@@ -712,13 +719,7 @@ async fn attempt(
 fn late_miss(rt: &Runtime, backend: &Backend, late: Late, sent_at: std::time::Instant) -> Miss {
     let route = backend.config.route.clone();
     let up = &rt.config.upstream;
-    let miss = |failure, verdict, replay| Miss {
-        unsent: None,
-        failure,
-        verdict,
-        stale: false,
-        replay,
-    };
+    let miss = Miss::after_send;
     match late {
         Late::Backend => {
             let after = up.response_timeout;
