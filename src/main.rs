@@ -1,12 +1,10 @@
 //! The `stickgate` command: the binary edge, where errors become one-line
 //! messages and exit codes.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 #[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
+mod alloc;
 mod cli_ctl;
 mod cli_demo;
 
@@ -124,6 +122,8 @@ fn info_filter() -> tracing_subscriber::filter::Targets {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "mimalloc")]
+    alloc::install();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {

@@ -3,12 +3,13 @@
 //! take them (the pool only looks at them on checkout), and after a burst
 //! of client connections closed, the allocator is asked to hand its free
 //! pages back to the system (glibc keeps them otherwise: measured, RSS
-//! stayed at its peak after 8000 clients left). Runs on the control plane
+//! stayed at its peak after 8000 clients left; mimalloc purges only when
+//! its heaps are next used, which an idle balancer never does). Runs on the control plane
 //! once a second, never on the request path.
 
 use crate::proxy::Proxy;
 use crate::server::Server;
-use std::sync::Weak;
+use std::sync::{OnceLock, Weak};
 use std::time::Duration;
 
 /// How often the housekeeper looks.
@@ -70,22 +71,46 @@ pub fn spawn(proxy: Weak<Proxy>, server: Weak<Server>) {
     });
 }
 
-/// Give the allocator's free pages back to the system (glibc: every
-/// arena, also pages in the middle of a heap, not only its top).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
+/// How the binary's global allocator returns free memory, if it is not
+/// the system's (set once at start; see [`set_allocator_release`]).
+static ALLOCATOR_RELEASE: OnceLock<fn()> = OnceLock::new();
+
+/// The binary links another global allocator (mimalloc): after a burst,
+/// the housekeeper calls `release` instead of glibc's `malloc_trim`. The
+/// first call wins; later ones are ignored.
+pub fn set_allocator_release(release: fn()) {
+    let _ = ALLOCATOR_RELEASE.set(release);
+}
+
+/// Give the allocator's free pages back to the system.
 fn release_free_memory() {
     let started = std::time::Instant::now();
+    let released = match ALLOCATOR_RELEASE.get() {
+        Some(release) => {
+            release();
+            true
+        }
+        None => system_release(),
+    };
+    tracing::debug!(released, took = ?started.elapsed(), "free memory returned to the system");
+}
+
+/// glibc: every arena, also pages in the middle of a heap, not only its
+/// top.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn system_release() -> bool {
     // SAFETY: malloc_trim takes a plain integer, touches only the
     // allocator's own state under its own locks, and may be called from any
     // thread at any time.
-    let released = unsafe { libc::malloc_trim(0) };
-    tracing::debug!(released = released != 0, took = ?started.elapsed(), "free memory returned to the system");
+    unsafe { libc::malloc_trim(0) != 0 }
 }
 
-/// Other allocators (musl, mimalloc) return memory by themselves.
+/// Other system allocators (musl) return memory by themselves.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn release_free_memory() {}
+fn system_release() -> bool {
+    false
+}
 
 #[cfg(test)]
 mod tests {
