@@ -4,6 +4,7 @@
 //! session id with a per-process random hash seed (ids are attacker-chosen),
 //! and swept by a background task so idle sessions never leak.
 
+use super::key::{KeyRef, SessionKey};
 use super::{Cached, PeakWindow, SessionCounts, SessionStore, StoreFuture, StoreStatus};
 use crate::lock::lock;
 use arc_swap::ArcSwap;
@@ -70,7 +71,9 @@ pub struct SharedView {
     pub stale: bool,
 }
 
-type Shard = Mutex<HashMap<Box<str>, Entry>>;
+/// Session ids are [`SessionKey`]s: Tomcat-style hex ids packed inline.
+type Table = hashbrown::HashMap<SessionKey, Entry, RandomState>;
+type Shard = Mutex<Table>;
 
 /// In-process session store (the default `kind = "memory"`).
 pub struct MemoryStore {
@@ -121,7 +124,9 @@ impl MemoryStore {
 
     fn plain(idle: Duration, capacity: usize, unconfirmed: Option<Box<MemoryStore>>) -> Self {
         MemoryStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Table::with_hasher(RandomState::new())))
+                .collect(),
             seed: RandomState::new(),
             routes: ArcSwap::from_pointee(HashMap::new()),
             routes_write: Mutex::new(()),
@@ -215,9 +220,9 @@ impl MemoryStore {
     }
 
     /// Insert or rebind under the shard lock; false when the store is full.
-    fn put(&self, map: &mut HashMap<Box<str>, Entry>, id: &str, slot: Arc<RouteSlot>) -> bool {
+    fn put(&self, map: &mut Table, key: KeyRef<'_>, slot: Arc<RouteSlot>) -> bool {
         let now = self.now();
-        if let Some(e) = map.get_mut(id) {
+        if let Some(e) = map.get_mut(&key) {
             if !Arc::ptr_eq(&e.route, &slot) {
                 e.route.dec();
                 slot.inc();
@@ -240,7 +245,7 @@ impl MemoryStore {
         slot.inc();
         self.len.fetch_add(1, Ordering::Relaxed);
         map.insert(
-            id.into(),
+            key.to_key(),
             Entry {
                 route: slot,
                 last_seen: now,
@@ -295,13 +300,14 @@ impl MemoryStore {
     /// Run `f` on a live entry; an expired one is removed and counted.
     fn with_live<R>(&self, id: &str, f: impl FnOnce(&mut Entry, u64) -> R) -> Option<R> {
         let mut map = lock(self.shard(id));
-        let e = map.get_mut(id)?;
+        let key = KeyRef::new(id);
+        let e = map.get_mut(&key)?;
         // The clock only for an entry found: most lookups of ids nobody
         // bound (suffix routing, the unconfirmed tier) end above.
         let now = self.now();
         if self.is_expired(e, now) {
             e.route.dec();
-            map.remove(id);
+            map.remove(&key);
             self.len.fetch_sub(1, Ordering::Relaxed);
             self.expired.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -315,9 +321,9 @@ impl MemoryStore {
         let now = self.now();
         for shard in self.shards.iter() {
             let map = lock(shard);
-            for (id, e) in map.iter() {
+            for (key, e) in map.iter() {
                 if !self.is_expired(e, now) {
-                    f(id, &e.route.name, now.saturating_sub(e.last_seen));
+                    key.with_str(|id| f(id, &e.route.name, now.saturating_sub(e.last_seen)));
                 }
             }
         }
@@ -328,8 +334,9 @@ impl MemoryStore {
     pub fn bind_aged(&self, id: &str, route: &Arc<str>, idle_ms: u64) {
         let slot = self.slot(route);
         let mut map = lock(self.shard(id));
-        self.put(&mut map, id, slot);
-        if let Some(e) = map.get_mut(id) {
+        let key = KeyRef::new(id);
+        self.put(&mut map, key, slot);
+        if let Some(e) = map.get_mut(&key) {
             e.last_seen = self.now().saturating_sub(idle_ms);
         }
     }
@@ -368,7 +375,7 @@ impl SessionStore for MemoryStore {
 
     fn bind(&self, id: &str, route: &Arc<str>) {
         let slot = self.slot(route);
-        self.put(&mut lock(self.shard(id)), id, slot);
+        self.put(&mut lock(self.shard(id)), KeyRef::new(id), slot);
     }
 
     fn forget(&self, id: &str) {
@@ -376,7 +383,7 @@ impl SessionStore for MemoryStore {
             tier.forget(id);
         }
         let mut map = lock(self.shard(id));
-        if let Some(e) = map.remove(id) {
+        if let Some(e) = map.remove(&KeyRef::new(id)) {
             e.route.dec();
             self.len.fetch_sub(1, Ordering::Relaxed);
         }
@@ -391,7 +398,8 @@ impl SessionStore for MemoryStore {
         let slot = self.slot(&proposed);
         let mut map = lock(self.shard(id));
         let now = self.now();
-        let answer = match map.get(id) {
+        let key = KeyRef::new(id);
+        let answer = match map.get(&key) {
             Some(e)
                 if Some(&*e.route.name) != from
                     && !self.is_expired(e, now)
@@ -400,7 +408,7 @@ impl SessionStore for MemoryStore {
                 e.route.name.clone()
             }
             _ => {
-                self.put(&mut map, id, slot);
+                self.put(&mut map, key, slot);
                 proposed
             }
         };
@@ -467,6 +475,38 @@ impl SessionStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packed_and_text_ids_are_kept_apart_and_listed_as_given() {
+        let s = MemoryStore::new(Duration::from_secs(60), 100);
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let ids = [
+            "6B941D9A646C9BD5B01F3A1C2D3E4F50",
+            "6b941d9a646c9bd5b01f3a1c2d3e4f50",
+            "6B941D9A646C9BD5B01F3A1C2D3E4F5",
+            "node0x1",
+        ];
+        for (n, id) in ids.iter().enumerate() {
+            s.bind(id, if n % 2 == 0 { &a } else { &b });
+        }
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(
+                s.get(id).as_deref(),
+                Some(if n % 2 == 0 { "a" } else { "b" })
+            );
+        }
+        assert_eq!(s.get("6B941D9A646C9BD5B01F3A1C2D3E4f50"), None);
+        let mut listed = Vec::new();
+        s.for_each(|id, _, _| listed.push(id.to_string()));
+        listed.sort();
+        let mut want: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        want.sort();
+        assert_eq!(listed, want);
+        s.forget(ids[1]);
+        assert_eq!(s.get(ids[1]), None);
+        assert_eq!(s.get(ids[0]).as_deref(), Some("a"));
+        assert_eq!(s.status().sessions, 3);
+    }
 
     fn count(s: &MemoryStore, r: &str) -> u64 {
         s.counts()

@@ -9,6 +9,7 @@
 //! store's timeout.
 
 pub mod counts;
+pub mod key;
 pub mod memory;
 pub mod multicast;
 pub mod redis;

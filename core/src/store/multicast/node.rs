@@ -106,6 +106,7 @@ pub struct Parts {
 impl Node {
     pub fn new(p: Parts) -> Node {
         let max_records = p.max_sessions.saturating_mul(2).saturating_add(1024);
+        let idle = Duration::from_millis(p.mem.idle_ms());
         Node {
             id: p.id,
             key: p.key,
@@ -116,7 +117,7 @@ impl Node {
             static_peers: p.static_peers,
             touch_every_ms: (p.mem.idle_ms() / 4).max(1),
             mem: p.mem,
-            versions: Versions::new(max_records),
+            versions: Versions::new(max_records, idle),
             routes: Mutex::new(HashSet::new()),
             states: StateBook::new(MAX_ROUTE_NAMES),
             states_due: Mutex::new(HashMap::new()),
@@ -190,12 +191,13 @@ impl Node {
     fn touch(&self, id: &str, route: &Arc<str>) {
         let now = self.versions.now();
         let mut slot = self.versions.slot(id);
-        if let Some(m) = slot.get_mut() {
+        if let Some(mut m) = slot.get() {
             if m.route.as_deref() == Some(&**route)
                 && now.saturating_sub(m.fresh_ms) >= self.touch_every_ms
             {
                 m.fresh_ms = now;
                 let version = m.version;
+                slot.set(m);
                 self.send(id, Some(route.clone()), version, 0);
             }
         }
@@ -205,16 +207,17 @@ impl Node {
         let now = self.versions.now();
         let mut slot = self.versions.slot(id);
         self.mem.bind(id, route);
-        match slot.get_mut() {
-            Some(m) if m.route.as_deref() == Some(&**route) => {
+        match slot.get() {
+            Some(mut m) if m.route.as_deref() == Some(&**route) => {
                 if now.saturating_sub(m.fresh_ms) >= self.touch_every_ms {
                     m.fresh_ms = now;
                     let version = m.version;
+                    slot.set(m);
                     self.send(id, Some(route.clone()), version, 0);
                 }
             }
-            _ => {
-                let version = slot.get().map_or(0, |m| m.version).saturating_add(1);
+            old => {
+                let version = old.map_or(0, |m| m.version).saturating_add(1);
                 slot.set(Meta {
                     version,
                     route: Some(route.clone()),
@@ -231,12 +234,13 @@ impl Node {
         self.mem.forget(id);
         // Only sessions we know are replicated: ids are client-chosen, and
         // a tombstone for every unknown one would be free amplification.
-        if let Some(m) = slot.get_mut() {
+        if let Some(mut m) = slot.get() {
             if m.route.is_some() {
                 m.version = m.version.saturating_add(1);
                 m.route = None;
                 m.fresh_ms = now;
                 let version = m.version;
+                slot.set(m);
                 self.send(id, None, version, 0);
             }
         }
@@ -291,10 +295,11 @@ impl Node {
         let now = self.versions.now();
         let idle = u64::from(rec.idle_ms);
         let mut slot = self.versions.slot(&rec.id);
+        let local = slot.get();
         let verdict = judge(
             rec.version,
             route.as_deref(),
-            slot.get().map(|m| (m.version, m.route.as_deref())),
+            local.as_ref().map(|m| (m.version, m.route.as_deref())),
         );
         if verdict == Verdict::Ignore {
             return;
@@ -312,8 +317,11 @@ impl Node {
             _ => {}
         }
         let fresh_ms = now.saturating_sub(idle);
-        match slot.get_mut() {
-            Some(m) if verdict == Verdict::Refresh => m.fresh_ms = m.fresh_ms.max(fresh_ms),
+        match local {
+            Some(mut m) if verdict == Verdict::Refresh => {
+                m.fresh_ms = m.fresh_ms.max(fresh_ms);
+                slot.set(m);
+            }
             _ => {
                 slot.set(Meta {
                     version: rec.version,

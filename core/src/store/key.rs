@@ -1,0 +1,247 @@
+//! Session ids as the local tables keep them.
+//!
+//! Tomcat's ids (and the demo node's) are 32 hex digits of one case. Kept
+//! as a `Box<str>` each costs a 48-byte heap block on top of the table
+//! slot; packed two digits per byte they fit inline in the slot, which is
+//! a third of a tracked session's memory at a million sessions (README
+//! "Sizing"). Every other id is kept as text, unchanged: ids are compared
+//! byte for byte, so `ab12` and `AB12` stay two sessions.
+
+use hashbrown::Equivalent;
+use std::hash::{Hash, Hasher};
+
+/// Longest id packed inline: 32 digits, the length of Tomcat's default
+/// (16 random bytes).
+const MAX_DIGITS: usize = 32;
+
+/// Digit values, `NOT_HEX` for every other byte.
+const NOT_HEX: u8 = 0xff;
+static DIGIT: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Up to 32 hex digits of one case, two per byte.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HexId {
+    packed: [u8; MAX_DIGITS / 2],
+    digits: u8,
+    /// Letters (if any) are lower case.
+    lower: bool,
+}
+
+impl HexId {
+    /// The packed form of `id`, if it has one: 1 to 32 hex digits whose
+    /// letters all have the same case. A string has at most one form, so
+    /// a table never holds the same id twice.
+    fn parse(id: &str) -> Option<HexId> {
+        let b = id.as_bytes();
+        if b.is_empty() || b.len() > MAX_DIGITS {
+            return None;
+        }
+        let (mut upper, mut lower) = (false, false);
+        let mut packed = [0u8; MAX_DIGITS / 2];
+        for (i, &c) in b.iter().enumerate() {
+            let d = DIGIT[c as usize];
+            if d == NOT_HEX {
+                return None;
+            }
+            upper |= c.is_ascii_uppercase();
+            lower |= c.is_ascii_lowercase();
+            packed[i / 2] |= d << (4 * (1 - i % 2));
+        }
+        if upper && lower {
+            return None;
+        }
+        Some(HexId {
+            packed,
+            digits: b.len() as u8,
+            lower,
+        })
+    }
+
+    /// The id's text, written into `buf`.
+    fn write<'b>(&self, buf: &'b mut [u8; MAX_DIGITS]) -> &'b str {
+        let alphabet: &[u8; 16] = if self.lower {
+            b"0123456789abcdef"
+        } else {
+            b"0123456789ABCDEF"
+        };
+        let n = self.digits as usize;
+        for (i, out) in buf[..n].iter_mut().enumerate() {
+            let d = (self.packed[i / 2] >> (4 * (1 - i % 2))) & 0xf;
+            *out = alphabet[d as usize];
+        }
+        // Only ASCII digits and letters were written.
+        std::str::from_utf8(&buf[..n]).unwrap_or_default()
+    }
+}
+
+/// A session id as a table key: packed when it can be, text otherwise.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SessionKey {
+    Hex(HexId),
+    Text(Box<str>),
+}
+
+/// A borrowed id to look a key up with, without allocating: the same
+/// classification as [`SessionKey::new`], so equal ids hash equally.
+#[derive(Clone, Copy)]
+pub enum KeyRef<'a> {
+    Hex(HexId),
+    Text(&'a str),
+}
+
+impl<'a> KeyRef<'a> {
+    /// The lookup form of `id`.
+    pub fn new(id: &'a str) -> Self {
+        match HexId::parse(id) {
+            Some(h) => KeyRef::Hex(h),
+            None => KeyRef::Text(id),
+        }
+    }
+
+    /// The owned key, for an insert.
+    pub fn to_key(self) -> SessionKey {
+        match self {
+            KeyRef::Hex(h) => SessionKey::Hex(h),
+            KeyRef::Text(t) => SessionKey::Text(t.into()),
+        }
+    }
+}
+
+impl SessionKey {
+    /// The key of `id`.
+    pub fn new(id: &str) -> Self {
+        KeyRef::new(id).to_key()
+    }
+
+    /// Call `f` with the id's text (packed ids are written out on the
+    /// stack, no allocation).
+    pub fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        match self {
+            SessionKey::Hex(h) => f(h.write(&mut [0u8; MAX_DIGITS])),
+            SessionKey::Text(t) => f(t),
+        }
+    }
+}
+
+/// Both forms hash a variant tag, then the variant's data, the same way
+/// for the owned and the borrowed key.
+impl Hash for SessionKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match self {
+            SessionKey::Hex(h) => KeyRef::Hex(*h).hash(state),
+            SessionKey::Text(t) => KeyRef::Text(t).hash(state),
+        }
+    }
+}
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match self {
+            KeyRef::Hex(h) => {
+                state.write_u8(0);
+                h.hash(state);
+            }
+            KeyRef::Text(t) => {
+                state.write_u8(1);
+                t.hash(state);
+            }
+        }
+    }
+}
+
+impl Equivalent<SessionKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &SessionKey) -> bool {
+        match (self, key) {
+            (KeyRef::Hex(a), SessionKey::Hex(b)) => a == b,
+            (KeyRef::Text(a), SessionKey::Text(b)) => *a == &**b,
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    fn round_trip(id: &str) -> String {
+        SessionKey::new(id).with_str(|s| s.to_string())
+    }
+
+    #[test]
+    fn tomcat_ids_are_packed_and_come_back_unchanged() {
+        for id in [
+            "6B941D9A646C9BD5B01F3A1C2D3E4F50",
+            "6b941d9a646c9bd5",
+            "0123456789",
+            "F",
+            "ABC",
+        ] {
+            assert!(matches!(SessionKey::new(id), SessionKey::Hex(_)), "{id}");
+            assert_eq!(round_trip(id), id);
+        }
+    }
+
+    #[test]
+    fn other_ids_stay_text() {
+        for id in [
+            "",
+            "node01abc",
+            "6B941d9a",
+            "6B941D9A646C9BD5B01F3A1C2D3E4F501",
+            "abc-def",
+            "ÄB",
+        ] {
+            assert!(matches!(SessionKey::new(id), SessionKey::Text(_)), "{id}");
+            assert_eq!(round_trip(id), id);
+        }
+    }
+
+    #[test]
+    fn case_and_length_keep_ids_apart() {
+        let keys = ["ab12", "AB12", "0ab12", "ab120", "AB1", "ab12x"].map(SessionKey::new);
+        for (i, a) in keys.iter().enumerate() {
+            for (j, b) in keys.iter().enumerate() {
+                assert_eq!(i == j, a == b, "{i} {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn borrowed_and_owned_keys_agree() {
+        let s = std::hash::RandomState::new();
+        let mut map: hashbrown::HashMap<SessionKey, u32, _> = hashbrown::HashMap::with_hasher(s);
+        for (n, id) in ["6B941D9A646C9BD5", "abc", "x.y", "ABC"].iter().enumerate() {
+            map.insert(SessionKey::new(id), n as u32);
+        }
+        assert_eq!(map.get(&KeyRef::new("6B941D9A646C9BD5")), Some(&0));
+        assert_eq!(map.get(&KeyRef::new("abc")), Some(&1));
+        assert_eq!(map.get(&KeyRef::new("x.y")), Some(&2));
+        assert_eq!(map.get(&KeyRef::new("ABC")), Some(&3));
+        assert_eq!(map.get(&KeyRef::new("aBc")), None);
+        let h = map.hasher();
+        assert_eq!(
+            h.hash_one(SessionKey::new("x.y")),
+            h.hash_one(KeyRef::new("x.y"))
+        );
+    }
+
+    #[test]
+    fn a_key_fits_in_three_words() {
+        assert_eq!(std::mem::size_of::<SessionKey>(), 24);
+    }
+}
