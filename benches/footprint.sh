@@ -34,6 +34,10 @@ build_release
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# Resident memory split: anonymous (heap, stacks, relocated data) and file
+# pages (the binary and shared libraries: page cache the kernel can drop
+# and read again, shared with other processes using the same files).
+rss_split() { awk '/^RssAnon/ {a=$2} /^RssFile/ {f=$2} END {printf "anon %.1f MiB, file %.1f MiB", a / 1024, f / 1024}' "/proc/$1/status"; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 wait_port() {
     local i
@@ -75,13 +79,14 @@ wait_port "$PG"
 sleep 1.5
 
 # ---- idle keep-alive clients ---------------------------------------------------
-declare -A IDLE
+declare -A IDLE SPLIT
 printf '\n%-10s %10s %8s %22s %14s %16s\n' balancer "idle RSS" clients "RSS with idle clients" "per conn" "15 s after close"
 for who in $BALANCERS; do
     case $who in haproxy) pid=$HAPROXY_PID p=$PH ;; stickgate) pid=$GATE_PID p=$PG ;; esac
     curl -s -o /dev/null -m 2 -b "JSESSIONID=$(printf '%032x' 1).tomcat1" "http://127.0.0.1:$p/"
     idle=$(rss_kib "$pid")
     IDLE[$who]=$idle
+    SPLIT[$who]=$(rss_split "$pid")
     for n in $CONNS; do
         timeout 120 python3 "$(dirname "$0")/idle_clients.py" "$p" "$n" 90 >"$WORK/clients.out" &
         CL=$!
@@ -99,6 +104,10 @@ for who in $BALANCERS; do
         per=$(awk -v a="$loaded" -v b="$idle" -v n="$n" 'BEGIN {printf "%.1f KiB", (a - b) / n}')
         printf '%-10s %8s MiB %8s %18s MiB %14s %12s MiB   (%s)\n' "$who" "$(mib "$idle")" "$n" "$(mib "$loaded")" "$per" "$(mib "$after")" "$line"
     done
+done
+
+for who in $BALANCERS; do
+    printf '%-10s idle RSS split: %s\n' "$who" "${SPLIT[$who]}"
 done
 
 # ---- sessions per store kind ---------------------------------------------------
