@@ -5,6 +5,7 @@
 //! and swept by a background task so idle sessions never leak.
 
 use super::key::{KeyRef, SessionKey};
+use hashbrown::Equivalent;
 use super::{Cached, PeakWindow, SessionCounts, SessionStore, StoreFuture, StoreStatus};
 use crate::lock::lock;
 use arc_swap::ArcSwap;
@@ -72,8 +73,24 @@ pub struct SharedView {
 }
 
 /// Session ids are [`SessionKey`]s: Tomcat-style hex ids packed inline.
-type Table = hashbrown::HashMap<SessionKey, Entry, RandomState>;
+/// A table of its own hashes: an id is hashed once per lookup, and the
+/// same hash picks the shard (bits 32..38, which the table's bucket index
+/// and control bytes do not use) and the slot in it.
+type Table = hashbrown::HashTable<(SessionKey, Entry)>;
 type Shard = Mutex<Table>;
+
+/// An id ready to look up: its key form and its keyed hash.
+#[derive(Clone, Copy)]
+struct Probe<'a> {
+    key: KeyRef<'a>,
+    hash: u64,
+}
+
+impl Probe<'_> {
+    fn matches(&self) -> impl Fn(&(SessionKey, Entry)) -> bool + '_ {
+        move |(k, _)| self.key.equivalent(k)
+    }
+}
 
 /// In-process session store (the default `kind = "memory"`).
 pub struct MemoryStore {
@@ -124,9 +141,7 @@ impl MemoryStore {
 
     fn plain(idle: Duration, capacity: usize, unconfirmed: Option<Box<MemoryStore>>) -> Self {
         MemoryStore {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(Table::with_hasher(RandomState::new())))
-                .collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Table::new())).collect(),
             seed: RandomState::new(),
             routes: ArcSwap::from_pointee(HashMap::new()),
             routes_write: Mutex::new(()),
@@ -169,7 +184,7 @@ impl MemoryStore {
         let mut removed = 0u64;
         for shard in self.shards.iter() {
             let mut map = lock(shard);
-            map.retain(|_, e| {
+            map.retain(|(_, e)| {
                 let keep = !self.is_expired(e, now);
                 if !keep {
                     e.route.dec();
@@ -194,8 +209,16 @@ impl MemoryStore {
         now.saturating_sub(e.last_seen) >= self.idle_ms
     }
 
-    fn shard(&self, id: &str) -> &Shard {
-        &self.shards[self.seed.hash_one(id) as usize % SHARDS]
+    fn probe<'a>(&self, id: &'a str) -> Probe<'a> {
+        let key = KeyRef::new(id);
+        Probe {
+            key,
+            hash: self.seed.hash_one(key),
+        }
+    }
+
+    fn shard(&self, probe: &Probe<'_>) -> &Shard {
+        &self.shards[(probe.hash >> 32) as usize % SHARDS]
     }
 
     fn slot(&self, route: &Arc<str>) -> Arc<RouteSlot> {
@@ -220,9 +243,9 @@ impl MemoryStore {
     }
 
     /// Insert or rebind under the shard lock; false when the store is full.
-    fn put(&self, map: &mut Table, key: KeyRef<'_>, slot: Arc<RouteSlot>) -> bool {
+    fn put(&self, map: &mut Table, probe: Probe<'_>, slot: Arc<RouteSlot>) -> bool {
         let now = self.now();
-        if let Some(e) = map.get_mut(&key) {
+        if let Some((_, e)) = map.find_mut(probe.hash, probe.matches()) {
             if !Arc::ptr_eq(&e.route, &slot) {
                 e.route.dec();
                 slot.inc();
@@ -243,16 +266,16 @@ impl MemoryStore {
             return false;
         }
         slot.inc();
-        self.len.fetch_add(1, Ordering::Relaxed);
-        map.insert(
-            key.to_key(),
-            Entry {
-                route: slot,
-                last_seen: now,
-                synced: ticks(now),
-                checked: ticks(now),
-            },
-        );
+        self.len.fetch_add(1, Ordering::Release);
+        let entry = Entry {
+            route: slot,
+            last_seen: now,
+            synced: ticks(now),
+            checked: ticks(now),
+        };
+        map.insert_unique(probe.hash, (probe.key.to_key(), entry), |(k, _)| {
+            self.seed.hash_one(k)
+        });
         true
     }
 }
@@ -299,15 +322,22 @@ impl MemoryStore {
 
     /// Run `f` on a live entry; an expired one is removed and counted.
     fn with_live<R>(&self, id: &str, f: impl FnOnce(&mut Entry, u64) -> R) -> Option<R> {
-        let mut map = lock(self.shard(id));
-        let key = KeyRef::new(id);
-        let e = map.get_mut(&key)?;
+        // An empty table (the unconfirmed tier, nearly always) answers
+        // without hashing or locking. `put` counts an entry before it
+        // inserts it, so a zero here means none was there.
+        if self.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let probe = self.probe(id);
+        let mut map = lock(self.shard(&probe));
+        let mut found = map.find_entry(probe.hash, probe.matches()).ok()?;
         // The clock only for an entry found: most lookups of ids nobody
-        // bound (suffix routing, the unconfirmed tier) end above.
+        // bound (suffix routing) end above.
         let now = self.now();
+        let e = &mut found.get_mut().1;
         if self.is_expired(e, now) {
             e.route.dec();
-            map.remove(&key);
+            found.remove();
             self.len.fetch_sub(1, Ordering::Relaxed);
             self.expired.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -333,10 +363,10 @@ impl MemoryStore {
     /// copy never outlives the original).
     pub fn bind_aged(&self, id: &str, route: &Arc<str>, idle_ms: u64) {
         let slot = self.slot(route);
-        let mut map = lock(self.shard(id));
-        let key = KeyRef::new(id);
-        self.put(&mut map, key, slot);
-        if let Some(e) = map.get_mut(&key) {
+        let probe = self.probe(id);
+        let mut map = lock(self.shard(&probe));
+        self.put(&mut map, probe, slot);
+        if let Some((_, e)) = map.find_mut(probe.hash, probe.matches()) {
             e.last_seen = self.now().saturating_sub(idle_ms);
         }
     }
@@ -345,7 +375,7 @@ impl MemoryStore {
     pub fn distrust_route(&self, route: &str) {
         for shard in self.shards.iter() {
             let mut map = lock(shard);
-            for e in map.values_mut() {
+            for (_, e) in map.iter_mut() {
                 if *e.route.name == *route {
                     e.checked = UNCONFIRMED;
                 }
@@ -375,15 +405,18 @@ impl SessionStore for MemoryStore {
 
     fn bind(&self, id: &str, route: &Arc<str>) {
         let slot = self.slot(route);
-        self.put(&mut lock(self.shard(id)), KeyRef::new(id), slot);
+        let probe = self.probe(id);
+        self.put(&mut lock(self.shard(&probe)), probe, slot);
     }
 
     fn forget(&self, id: &str) {
         if let Some(tier) = &self.unconfirmed {
             tier.forget(id);
         }
-        let mut map = lock(self.shard(id));
-        if let Some(e) = map.remove(&KeyRef::new(id)) {
+        let probe = self.probe(id);
+        let mut map = lock(self.shard(&probe));
+        if let Ok(found) = map.find_entry(probe.hash, probe.matches()) {
+            let ((_, e), _) = found.remove();
             e.route.dec();
             self.len.fetch_sub(1, Ordering::Relaxed);
         }
@@ -396,11 +429,11 @@ impl SessionStore for MemoryStore {
         proposed: Arc<str>,
     ) -> StoreFuture<'a, Arc<str>> {
         let slot = self.slot(&proposed);
-        let mut map = lock(self.shard(id));
+        let probe = self.probe(id);
+        let mut map = lock(self.shard(&probe));
         let now = self.now();
-        let key = KeyRef::new(id);
-        let answer = match map.get(&key) {
-            Some(e)
+        let answer = match map.find(probe.hash, probe.matches()) {
+            Some((_, e))
                 if Some(&*e.route.name) != from
                     && !self.is_expired(e, now)
                     && *e.route.name != *proposed =>
@@ -408,7 +441,7 @@ impl SessionStore for MemoryStore {
                 e.route.name.clone()
             }
             _ => {
-                self.put(&mut map, key, slot);
+                self.put(&mut map, probe, slot);
                 proposed
             }
         };
