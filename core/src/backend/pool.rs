@@ -276,7 +276,7 @@ impl Pool {
                     });
                 }
             }
-            let s = self.connect_h2().await?;
+            let s = Box::pin(self.connect_h2()).await?;
             *lock(&share.shared_h2) = Some(s.clone());
             return Ok(Conn {
                 sender: Sender::H2(s),
@@ -301,11 +301,15 @@ impl Pool {
         if peer_closed > 0 && !fresh_after_close {
             return Err(ConnectError::Closing(peer_closed));
         }
-        self.connect_tracked().await.map(|(s, watch)| Conn {
-            sender: Sender::H1(s, watch),
-            reused: false,
-            peer_closed,
-        })
+        // Boxed: the dial, TLS and handshake state (~1.3 KiB) would
+        // otherwise be part of every checkout, also of the pooled ones.
+        Box::pin(self.connect_tracked())
+            .await
+            .map(|(s, watch)| Conn {
+                sender: Sender::H1(s, watch),
+                reused: false,
+                peer_closed,
+            })
     }
 
     /// Whether a pooled connection became ready within the connect timeout:

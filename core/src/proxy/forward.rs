@@ -34,6 +34,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -489,9 +490,8 @@ async fn response_head<F: std::future::Future>(
     t: &Timers<'_>,
     rt: &Runtime,
     backend: &Arc<Backend>,
-    fut: F,
+    mut fut: Pin<&mut F>,
 ) -> Result<F::Output, Late> {
-    tokio::pin!(fut);
     let start = tokio::time::Instant::now();
     let mut deadline = start + t.after;
     let mut suspect_at = (!t.suspect_after.is_zero()).then(|| start + t.suspect_after);
@@ -639,7 +639,9 @@ async fn attempt(
     }
     let conn = match via {
         Via::Pool { stay } => backend.pool.checkout(stay).await,
-        Via::Upgrade => backend.pool.connect_upgrade().await,
+        // Boxed: a fresh connection's dial, TLS and handshake state would
+        // otherwise size every request's future.
+        Via::Upgrade => Box::pin(backend.pool.connect_upgrade()).await,
     };
     let conn = match conn {
         Ok(c) => c,
@@ -675,7 +677,13 @@ async fn attempt(
     };
     let miss = Miss::after_send;
     let sent_at = std::time::Instant::now();
-    match response_head(&timers, rt, backend, sender.try_send(req)).await {
+    // Pinned here and lent: taken by value, the send (~580 bytes with the
+    // request) would be stored twice in every request's future.
+    let head = {
+        let send = std::pin::pin!(sender.try_send(req));
+        response_head(&timers, rt, backend, send).await
+    };
+    match head {
         Ok(Ok(resp)) => {
             let resp = resp.map(BackendBody::Http);
             match via {
@@ -782,7 +790,13 @@ mod tests {
         let rt = runtime();
         let b = rt.table.backends[0].clone();
         let t0 = tokio::time::Instant::now();
-        let r = response_head(&timers(2000, 0), &rt, &b, std::future::pending::<()>()).await;
+        let r = response_head(
+            &timers(2000, 0),
+            &rt,
+            &b,
+            std::pin::pin!(std::future::pending::<()>()),
+        )
+        .await;
         assert_eq!(r, Err(Late::Backend));
         assert_eq!(t0.elapsed(), Duration::from_millis(2000));
     }
@@ -795,7 +809,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1999)).await;
             42
         };
-        let r = response_head(&timers(2000, 0), &rt, &b, answer).await;
+        let r = response_head(&timers(2000, 0), &rt, &b, std::pin::pin!(answer)).await;
         assert_eq!(r, Ok(42));
     }
 
@@ -805,7 +819,13 @@ mod tests {
         let b = rt.table.backends[0].clone();
         b.set_up(false, "test");
         let t0 = tokio::time::Instant::now();
-        let r = response_head(&timers(60_000, 500), &rt, &b, std::future::pending::<()>()).await;
+        let r = response_head(
+            &timers(60_000, 500),
+            &rt,
+            &b,
+            std::pin::pin!(std::future::pending::<()>()),
+        )
+        .await;
         assert_eq!(r, Err(Late::Down));
         assert_eq!(t0.elapsed(), Duration::from_millis(500));
     }
@@ -820,7 +840,13 @@ mod tests {
             downer.set_up(false, "test");
         });
         let t0 = tokio::time::Instant::now();
-        let r = response_head(&timers(60_000, 500), &rt, &b, std::future::pending::<()>()).await;
+        let r = response_head(
+            &timers(60_000, 500),
+            &rt,
+            &b,
+            std::pin::pin!(std::future::pending::<()>()),
+        )
+        .await;
         assert_eq!(r, Err(Late::Down));
         let waited = t0.elapsed();
         assert!(

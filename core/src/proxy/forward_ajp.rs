@@ -65,7 +65,7 @@ pub(super) async fn attempt(
         progress: how.progress.map(|p| &**p),
     };
     let sent_at = std::time::Instant::now();
-    let send = pool.send(conn, head, req.into_body(), first_chunk);
+    let send = std::pin::pin!(pool.send(conn, head, req.into_body(), first_chunk));
     match response_head(&timers, rt, backend, send).await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(AjpError::ClientBody(e))) => Err(Miss {

@@ -5,10 +5,10 @@
 //! and swept by a background task so idle sessions never leak.
 
 use super::key::{KeyRef, SessionKey};
-use hashbrown::Equivalent;
 use super::{Cached, PeakWindow, SessionCounts, SessionStore, StoreFuture, StoreStatus};
 use crate::lock::lock;
 use arc_swap::ArcSwap;
+use hashbrown::Equivalent;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
