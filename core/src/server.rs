@@ -755,10 +755,15 @@ fn service(
     Future = Answer,
 > + Clone {
     let redirect = (cfg.redirect_http && !info.https).then(|| https_port(cfg));
+    // One allocation per connection, cloned per request: its count is
+    // touched by this connection's thread only, where cloning the proxy's
+    // own `Arc` would bounce one cache line between the request threads on
+    // every request.
+    let conn = Arc::new((proxy, timing));
     service_fn(move |mut req: Request<Incoming>| -> Answer {
-        let proxy = proxy.clone();
-        let timing = timing.clone();
+        let conn = conn.clone();
         Box::pin(async move {
+            let (proxy, timing) = &*conn;
             let (in_flight, conflict) = timing.begin();
             if conflict {
                 req.extensions_mut().insert(ConflictingFraming);
