@@ -28,11 +28,20 @@ pub struct SentinelConn {
     current: Mutex<Option<MultiplexedConnection>>,
 }
 
-/// A connection for one operation.
+/// A connection for one operation (cheap to clone: each variant is a
+/// handle to a shared connection).
+#[derive(Clone)]
 pub enum Handle {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
     Multiplexed(MultiplexedConnection),
+}
+
+impl Handle {
+    /// A Cluster connection: a pipeline must stay in one hash slot there.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Handle::Cluster(_))
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
