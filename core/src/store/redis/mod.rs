@@ -890,6 +890,7 @@ async fn monitor(store: Weak<RedisStore>) {
         let Some(s) = store.upgrade() else { return };
         match s.ping().await {
             Ok(()) if !s.healthy.load(Ordering::Relaxed) => {
+                s.conn.reset_locals();
                 s.healthy.store(true, Ordering::Relaxed);
                 let n = s.resync().await;
                 tracing::info!(
@@ -944,7 +945,7 @@ impl SessionStore for RedisStore {
         Box::pin(async move {
             let key = self.key(id);
             let q = async {
-                let mut h = self.conn.handle().await?;
+                let mut h = self.conn.request_handle().await?;
                 redis::cmd("HMGET")
                     .arg(&key)
                     .arg("r")
@@ -1004,7 +1005,7 @@ impl SessionStore for RedisStore {
             // One round trip before the response leaves: the binding. Its
             // counting-set bookkeeping is written behind.
             let write = async {
-                let mut h = self.conn.handle().await?;
+                let mut h = self.conn.request_handle().await?;
                 self.bind_step(&mut h, id, &key, route, at).await
             };
             // A retry keeps the decision time, so it cannot outrank a
@@ -1042,7 +1043,7 @@ impl SessionStore for RedisStore {
             let key = self.key(id);
             if self.healthy.load(Ordering::Relaxed) {
                 let q = async {
-                    let mut h = self.conn.handle().await?;
+                    let mut h = self.conn.request_handle().await?;
                     scripts::CLAIM
                         .key(&key)
                         .arg(from.unwrap_or(""))
