@@ -5,8 +5,8 @@
 
 use crate::config::raw::{SentinelSection, StoreSection};
 use crate::config::redact_url;
-use crate::store::StoreError;
 use crate::lock::lock;
+use crate::store::StoreError;
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
