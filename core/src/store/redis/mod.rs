@@ -781,12 +781,27 @@ pub async fn probe(cfg: &StoreSection) -> Result<(), String> {
         .map_err(|_| "no answer within 2s".to_string())?
 }
 
-/// Apply queued writes, up to 128 at a time as one batch (see
+/// Writes applied as one batch at most.
+const BATCH: usize = 128;
+
+/// How long the writer lets a batch gather after its first write: the
+/// request threads then queue writes without waking the writer's thread
+/// for each one (write-behind may wait that long; counts follow within it).
+const LINGER: Duration = Duration::from_millis(1);
+
+/// Apply queued writes, up to [`BATCH`] at a time as one batch (see
 /// [`RedisStore::apply_batch`]), until the store is dropped.
 async fn writer(store: Weak<RedisStore>, mut rx: mpsc::Receiver<Op>) {
-    let mut ops = Vec::with_capacity(128);
+    let mut ops = Vec::with_capacity(BATCH);
     let mut ttl = batch::CountTtl::default();
-    while rx.recv_many(&mut ops, 128).await > 0 {
+    while rx.recv_many(&mut ops, BATCH).await > 0 {
+        if ops.len() < BATCH {
+            tokio::time::sleep(LINGER).await;
+            while ops.len() < BATCH {
+                let Ok(op) = rx.try_recv() else { break };
+                ops.push(op);
+            }
+        }
         let Some(s) = store.upgrade() else { return };
         if !s.healthy.load(Ordering::Relaxed) {
             ops.clear();
