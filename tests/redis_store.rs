@@ -1575,3 +1575,90 @@ async fn backend_state_set_during_a_redis_outage_reaches_the_others_afterwards()
     assert_eq!(state_of(&*b, "tomcat2"), Some(before));
     assert_eq!(state_of(&*a, "tomcat1"), Some(stop));
 }
+
+// ---------------------------------------------------------------------------
+// 9. The background writer's batches.
+// ---------------------------------------------------------------------------
+
+/// Background writes go to Redis in batches (one pipeline per batch); a
+/// write that fails there (its key holds a string, not a session hash)
+/// costs only its own session: the others queued with it are still bound
+/// and counted, and the counting set still gets its TTL.
+#[tokio::test]
+async fn a_failing_write_in_a_batch_costs_only_its_own_session() {
+    let redis = Redis::start_isolated();
+    let cfg = StoreSection {
+        kind: StoreKind::Redis,
+        redis_url: Some(redis.url()),
+        key_prefix: "batch:".into(),
+        hash_keys: false,
+        timeout: Duration::from_secs(1),
+        ..StoreSection::default()
+    };
+    let t1: Arc<str> = "t1".into();
+    let store = RedisStore::start(&cfg, Duration::from_secs(600), 1000, vec![t1.clone()])
+        .await
+        .expect("redis store starts");
+    redis.cli(&["SET", "batch:s:bad", "not a session"]);
+    // Queued without yielding: the writer takes them as one batch.
+    for id in ["a", "bad", "b", "c"] {
+        store.bind(id, &t1);
+    }
+    let good = ["a", "b", "c"];
+    let bound_and_counted = || {
+        good.iter().all(|id| {
+            let key = format!("batch:s:{id}");
+            redis.cli(&["HGET", &key, "r"]) == "t1"
+                && !redis.cli(&["ZSCORE", "batch:r:t1", &key]).is_empty()
+        })
+    };
+    within(
+        Duration::from_secs(5),
+        "sessions queued beside a failing write bound and counted",
+        bound_and_counted,
+    )
+    .await;
+    assert_eq!(redis.cli(&["GET", "batch:s:bad"]), "not a session");
+    let set_ttl: i64 = redis.cli(&["PTTL", "batch:r:t1"]).parse().unwrap();
+    assert!(set_ttl > 600_000, "counting set TTL {set_ttl} ms");
+    let status = store.status();
+    assert!(status.errors >= 1, "the failed write is not counted");
+    assert!(status.healthy, "one bad key must not cut the store off");
+}
+
+/// A new session's binding is written through: it is in Redis (with its
+/// TTL) the moment `bind_now` returns, checked before this single-threaded
+/// test yields, so the background writer cannot have written it; its
+/// per-route count follows through the write-behind queue.
+#[tokio::test]
+async fn a_new_sessions_binding_is_in_redis_when_bind_now_returns() {
+    let redis = Redis::start_isolated();
+    let cfg = StoreSection {
+        kind: StoreKind::Redis,
+        redis_url: Some(redis.url()),
+        key_prefix: "through:".into(),
+        hash_keys: false,
+        timeout: Duration::from_secs(1),
+        ..StoreSection::default()
+    };
+    let t1: Arc<str> = "t1".into();
+    let store = RedisStore::start(&cfg, Duration::from_secs(600), 1000, vec![t1.clone()])
+        .await
+        .expect("redis store starts");
+    for i in 0..20 {
+        let id = format!("new{i}");
+        store.bind_now(&id, &t1).await;
+        let key = format!("through:s:{id}");
+        assert_eq!(
+            redis.cli(&["HGET", &key, "r"]),
+            "t1",
+            "session #{i} not in redis when bind_now returned"
+        );
+        let ttl: i64 = redis.cli(&["PTTL", &key]).parse().unwrap();
+        assert!(ttl > 0, "session #{i} without TTL: {ttl}");
+    }
+    within(Duration::from_secs(5), "20 new sessions counted", || {
+        redis.cli(&["ZCARD", "through:r:t1"]) == "20"
+    })
+    .await;
+}

@@ -1,9 +1,11 @@
 //! One handle over the three ways of reaching Redis: standalone (with a
-//! reconnecting connection manager), Cluster, and Sentinel (master looked
-//! up again after a failover).
+//! reconnecting connection manager, plus one connection per request
+//! thread), Cluster, and Sentinel (master looked up again after a
+//! failover).
 
 use crate::config::raw::{SentinelSection, StoreSection};
 use crate::config::redact_url;
+use crate::lock::lock;
 use crate::store::StoreError;
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
@@ -12,14 +14,93 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, TlsMode, Value};
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 /// A shared way to reach Redis; cheap to clone into a [`Handle`] per call.
 pub enum Conn {
-    Single(ConnectionManager),
+    Single(Box<SingleConn>),
     Cluster(ClusterConnection),
     Sentinel(Box<SentinelConn>),
+}
+
+/// Standalone Redis: the reconnecting manager (control plane, and any
+/// caller off the request threads), and each request thread's own
+/// connection, so a request waiting on Redis (a new session's
+/// write-through, a cache miss, a failover claim) is served by its own
+/// thread's event loop instead of a hop to the control thread and back.
+pub struct SingleConn {
+    shared: ConnectionManager,
+    client: redis::Client,
+    config: redis::AsyncConnectionConfig,
+    locals: Arc<[std::sync::Mutex<Local>]>,
+}
+
+/// A request thread's own connection.
+enum Local {
+    /// Not opened yet (or dropped after an error): opened on next use.
+    Idle,
+    /// Being opened by a task on that thread; the shared one serves.
+    Opening,
+    Ready(MultiplexedConnection),
+    /// Could not be opened: the shared one serves until then.
+    Retry(Instant),
+}
+
+/// Request threads with a connection of their own (the most
+/// `server.threads` allows); any others use the shared one.
+const LOCAL_SLOTS: usize = 256;
+
+/// How long a request thread whose connection could not be opened uses
+/// the shared one before trying again.
+const LOCAL_RETRY: Duration = Duration::from_secs(1);
+
+impl SingleConn {
+    /// The calling request thread's connection, if it has one ready; else
+    /// it is opened in the background (on this thread) and `None` says to
+    /// use the shared one meanwhile.
+    fn local(&self) -> Option<Handle> {
+        let index = crate::thread_index::current()?;
+        let slot = self.locals.get(index)?;
+        let mut l = lock(slot);
+        match &*l {
+            Local::Ready(c) => return Some(Handle::Multiplexed(c.clone())),
+            Local::Opening => return None,
+            Local::Retry(at) if Instant::now() < *at => return None,
+            Local::Idle | Local::Retry(_) => *l = Local::Opening,
+        }
+        drop(l);
+        let (client, config, locals) = (
+            self.client.clone(),
+            self.config.clone(),
+            self.locals.clone(),
+        );
+        tokio::spawn(async move {
+            let opened = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await;
+            *lock(&locals[index]) = match opened {
+                Ok(c) => Local::Ready(c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot open this request thread's redis connection; using the shared one for now");
+                    Local::Retry(Instant::now() + LOCAL_RETRY)
+                }
+            };
+        });
+        None
+    }
+
+    /// After an error on the calling request thread: its connection is
+    /// opened again on next use (it may be what broke).
+    fn reset_local(&self) {
+        if let Some(slot) = crate::thread_index::current().and_then(|i| self.locals.get(i)) {
+            let mut l = lock(slot);
+            if matches!(*l, Local::Ready(_)) {
+                *l = Local::Idle;
+            }
+        }
+    }
 }
 
 /// Sentinel client plus the master connection it last found.
@@ -28,11 +109,20 @@ pub struct SentinelConn {
     current: Mutex<Option<MultiplexedConnection>>,
 }
 
-/// A connection for one operation.
+/// A connection for one operation (cheap to clone: each variant is a
+/// handle to a shared connection).
+#[derive(Clone)]
 pub enum Handle {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
     Multiplexed(MultiplexedConnection),
+}
+
+impl Handle {
+    /// A Cluster connection: a pipeline must stay in one hash slot there.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Handle::Cluster(_))
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -65,8 +155,19 @@ impl Conn {
                 .set_response_timeout(Some(timeout.max(Duration::from_millis(500))))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_secs(2));
-            let cm = ConnectionManager::new_lazy_with_config(client, mc).map_err(err)?;
-            return Ok(Conn::Single(cm));
+            let shared =
+                ConnectionManager::new_lazy_with_config(client.clone(), mc).map_err(err)?;
+            let limit = Some(timeout.max(Duration::from_millis(500)));
+            return Ok(Conn::Single(Box::new(SingleConn {
+                shared,
+                client,
+                config: redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(limit)
+                    .set_response_timeout(limit),
+                locals: (0..LOCAL_SLOTS)
+                    .map(|_| std::sync::Mutex::new(Local::Idle))
+                    .collect(),
+            })));
         }
         if !cfg.redis_cluster.is_empty() {
             let mut b = redis::cluster::ClusterClientBuilder::new(cfg.redis_cluster.clone())
@@ -95,10 +196,21 @@ impl Conn {
         ))
     }
 
+    /// A handle for one operation a request waits on: on a request thread
+    /// (standalone Redis), that thread's own connection once it is open.
+    pub async fn request_handle(&self) -> redis::RedisResult<Handle> {
+        if let Conn::Single(s) = self {
+            if let Some(h) = s.local() {
+                return Ok(h);
+            }
+        }
+        self.handle().await
+    }
+
     /// A handle for one operation.
     pub async fn handle(&self) -> redis::RedisResult<Handle> {
         match self {
-            Conn::Single(c) => Ok(Handle::Single(c.clone())),
+            Conn::Single(c) => Ok(Handle::Single(c.shared.clone())),
             Conn::Cluster(c) => Ok(Handle::Cluster(c.clone())),
             Conn::Sentinel(s) => {
                 let mut cur = s.current.lock().await;
@@ -113,10 +225,24 @@ impl Conn {
     }
 
     /// After an error: Sentinel forgets the master so the next operation
-    /// asks the sentinels again (the master may have moved).
+    /// asks the sentinels again (the master may have moved); a request
+    /// thread's own connection is opened again.
     pub async fn reset(&self) {
-        if let Conn::Sentinel(s) = self {
-            *s.current.lock().await = None;
+        match self {
+            Conn::Sentinel(s) => *s.current.lock().await = None,
+            Conn::Single(s) => s.reset_local(),
+            Conn::Cluster(_) => {}
+        }
+    }
+
+    /// Redis answers again after an outage: every request thread opens its
+    /// connection again (one that broke unnoticed would fail its next
+    /// request and cut the store off for another second).
+    pub fn reset_locals(&self) {
+        if let Conn::Single(s) = self {
+            for slot in s.locals.iter() {
+                *lock(slot) = Local::Idle;
+            }
         }
     }
 

@@ -33,6 +33,7 @@
 //! empty, or the change was made during an outage), so an operator's action
 //! is never lost to a Redis outage.
 
+mod batch;
 mod conn;
 pub mod scripts;
 
@@ -44,6 +45,7 @@ use super::{
 use crate::config::raw::StoreSection;
 use crate::lock::lock;
 use arc_swap::ArcSwap;
+use batch::Write;
 use conn::Conn;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -83,11 +85,29 @@ enum Op {
     },
 }
 
-/// What the BIND script left in Redis: the route before and after.
+/// What the BIND script left in Redis: the route before (if any) and
+/// after.
 #[derive(Debug)]
 struct Stored {
-    old: String,
-    now: String,
+    old: Option<Arc<str>>,
+    now: Arc<str>,
+}
+
+/// A queued write whose next commands depend on its script's answer (see
+/// [`RedisStore::then_writes`]).
+enum Then {
+    Bind {
+        id: Box<str>,
+        key: String,
+        route: Arc<str>,
+    },
+    Touch {
+        key: String,
+        route: Arc<str>,
+    },
+    Forget {
+        key: String,
+    },
 }
 
 /// Cluster-wide count of one route, refreshed from Redis every second.
@@ -214,8 +234,10 @@ impl RedisStore {
             let mut k = String::with_capacity(self.prefix.len() + 2 + 32);
             k.push_str(&self.prefix);
             k.push_str(namespace);
+            const HEX: &[u8; 16] = b"0123456789abcdef";
             for b in &d[..16] {
-                k.push_str(&format!("{b:02x}"));
+                k.push(HEX[usize::from(b >> 4)] as char);
+                k.push(HEX[usize::from(b & 0xf)] as char);
             }
             k
         } else {
@@ -401,35 +423,45 @@ impl RedisStore {
         }
     }
 
-    /// Add `key` to `route`'s counting set, scored by its expiry time; the
-    /// set gets a TTL too. Routes that are not configured are not counted.
-    async fn zadd(
+    /// The counting set's TTL given with a renewal: one renewal interval
+    /// longer than a session's, so the set outlives every member added
+    /// until the next renewal (see [`batch::CountTtl`]).
+    fn count_set_ttl_ms(&self) -> u64 {
+        self.ttl_ms + batch::COUNT_TTL_EVERY.as_millis() as u64
+    }
+
+    /// Add `key` to `route`'s counting set, scored by its expiry time: a
+    /// plain `ZADD`, or [`scripts::COUNT_ADD`] (which also renews the
+    /// set's TTL) when the route's renewal is due. Routes that are not
+    /// configured are not counted.
+    fn count_add(
         &self,
-        h: &mut conn::Handle,
-        route: &str,
+        route: &Arc<str>,
         key: &str,
         expiry: u64,
-    ) -> redis::RedisResult<()> {
+        ttl: &mut batch::CountTtl,
+        out: &mut Vec<Write>,
+    ) {
         if !self.configured(route) {
-            return Ok(());
+            return;
         }
-        scripts::COUNT_ADD
-            .key(self.route_key(route))
-            .arg(expiry)
-            .arg(key)
-            .arg(self.ttl_ms)
-            .invoke_async::<i64>(h)
-            .await
-            .map(drop)
+        let set = self.route_key(route);
+        if ttl.due(route) {
+            let mut w = Write::eval(&scripts::COUNT_ADD, &set);
+            w.cmd.arg(expiry).arg(key).arg(self.count_set_ttl_ms());
+            out.push(w);
+        } else {
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(set).arg(expiry).arg(key);
+            out.push(Write::plain(zadd));
+        }
     }
 
     /// Remove `key` from `route`'s counting set.
-    async fn zrem(&self, h: &mut conn::Handle, route: &str, key: &str) -> redis::RedisResult<()> {
-        redis::cmd("ZREM")
-            .arg(self.route_key(route))
-            .arg(key)
-            .query_async(h)
-            .await
+    fn count_remove(&self, route: &str, key: &str) -> Write {
+        let mut zrem = redis::cmd("ZREM");
+        zrem.arg(self.route_key(route)).arg(key);
+        Write::plain(zrem)
     }
 
     /// Write the binding (one script call); a newer move stored by another
@@ -450,76 +482,185 @@ impl RedisStore {
             .arg(at)
             .invoke_async(h)
             .await?;
-        if now != **route && self.configured(&now) {
-            // Another balancer moved it after we decided: follow.
-            self.cache.bind(id, &self.intern(&now));
-        }
-        Ok(Stored { old, now })
+        Ok(self.stored(id, route, &old, &now))
+    }
+
+    /// What [`scripts::BIND`] answered for binding `id` to `route`; a
+    /// newer move another balancer stored meanwhile is followed.
+    fn stored(&self, id: &str, route: &Arc<str>, old: &str, now: &str) -> Stored {
+        let now = if now == &**route {
+            route.clone()
+        } else {
+            let moved = self.intern(now);
+            if self.configured(&moved) {
+                self.cache.bind(id, &moved);
+            }
+            moved
+        };
+        let old = (!old.is_empty()).then(|| self.intern(old));
+        Stored { old, now }
     }
 
     /// The counting sets after a binding: counted under the stored route,
     /// and no longer under the one it replaced.
-    async fn count_step(
+    fn count_writes(
         &self,
-        h: &mut conn::Handle,
         key: &str,
-        route: &str,
+        route: &Arc<str>,
         stored: &Stored,
         expiry: u64,
-    ) -> redis::RedisResult<()> {
-        if stored.now != route {
-            return self.zadd(h, &stored.now, key, expiry).await;
+        ttl: &mut batch::CountTtl,
+        out: &mut Vec<Write>,
+    ) {
+        if stored.now != *route {
+            return self.count_add(&stored.now, key, expiry, ttl, out);
         }
-        if !stored.old.is_empty() && stored.old != route {
-            self.zrem(h, &stored.old, key).await?;
+        if let Some(old) = stored.old.as_ref().filter(|old| *old != route) {
+            out.push(self.count_remove(old, key));
         }
-        self.zadd(h, route, key, expiry).await
+        self.count_add(route, key, expiry, ttl, out);
     }
 
-    async fn apply(&self, op: Op) -> redis::RedisResult<()> {
-        let mut h = self.conn.handle().await?;
-        let now = unix_ms();
+    /// The first commands of `op`: those that need no answer are complete;
+    /// an op whose next writes depend on its script's answer is returned,
+    /// to be finished by [`RedisStore::then_writes`].
+    fn first_writes(
+        &self,
+        op: Op,
+        now: u64,
+        ttl: &mut batch::CountTtl,
+        out: &mut Vec<Write>,
+    ) -> Option<Then> {
         let expiry = now + self.ttl_ms;
         match op {
-            Op::Bind { id, key, route, at } => {
-                let stored = self.bind_step(&mut h, &id, &key, &route, at).await?;
-                self.count_step(&mut h, &key, &route, &stored, expiry).await
-            }
             Op::Count { key, route, stored } => {
-                self.count_step(&mut h, &key, &route, &stored, expiry).await
-            }
-            Op::Touch { key, route } => {
-                let stored: Option<String> = scripts::TOUCH
-                    .key(&key)
-                    .arg(now)
-                    .arg(self.ttl_ms)
-                    .invoke_async(&mut h)
-                    .await?;
-                match stored {
-                    Some(r) if *r == *route => self.zadd(&mut h, &route, &key, expiry).await,
-                    _ => Ok(()),
-                }
-            }
-            Op::Forget { key } => {
-                let old: Option<String> = scripts::FORGET.key(&key).invoke_async(&mut h).await?;
-                match old {
-                    Some(r) => self.zrem(&mut h, &r, &key).await,
-                    None => Ok(()),
-                }
+                self.count_writes(&key, &route, &stored, expiry, ttl, out);
+                None
             }
             Op::Moved { key, from, to } => {
-                let from = from.filter(|f| *f != to && self.configured(f));
-                if let Some(f) = from {
-                    self.zrem(&mut h, &f, &key).await?;
-                    scripts::BUMP
-                        .key(self.moved_key(&f))
-                        .arg(self.ttl_ms)
-                        .invoke_async::<i64>(&mut h)
-                        .await?;
+                if let Some(f) = from.filter(|f| *f != to && self.configured(f)) {
+                    out.push(self.count_remove(&f, &key));
+                    let mut bump = Write::eval(&scripts::BUMP, &self.moved_key(&f));
+                    bump.cmd.arg(self.ttl_ms);
+                    out.push(bump);
                 }
-                self.zadd(&mut h, &to, &key, expiry).await
+                self.count_add(&to, &key, expiry, ttl, out);
+                None
+            }
+            Op::Bind { id, key, route, at } => {
+                let mut w = Write::eval(&scripts::BIND, &key);
+                w.cmd.arg(&*route).arg(now).arg(self.ttl_ms).arg(at);
+                out.push(w);
+                Some(Then::Bind { id, key, route })
+            }
+            Op::Touch { key, route } => {
+                let mut w = Write::eval(&scripts::TOUCH, &key);
+                w.cmd.arg(now).arg(self.ttl_ms);
+                out.push(w);
+                Some(Then::Touch { key, route })
+            }
+            Op::Forget { key } => {
+                out.push(Write::eval(&scripts::FORGET, &key));
+                Some(Then::Forget { key })
             }
         }
+    }
+
+    /// The counting-set writes that follow a script's answer.
+    fn then_writes(
+        &self,
+        then: Then,
+        answer: redis::Value,
+        now: u64,
+        ttl: &mut batch::CountTtl,
+        out: &mut Vec<Write>,
+    ) -> redis::RedisResult<()> {
+        let expiry = now + self.ttl_ms;
+        match then {
+            Then::Bind { id, key, route } => {
+                let (old, stored): (String, String) = redis::from_redis_value(answer)?;
+                let stored = self.stored(&id, &route, &old, &stored);
+                self.count_writes(&key, &route, &stored, expiry, ttl, out);
+            }
+            Then::Touch { key, route } => {
+                let stored: Option<String> = redis::from_redis_value(answer)?;
+                if stored.is_some_and(|r| *r == *route) {
+                    self.count_add(&route, &key, expiry, ttl, out);
+                }
+            }
+            Then::Forget { key } => {
+                let old: Option<String> = redis::from_redis_value(answer)?;
+                if let Some(r) = old {
+                    out.push(self.count_remove(&r, &key));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply a batch of queued writes: their first commands in one go, then
+    /// the counting-set writes that depend on the scripts' answers in a
+    /// second. A failing command costs only its own op.
+    async fn apply_batch(&self, ops: &mut Vec<Op>, ttl: &mut batch::CountTtl) {
+        let now = unix_ms();
+        let mut first = Vec::with_capacity(ops.len() * 2);
+        let mut pending = Vec::new();
+        for op in ops.drain(..) {
+            if let Some(then) = self.first_writes(op, now, ttl, &mut first) {
+                pending.push((first.len() - 1, then));
+            }
+        }
+        let mut h = match self.conn.handle().await {
+            Ok(h) => h,
+            Err(e) => return self.batch_failed(&e, ttl).await,
+        };
+        let answers = match self.send_batch(&mut h, &first).await {
+            Ok(a) => a,
+            Err(e) => return self.batch_failed(&e, ttl).await,
+        };
+        let mut answers: Vec<Option<redis::RedisResult<redis::Value>>> =
+            answers.into_iter().map(Some).collect();
+        let mut second = Vec::with_capacity(pending.len());
+        let mut errors: Vec<redis::RedisError> = Vec::new();
+        for (i, then) in pending {
+            let answer = answers
+                .get_mut(i)
+                .and_then(Option::take)
+                .unwrap_or(Ok(redis::Value::Nil));
+            if let Err(e) = answer.and_then(|a| self.then_writes(then, a, now, ttl, &mut second)) {
+                errors.push(e);
+            }
+        }
+        errors.extend(answers.into_iter().flatten().filter_map(Result::err));
+        match self.send_batch(&mut h, &second).await {
+            Ok(a) => errors.extend(a.into_iter().filter_map(Result::err)),
+            Err(e) => errors.push(e),
+        }
+        if let Some(e) = errors.first() {
+            let more = errors.len() as u64 - 1;
+            self.errors.fetch_add(more, Ordering::Relaxed);
+            self.batch_failed(e, ttl).await;
+        }
+    }
+
+    /// Send a batch's commands, bounded like any background write.
+    async fn send_batch(
+        &self,
+        h: &mut conn::Handle,
+        writes: &[Write],
+    ) -> redis::RedisResult<Vec<redis::RedisResult<redis::Value>>> {
+        let limit = self.timeout.max(Duration::from_secs(1));
+        match tokio::time::timeout(limit, batch::send(h, writes)).await {
+            Ok(r) => r,
+            Err(_) => Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))),
+        }
+    }
+
+    /// Some of a batch failed: counted (and Redis marked unreachable if
+    /// that is why); every counting set's TTL is renewed with its next add.
+    async fn batch_failed(&self, e: &redis::RedisError, ttl: &mut batch::CountTtl) {
+        ttl.forget();
+        self.failed(e).await;
     }
 
     /// Write every cached session where Redis has none (after an outage).
@@ -539,8 +680,14 @@ impl RedisStore {
                     .arg(self.ttl_ms)
                     .invoke_async(&mut h)
                     .await?;
-                if n == 1 {
-                    self.zadd(&mut h, route, key, now + self.ttl_ms).await?;
+                if n == 1 && self.configured(route) {
+                    scripts::COUNT_ADD
+                        .key(self.route_key(route))
+                        .arg(now + self.ttl_ms)
+                        .arg(key)
+                        .arg(self.count_set_ttl_ms())
+                        .invoke_async::<i64>(&mut h)
+                        .await?;
                 }
                 Ok::<i64, redis::RedisError>(n)
             });
@@ -634,31 +781,33 @@ pub async fn probe(cfg: &StoreSection) -> Result<(), String> {
         .map_err(|_| "no answer within 2s".to_string())?
 }
 
-/// Apply queued writes, up to 128 at a time concurrently (the connection
-/// pipelines them), until the store is dropped.
+/// Writes applied as one batch at most.
+const BATCH: usize = 128;
+
+/// How long the writer lets a batch gather after its first write: the
+/// request threads then queue writes without waking the writer's thread
+/// for each one (write-behind may wait that long; counts follow within it).
+const LINGER: Duration = Duration::from_millis(1);
+
+/// Apply queued writes, up to [`BATCH`] at a time as one batch (see
+/// [`RedisStore::apply_batch`]), until the store is dropped.
 async fn writer(store: Weak<RedisStore>, mut rx: mpsc::Receiver<Op>) {
-    let mut batch = Vec::with_capacity(128);
-    while rx.recv_many(&mut batch, 128).await > 0 {
+    let mut ops = Vec::with_capacity(BATCH);
+    let mut ttl = batch::CountTtl::default();
+    while rx.recv_many(&mut ops, BATCH).await > 0 {
+        if ops.len() < BATCH {
+            tokio::time::sleep(LINGER).await;
+            while ops.len() < BATCH {
+                let Ok(op) = rx.try_recv() else { break };
+                ops.push(op);
+            }
+        }
         let Some(s) = store.upgrade() else { return };
         if !s.healthy.load(Ordering::Relaxed) {
-            batch.clear();
+            ops.clear();
             continue;
         }
-        let limit = s.timeout.max(Duration::from_secs(1));
-        let jobs = batch.drain(..).map(|op| {
-            let s = &s;
-            async move {
-                match tokio::time::timeout(limit, s.apply(op)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))),
-                }
-            }
-        });
-        for r in futures_util::future::join_all(jobs).await {
-            if let Err(e) = r {
-                s.failed(&e).await;
-            }
-        }
+        s.apply_batch(&mut ops, &mut ttl).await;
     }
 }
 
@@ -756,6 +905,7 @@ async fn monitor(store: Weak<RedisStore>) {
         let Some(s) = store.upgrade() else { return };
         match s.ping().await {
             Ok(()) if !s.healthy.load(Ordering::Relaxed) => {
+                s.conn.reset_locals();
                 s.healthy.store(true, Ordering::Relaxed);
                 let n = s.resync().await;
                 tracing::info!(
@@ -810,7 +960,7 @@ impl SessionStore for RedisStore {
         Box::pin(async move {
             let key = self.key(id);
             let q = async {
-                let mut h = self.conn.handle().await?;
+                let mut h = self.conn.request_handle().await?;
                 redis::cmd("HMGET")
                     .arg(&key)
                     .arg("r")
@@ -870,7 +1020,7 @@ impl SessionStore for RedisStore {
             // One round trip before the response leaves: the binding. Its
             // counting-set bookkeeping is written behind.
             let write = async {
-                let mut h = self.conn.handle().await?;
+                let mut h = self.conn.request_handle().await?;
                 self.bind_step(&mut h, id, &key, route, at).await
             };
             // A retry keeps the decision time, so it cannot outrank a
@@ -908,7 +1058,7 @@ impl SessionStore for RedisStore {
             let key = self.key(id);
             if self.healthy.load(Ordering::Relaxed) {
                 let q = async {
-                    let mut h = self.conn.handle().await?;
+                    let mut h = self.conn.request_handle().await?;
                     scripts::CLAIM
                         .key(&key)
                         .arg(from.unwrap_or(""))

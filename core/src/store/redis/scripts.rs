@@ -15,22 +15,28 @@ use std::sync::LazyLock;
 /// the binding). A write-behind bind can arrive after another balancer's
 /// newer decision (a failover claim): a binding to another route changed
 /// after `at_ms` is kept, only refreshed. Returns `{previous route or '',
-/// route now stored}`.
+/// route now stored}`. Every case is one read, one `HSET` and one
+/// `PEXPIRE` (a brand-new session, the common case, gets all its fields in
+/// one `HSET`), so the write-through of a new session costs Redis little.
 pub static BIND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local cur = redis.call('HMGET', KEYS[1], 'r', 't')
+local cur = redis.call('HMGET', KEYS[1], 'r', 't', 'v')
 local old, t = cur[1], tonumber(cur[2])
 if old and old ~= ARGV[1] and t and t > tonumber(ARGV[4]) then
   redis.call('HSET', KEYS[1], 's', ARGV[2])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return {old, old}
 end
-if not old then redis.call('HSET', KEYS[1], 'c', ARGV[2]) end
-redis.call('HSET', KEYS[1], 'r', ARGV[1], 's', ARGV[2])
-if old ~= ARGV[1] then
-  redis.call('HINCRBY', KEYS[1], 'v', 1)
-  redis.call('HSET', KEYS[1], 't', ARGV[4])
+if old == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'r', ARGV[1], 's', ARGV[2])
+else
+  local v = (tonumber(cur[3]) or 0) + 1
+  if old then
+    redis.call('HSET', KEYS[1], 'r', ARGV[1], 's', ARGV[2], 'v', v, 't', ARGV[4])
+  else
+    redis.call('HSET', KEYS[1], 'r', ARGV[1], 's', ARGV[2], 'c', ARGV[2], 'v', v, 't', ARGV[4])
+  end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {old or '', ARGV[1]}
@@ -57,7 +63,10 @@ return r
 /// (expiry, unix ms), member, ttl_ms, and make sure the set itself expires
 /// no earlier than `ttl_ms` from now: its members are dead by then, and a
 /// set nobody writes any more must not stay in Redis forever. A longer TTL
-/// (another balancer with a longer idle timeout) is kept.
+/// (another balancer with a longer idle timeout) is kept. The writer runs
+/// it for a route's first add of each second (with `ttl_ms` one second
+/// longer than a session's, so the set outlives its members) and sends
+/// the other adds as plain `ZADD`s, which cost Redis far less.
 pub static COUNT_ADD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
