@@ -250,6 +250,15 @@ impl Server {
         self.workers.len()
     }
 
+    /// Run `f` once on every request thread (control plane: work that must
+    /// happen on each thread itself, such as an allocator's per-thread
+    /// cleanup).
+    pub fn on_each_thread(&self, f: fn()) {
+        for w in self.workers.iter() {
+            w.spawn(async move { f() });
+        }
+    }
+
     /// Settings for connections accepted from now on (reload).
     pub fn set_config(&self, cfg: Arc<ServerSection>, tls: Option<Arc<rustls::ServerConfig>>) {
         if cfg.max_connections.is_some_and(|n| n != self.limit) {

@@ -65,7 +65,7 @@ pub fn spawn(proxy: Weak<Proxy>, server: Weak<Server>) {
                 .map(|b| b.pool.drop_expired())
                 .sum();
             if plan.tick(server.open_connections(), dropped) {
-                release_free_memory();
+                release_free_memory(&server);
             }
         }
     });
@@ -82,12 +82,17 @@ pub fn set_allocator_release(release: fn()) {
     let _ = ALLOCATOR_RELEASE.set(release);
 }
 
-/// Give the allocator's free pages back to the system.
-fn release_free_memory() {
+/// Give the allocator's free pages back to the system. A binary's own
+/// allocator (mimalloc) keeps per-thread heaps that only their thread
+/// can purge, so its release runs on every request thread too (measured:
+/// with the control thread's alone, RSS stayed at 26 MiB 15 s after 3000
+/// clients left, idle 9 MiB).
+fn release_free_memory(server: &Server) {
     let started = std::time::Instant::now();
     let released = match ALLOCATOR_RELEASE.get() {
         Some(release) => {
             release();
+            server.on_each_thread(*release);
             true
         }
         None => system_release(),
