@@ -225,6 +225,20 @@ HAPROXY
 # A stickgate config in front of the two nginx backends ($P1, $P2), as
 # BENCHMARKS.md sets it up: file, [server] lines, admin port, and any other
 # sections (each may hold several lines).
+# The wrk script of the sticky scenario: request i carries
+# JSESSIONID=<i mod 10000 as 32 hex>.tomcat1 (odd i) or .tomcat2 (even i).
+sticky_lua() { # file
+    cat >"$1" <<'LUA'
+counter = 0
+request = function()
+    counter = counter + 1
+    local route = (counter % 2 == 1) and "tomcat1" or "tomcat2"
+    local cookie = string.format("JSESSIONID=%032x.%s", counter % 10000, route)
+    return wrk.format("GET", "/", { ["Cookie"] = cookie })
+end
+LUA
+}
+
 gate_toml() { # file server-lines admin-port [other-sections]
     cat >"$1" <<TOML
 [server]

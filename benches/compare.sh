@@ -57,15 +57,7 @@ P1=$(port) P2=$(port) PN=$(port) PH=$(port) PG=$(port) PA=$(port) PB=$(port) PBA
 BASE_BIN=${BASE_BIN:-}
 [ -z "$BASE_BIN" ] || [ -x "$BASE_BIN" ] || die "BASE_BIN=$BASE_BIN is not an executable"
 
-cat >"$WORK/sticky.lua" <<'LUA'
-counter = 0
-request = function()
-    counter = counter + 1
-    local route = (counter % 2 == 1) and "tomcat1" or "tomcat2"
-    local cookie = string.format("JSESSIONID=%032x.%s", counter % 10000, route)
-    return wrk.format("GET", "/", { ["Cookie"] = cookie })
-end
-LUA
+sticky_lua "$WORK/sticky.lua"
 
 # ---- nginx backends ----------------------------------------------------------
 nginx_backends "$P1" "$P2"

@@ -40,15 +40,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 P1=$(port) P2=$(port)
 nginx_backends "$P1" "$P2"
 
-cat >"$WORK/sticky.lua" <<'LUA'
-counter = 0
-request = function()
-    counter = counter + 1
-    local route = (counter % 2 == 1) and "tomcat1" or "tomcat2"
-    local cookie = string.format("JSESSIONID=%032x.%s", counter % 10000, route)
-    return wrk.format("GET", "/", { ["Cookie"] = cookie })
-end
-LUA
+sticky_lua "$WORK/sticky.lua"
 
 # count BIN SCENARIO: sets REQS and IR
 count() {

@@ -1580,6 +1580,22 @@ async fn backend_state_set_during_a_redis_outage_reaches_the_others_afterwards()
 // 9. The background writer's batches.
 // ---------------------------------------------------------------------------
 
+/// A store on `redis` with readable keys under `prefix`, its sessions idle
+/// for up to 10 minutes, counting route `t1`.
+async fn store_on(redis: &Redis, prefix: &str, t1: &Arc<str>) -> Arc<RedisStore> {
+    let cfg = StoreSection {
+        kind: StoreKind::Redis,
+        redis_url: Some(redis.url()),
+        key_prefix: prefix.into(),
+        hash_keys: false,
+        timeout: Duration::from_secs(1),
+        ..StoreSection::default()
+    };
+    RedisStore::start(&cfg, Duration::from_secs(600), 1000, vec![t1.clone()])
+        .await
+        .expect("redis store starts")
+}
+
 /// Background writes go to Redis in batches (one pipeline per batch); a
 /// write that fails there (its key holds a string, not a session hash)
 /// costs only its own session: the others queued with it are still bound
@@ -1587,18 +1603,8 @@ async fn backend_state_set_during_a_redis_outage_reaches_the_others_afterwards()
 #[tokio::test]
 async fn a_failing_write_in_a_batch_costs_only_its_own_session() {
     let redis = Redis::start_isolated();
-    let cfg = StoreSection {
-        kind: StoreKind::Redis,
-        redis_url: Some(redis.url()),
-        key_prefix: "batch:".into(),
-        hash_keys: false,
-        timeout: Duration::from_secs(1),
-        ..StoreSection::default()
-    };
     let t1: Arc<str> = "t1".into();
-    let store = RedisStore::start(&cfg, Duration::from_secs(600), 1000, vec![t1.clone()])
-        .await
-        .expect("redis store starts");
+    let store = store_on(&redis, "batch:", &t1).await;
     redis.cli(&["SET", "batch:s:bad", "not a session"]);
     // Queued without yielding: the writer takes them as one batch.
     for id in ["a", "bad", "b", "c"] {
@@ -1633,18 +1639,8 @@ async fn a_failing_write_in_a_batch_costs_only_its_own_session() {
 #[tokio::test]
 async fn a_new_sessions_binding_is_in_redis_when_bind_now_returns() {
     let redis = Redis::start_isolated();
-    let cfg = StoreSection {
-        kind: StoreKind::Redis,
-        redis_url: Some(redis.url()),
-        key_prefix: "through:".into(),
-        hash_keys: false,
-        timeout: Duration::from_secs(1),
-        ..StoreSection::default()
-    };
     let t1: Arc<str> = "t1".into();
-    let store = RedisStore::start(&cfg, Duration::from_secs(600), 1000, vec![t1.clone()])
-        .await
-        .expect("redis store starts");
+    let store = store_on(&redis, "through:", &t1).await;
     for i in 0..20 {
         let id = format!("new{i}");
         store.bind_now(&id, &t1).await;
