@@ -13,6 +13,7 @@ use crate::backend::{health, Backend};
 use crate::body::ResponseBody;
 pub use crate::client_info::ClientInfo;
 use crate::config::Config;
+use crate::lock::lock;
 pub use crate::routing::session::redact;
 use crate::routing::{SessionId, Source, Table};
 use crate::store::SessionStore;
@@ -21,6 +22,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Instant;
 
 pub use forward::Failure;
@@ -57,9 +59,24 @@ impl ProxyStats {
     }
 }
 
+/// A request thread's own handle on the runtime in force: requests clone
+/// this one, whose count only that thread writes, instead of the
+/// runtime's `Arc`, whose count every request thread would write on every
+/// request (a cache line bouncing between cores).
+struct Local(Arc<Runtime>);
+
+/// One request thread's [`Local`], on cache lines of its own.
+#[repr(align(128))]
+#[derive(Default)]
+struct LocalSlot(Mutex<Option<Arc<Local>>>);
+
+/// Request threads with a slot; any further ones share the runtime's `Arc`.
+const LOCAL_SLOTS: usize = 64;
+
 /// The proxy service shared by every listener and connection.
 pub struct Proxy {
     current: ArcSwap<Runtime>,
+    locals: Box<[LocalSlot]>,
     access_log: ArcSwapOption<AccessLogger>,
     /// Set once, when the shutdown deadline is near: open WebSocket
     /// tunnels say Close 1001 ("going away") to both peers and end.
@@ -71,6 +88,7 @@ impl Proxy {
     pub fn new(runtime: Arc<Runtime>, access_log: Option<Arc<AccessLogger>>) -> Arc<Self> {
         Arc::new(Proxy {
             current: ArcSwap::new(runtime),
+            locals: (0..LOCAL_SLOTS).map(|_| LocalSlot::default()).collect(),
             access_log: ArcSwapOption::new(access_log),
             going_away: tokio::sync::watch::Sender::new(false),
         })
@@ -95,6 +113,31 @@ impl Proxy {
     /// the one they started with.
     pub fn swap(&self, runtime: Arc<Runtime>) {
         self.current.store(runtime);
+        // The threads' handles would keep the old runtime (its pools, its
+        // store) alive until their next request.
+        for slot in self.locals.iter() {
+            *lock(&slot.0) = None;
+        }
+    }
+
+    /// The runtime in force, through the calling request thread's handle.
+    fn runtime_here(&self) -> Arc<Local> {
+        let slot = crate::thread_index::current().and_then(|i| self.locals.get(i));
+        let Some(slot) = slot else {
+            return Arc::new(Local(self.current.load_full()));
+        };
+        // Locked before loading: a `swap` clears every slot after storing,
+        // so an old runtime put here meanwhile is cleared again.
+        let mut held = lock(&slot.0);
+        let current = self.current.load();
+        if let Some(l) = &*held {
+            if Arc::ptr_eq(&l.0, &current) {
+                return l.clone();
+            }
+        }
+        let l = Arc::new(Local(arc_swap::Guard::into_inner(current)));
+        *held = Some(l.clone());
+        l
     }
 
     /// The shutdown deadline is near: every open WebSocket tunnel sends
@@ -111,7 +154,8 @@ impl Proxy {
         client: ClientInfo,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
-        let rt = self.current.load_full();
+        let local = self.runtime_here();
+        let rt = &local.0;
         let (mut parts, body) = req.into_parts();
         let s = &rt.config.session;
         let log = self.access_log.load_full().map(|l| {
@@ -147,7 +191,7 @@ impl Proxy {
             // Boxed: a rare path whose state would otherwise size every
             // request's future.
             let (r, served) = Box::pin(websocket::handle(
-                &rt,
+                rt,
                 parts,
                 session.as_ref(),
                 client,
@@ -160,9 +204,9 @@ impl Proxy {
         } else {
             forward::prepare(&mut parts, &rt.config, client);
             let out = forward::Outgoing::request(parts, body).with_client(client);
-            match forward::run(&rt, out, session.as_ref()).await {
+            match forward::run(rt, out, session.as_ref()).await {
                 Ok(done) => {
-                    let (r, served) = finish(&rt, done, session.as_ref(), client, started).await;
+                    let (r, served) = finish(rt, done, session.as_ref(), client, started).await;
                     (r, AnsweredBy::Backend(served))
                 }
                 Err(f) => {
@@ -327,6 +371,41 @@ impl OwnedSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::memory::MemoryStore;
+    use std::time::Duration;
+
+    fn test_runtime() -> Arc<Runtime> {
+        let text = "[server]\nlisten = [\"127.0.0.1:0\"]\n[health]\nenabled = false\n\
+                    [[backend]]\nroute = \"t1\"\nurl = \"http://127.0.0.1:1\"\n";
+        let cfg = crate::config::from_str(text, std::path::Path::new("test.toml")).unwrap();
+        Runtime::start(cfg, MemoryStore::new(Duration::from_secs(60), 10))
+    }
+
+    #[tokio::test]
+    async fn a_request_thread_reuses_its_handle_and_a_reload_leaves_none_on_the_old_runtime() {
+        crate::thread_index::set(0);
+        let (old, new) = (test_runtime(), test_runtime());
+        let held_elsewhere = Arc::strong_count(&old);
+        let proxy = Proxy::new(old.clone(), None);
+        let first = proxy.runtime_here();
+        assert!(Arc::ptr_eq(&first.0, &old));
+        assert!(
+            Arc::ptr_eq(&proxy.runtime_here(), &first),
+            "one handle per thread"
+        );
+        drop(first);
+        proxy.swap(new.clone());
+        assert!(
+            lock(&proxy.locals[0].0).is_none(),
+            "the swap cleared the slot"
+        );
+        assert_eq!(
+            Arc::strong_count(&old),
+            held_elsewhere,
+            "old runtime still held"
+        );
+        assert!(Arc::ptr_eq(&proxy.runtime_here().0, &new));
+    }
 
     #[test]
     fn error_responses_are_short_plain_text() {
