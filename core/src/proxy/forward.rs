@@ -46,7 +46,10 @@ mod ajp;
 pub struct Done {
     pub response: Response<BackendBody>,
     pub exchange: UpstreamLease,
-    pub backend: Arc<Backend>,
+    /// The backend that answered, as its place in the runtime's table
+    /// (borrowed from there, so no count shared by the request threads is
+    /// written for it).
+    pub backend: usize,
     pub reason: Reason,
     /// For an upgrade: the fresh connection's sender, kept until the
     /// upgrade resolves (it never returns to the pool).
@@ -318,7 +321,7 @@ pub async fn run(
                 return Ok(Done {
                     response,
                     exchange,
-                    backend,
+                    backend: decision.index,
                     reason: decision.reason,
                     upgrade,
                 })

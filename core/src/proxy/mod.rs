@@ -235,7 +235,7 @@ impl Proxy {
         &self,
         log: Option<(Arc<AccessLogger>, access_log::LoggedRequest)>,
         response: &Response<ResponseBody>,
-        served: Option<&Served>,
+        served: Option<&Served<'_>>,
         session: Option<&SessionId<'_>>,
         started: Instant,
     ) {
@@ -251,25 +251,25 @@ impl Proxy {
 
 /// Who answered a request: the balancer itself (refused, no backend,
 /// upstream failure) or a backend.
-enum AnsweredBy {
+enum AnsweredBy<'a> {
     Balancer,
-    Backend(Served),
+    Backend(Served<'a>),
 }
 
 /// The backend that answered and why it was chosen (counters, access log).
-pub struct Served {
-    pub backend: Arc<Backend>,
+pub struct Served<'a> {
+    pub backend: &'a Arc<Backend>,
     pub reason: crate::routing::Reason,
 }
 
 /// Turn the upstream response into the client response.
-async fn finish(
-    rt: &Runtime,
+async fn finish<'a>(
+    rt: &'a Runtime,
     done: forward::Done,
     session: Option<&SessionId<'_>>,
     client: ClientInfo,
     started: Instant,
-) -> (Response<ResponseBody>, Served) {
+) -> (Response<ResponseBody>, Served<'a>) {
     let forward::Done {
         response,
         exchange,
@@ -277,12 +277,13 @@ async fn finish(
         reason,
         upgrade: _,
     } = done;
+    let backend = &rt.table.backends[backend];
     let (mut parts, body) = response.into_parts();
     backend
         .stats
         .traffic
         .record(parts.status.as_u16(), started.elapsed());
-    health::note_status(&backend, &rt.config.health, parts.status);
+    health::note_status(backend, &rt.config.health, parts.status);
     headers::strip_hop_by_hop(&mut parts.headers);
     let learn = !parts.status.is_server_error();
     let served = Served { backend, reason };
@@ -303,7 +304,7 @@ async fn finish(
 /// 5xx, which binds nothing.
 pub(super) async fn answered(
     rt: &Runtime,
-    served: &Served,
+    served: &Served<'_>,
     session: Option<&SessionId<'_>>,
     client: ClientInfo,
     headers: &mut http::HeaderMap,
@@ -321,7 +322,7 @@ pub(super) async fn answered(
         store: &*rt.store,
         cookie: &rt.config.session.cookie,
         separator: &rt.config.session.separator,
-        served: &served.backend,
+        served: served.backend,
         reason: &served.reason,
         session,
         https: client.https,

@@ -72,15 +72,15 @@ fn has_token(h: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
 /// Route the upgrade, and on success start the tunnel; never fails (errors
 /// become responses). Also says which backend answered and why, when one
 /// did (access log, counters).
-pub async fn handle(
-    rt: &Arc<Runtime>,
+pub async fn handle<'a>(
+    rt: &'a Arc<Runtime>,
     mut parts: Parts,
     session: Option<&SessionId<'_>>,
     client: ClientInfo,
     kind: Handshake,
     started: std::time::Instant,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> (Response<ResponseBody>, Option<Served>) {
+) -> (Response<ResponseBody>, Option<Served<'a>>) {
     let Some(on_client) = parts.extensions.remove::<OnUpgrade>() else {
         let r = error_response(
             StatusCode::NOT_IMPLEMENTED,
@@ -128,6 +128,7 @@ pub async fn handle(
         reason,
         upgrade: sender,
     } = done;
+    let backend = &rt.table.backends[backend];
     if let Some(k) = &key {
         let want = derive_accept_key(k.as_bytes());
         let got = response.headers().get(header::SEC_WEBSOCKET_ACCEPT);
@@ -146,7 +147,7 @@ pub async fn handle(
     let on_backend = hyper::upgrade::on(&mut response);
     let served = Served { backend, reason };
     let out = client_response(rt, response.headers(), kind, &served, session, client).await;
-    let backend = &served.backend;
+    let backend = served.backend;
     let settings = tunnel::Settings {
         idle_timeout: rt.config.websocket.idle_timeout,
         ping_interval: rt.config.websocket.ping_interval,
@@ -231,7 +232,7 @@ async fn client_response(
     rt: &Runtime,
     backend_headers: &HeaderMap,
     kind: Handshake,
-    served: &Served,
+    served: &Served<'_>,
     session: Option<&SessionId<'_>>,
     client: ClientInfo,
 ) -> Response<ResponseBody> {
