@@ -28,11 +28,7 @@ need wrk wrk
 need nginx nginx
 need valgrind valgrind
 need python3 python3
-if [ -n "${GATE_BIN:-}" ]; then
-    [ -x "$GATE_BIN" ] || die "GATE_BIN=$GATE_BIN is not an executable"
-else
-    build_release
-fi
+build_release # or checks GATE_BIN
 BASE_BIN=${BASE_BIN:-}
 [ -z "$BASE_BIN" ] || [ -x "$BASE_BIN" ] || die "BASE_BIN=$BASE_BIN is not an executable"
 
