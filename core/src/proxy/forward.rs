@@ -788,18 +788,17 @@ mod tests {
         }
     }
 
+    /// `response_head` waiting on a backend that never answers.
+    async fn no_answer(t: &Timers<'_>, rt: &Runtime, b: &Arc<Backend>) -> Result<(), Late> {
+        response_head(t, rt, b, std::pin::pin!(std::future::pending::<()>())).await
+    }
+
     #[tokio::test(start_paused = true)]
     async fn response_head_gives_up_exactly_at_the_response_timeout() {
         let rt = runtime();
         let b = rt.table.backends[0].clone();
         let t0 = tokio::time::Instant::now();
-        let r = response_head(
-            &timers(2000, 0),
-            &rt,
-            &b,
-            std::pin::pin!(std::future::pending::<()>()),
-        )
-        .await;
+        let r = no_answer(&timers(2000, 0), &rt, &b).await;
         assert_eq!(r, Err(Late::Backend));
         assert_eq!(t0.elapsed(), Duration::from_millis(2000));
     }
@@ -822,13 +821,7 @@ mod tests {
         let b = rt.table.backends[0].clone();
         b.set_up(false, "test");
         let t0 = tokio::time::Instant::now();
-        let r = response_head(
-            &timers(60_000, 500),
-            &rt,
-            &b,
-            std::pin::pin!(std::future::pending::<()>()),
-        )
-        .await;
+        let r = no_answer(&timers(60_000, 500), &rt, &b).await;
         assert_eq!(r, Err(Late::Down));
         assert_eq!(t0.elapsed(), Duration::from_millis(500));
     }
@@ -843,13 +836,7 @@ mod tests {
             downer.set_up(false, "test");
         });
         let t0 = tokio::time::Instant::now();
-        let r = response_head(
-            &timers(60_000, 500),
-            &rt,
-            &b,
-            std::pin::pin!(std::future::pending::<()>()),
-        )
-        .await;
+        let r = no_answer(&timers(60_000, 500), &rt, &b).await;
         assert_eq!(r, Err(Late::Down));
         let waited = t0.elapsed();
         assert!(

@@ -21,8 +21,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub use forward::Failure;
