@@ -14,6 +14,7 @@ pub mod admin_state;
 pub mod backend;
 pub mod body;
 pub mod client_info;
+pub mod client_upgrade;
 pub mod config;
 pub mod control;
 pub mod lock;

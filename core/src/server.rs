@@ -5,6 +5,7 @@
 
 mod framing;
 mod guard;
+mod h1;
 mod streams;
 pub mod workers;
 
@@ -607,12 +608,13 @@ where
         timing,
         slot,
     } = ctx;
-    let io = TokioIo::new(Guarded::new(io, prefix, timing.clone(), !h2, Some(slot)));
-    let svc = service(proxy, &cfg, info, timing.clone());
-    let watch = Watch {
+    let io = Guarded::new(io, prefix, timing.clone(), !h2, Some(slot));
+    let svc = service(proxy, &cfg, info, timing.clone(), !h2);
+    let mut watch = Watch {
         timing,
         stats,
         drain,
+        draining: None,
         peer: info.peer,
         h2,
     };
@@ -624,23 +626,27 @@ where
         b.timer(TokioTimer::new())
             .max_header_list_size(cfg.max_header_size as u32)
             .enable_connect_protocol();
-        let conn = b.serve_connection(io, svc);
+        let conn = b.serve_connection(TokioIo::new(io), svc);
         let mut driven = Box::pin(streams::Driven::new(conn, exec));
-        watch
-            .run(driven.as_mut(), |d| d.conn().graceful_shutdown())
+        let end = watch
+            .run(driven.as_mut(), |d| d.conn().graceful_shutdown(), None)
             .await;
+        if let End::Ended(Err(e)) = end {
+            log_conn_error(watch.peer, &e);
+        }
     } else {
-        let mut b = hyper::server::conn::http1::Builder::new();
-        // Header and idle timing are the guard's (hyper's header timer
-        // would also cut idle keep-alive at header_timeout).
-        b.timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .max_buf_size(cfg.max_header_size.max(8192))
-            .max_headers(cfg.max_headers)
-            .keep_alive(true);
-        let conn = std::pin::pin!(b.serve_connection(io, svc).with_upgrades());
-        watch.run(conn, |c| c.graceful_shutdown()).await;
+        h1::serve(watch, io, svc, &cfg).await;
     }
+}
+
+/// How [`Watch::run`] ended.
+enum End {
+    /// The connection ended, well or not.
+    Ended(hyper::Result<()>),
+    /// Taken apart while idle, as asked (HTTP/1.1).
+    Parked,
+    /// Expired and given its moment to say goodbye; drop it.
+    Stopped,
 }
 
 /// Before the shutdown deadline, how long WebSocket tunnels get to send
@@ -661,43 +667,67 @@ struct Watch {
     stats: Arc<ServerStats>,
     /// Held until the connection ends (shutdown waits for all of them).
     drain: watch::Receiver<()>,
+    /// Since when the server drains: HTTP/2 gets GOAWAY at once (its
+    /// clients retry what the server did not take); an HTTP/1.1
+    /// connection answers its next request with `Connection: close`, or is
+    /// closed after [`DRAIN_QUIET`] without one. Kept across the lives of
+    /// a parked HTTP/1.1 connection (see `h1`).
+    draining: Option<Instant>,
     peer: SocketAddr,
     h2: bool,
 }
 
 impl Watch {
-    /// Run `conn` until it ends, expires or the server drains.
-    async fn run<C>(mut self, mut conn: Pin<&mut C>, shutdown: impl Fn(Pin<&mut C>))
+    /// Run `conn` until it ends, expires or the server drains; with
+    /// `park`, also until it has been idle that long (it is then shut
+    /// down, which hyper does at once and without a word on an idle
+    /// HTTP/1.1 connection).
+    async fn run<C>(
+        &mut self,
+        mut conn: Pin<&mut C>,
+        shutdown: impl Fn(Pin<&mut C>),
+        park: Option<Duration>,
+    ) -> End
     where
         C: Future<Output = hyper::Result<()>>,
     {
-        // Since when the server drains: HTTP/2 gets GOAWAY at once (its
-        // clients retry what the server did not take); an HTTP/1.1
-        // connection answers its next request with `Connection: close`,
-        // or is closed after [`DRAIN_QUIET`] without one.
-        let mut draining: Option<Instant> = None;
         let mut shut = false;
+        let mut parking = false;
         // After expiry the connection gets a moment to say goodbye (408 or
         // GOAWAY), then it is dropped whatever it is doing.
         let mut hard_stop: Option<Instant> = None;
         // No wake-up per request: the clock is re-read at least every
-        // `recheck` (the shorter of the two timers), and a deadline is never
-        // earlier than a head start or request end seen at the last check
-        // plus that, so sleeping until the next check loses no precision.
-        let recheck = self.timing.recheck();
-        let result = loop {
-            let poll = match (draining, shut) {
+        // `recheck` (the shorter of the two timers, and of the park delay),
+        // and a deadline is never earlier than a head start or request end
+        // seen at the last check plus that, so sleeping until the next
+        // check loses no precision.
+        let recheck = park.map_or(self.timing.recheck(), |p| self.timing.recheck().min(p));
+        loop {
+            let poll = match (self.draining, shut) {
                 (Some(_), false) => recheck.min(DRAIN_POLL),
                 _ => recheck,
             };
-            let next = Instant::now() + poll;
-            let at =
-                hard_stop.unwrap_or_else(|| self.timing.due().map_or(next, |(at, _)| at.min(next)));
-            let wake = tokio::time::sleep_until(at);
+            let now = Instant::now();
+            let mut at = now + poll;
+            if let Some((due, _)) = self.timing.due() {
+                at = at.min(due);
+            }
+            let park_at = park
+                .filter(|_| !shut && !parking && self.draining.is_none())
+                .and_then(|p| self.timing.park_at(p));
+            if let Some(p) = park_at {
+                at = at.min(p.max(now));
+            }
+            let wake = tokio::time::sleep_until(hard_stop.unwrap_or(at));
             tokio::select! {
-                r = conn.as_mut() => break r,
-                _ = self.drain.changed(), if draining.is_none() => {
-                    draining = Some(Instant::now());
+                r = conn.as_mut() => {
+                    return match r {
+                        Ok(()) if parking => End::Parked,
+                        r => End::Ended(r),
+                    };
+                }
+                _ = self.drain.changed(), if self.draining.is_none() => {
+                    self.draining = Some(Instant::now());
                     if self.h2 {
                         shut = true;
                         shutdown(conn.as_mut());
@@ -706,10 +736,11 @@ impl Watch {
                     }
                 }
                 _ = wake => {
-                    if hard_stop.is_some_and(|at| Instant::now() >= at) {
-                        break Ok(());
+                    let now = Instant::now();
+                    if hard_stop.is_some_and(|at| now >= at) {
+                        return End::Stopped;
                     }
-                    if let (Some(since), false) = (draining, shut) {
+                    if let (Some(since), false) = (self.draining, shut) {
                         if self.timing.quiet(since, DRAIN_QUIET) {
                             shut = true;
                             shutdown(conn.as_mut());
@@ -719,13 +750,18 @@ impl Watch {
                         if self.h2 || how == Expiry::Close {
                             shutdown(conn.as_mut());
                         }
-                        hard_stop = Some(Instant::now() + Duration::from_secs(1));
+                        hard_stop = Some(now + Duration::from_secs(1));
+                    } else if park_at.is_some() {
+                        // Read again: `conn` may have been polled since
+                        // (requests and heads are only noted by this task's
+                        // own polls of it, so nothing starts unseen).
+                        if park.and_then(|p| self.timing.park_at(p)).is_some_and(|p| now >= p) {
+                            parking = true;
+                            shutdown(conn.as_mut());
+                        }
                     }
                 }
             }
-        };
-        if let Err(e) = result {
-            log_conn_error(self.peer, &e);
         }
     }
 
@@ -757,6 +793,7 @@ fn service(
     cfg: &ServerSection,
     info: ClientInfo,
     timing: Arc<Timing>,
+    h1: bool,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Tracked<ResponseBody>>,
@@ -776,6 +813,15 @@ fn service(
             let (in_flight, conflict) = timing.begin();
             if conflict {
                 req.extensions_mut().insert(ConflictingFraming);
+            }
+            if h1
+                && req
+                    .extensions()
+                    .get::<hyper::upgrade::OnUpgrade>()
+                    .is_some()
+            {
+                let handed = timing.expect_upgrade();
+                req.extensions_mut().insert(handed);
             }
             let connect = req.method() == http::Method::CONNECT;
             let resp = match redirect {

@@ -11,6 +11,7 @@
 //! expires the connection.
 
 use super::framing::HeadScan;
+use crate::client_upgrade::{ClientIo, HandedOver};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::collections::VecDeque;
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 /// How an expired connection ends.
@@ -55,6 +56,9 @@ struct State {
     /// Per request head seen by the HTTP/1.1 scanner, in order: whether it
     /// carried both Content-Length and Transfer-Encoding.
     conflicts: VecDeque<bool>,
+    /// Where the socket goes if the request in flight upgrades it
+    /// (HTTP/1.1, see `client_upgrade`).
+    upgrade: Option<oneshot::Sender<ClientIo>>,
 }
 
 impl Timing {
@@ -70,6 +74,7 @@ impl Timing {
                 tunnel: false,
                 expired: None,
                 conflicts: VecDeque::new(),
+                upgrade: None,
             }),
             closing: AtomicBool::new(false),
             header,
@@ -170,6 +175,35 @@ impl Timing {
     /// timeout (`websocket.idle_timeout`), so the connection's stop here.
     pub fn tunnel(&self) {
         self.lock().tunnel = true;
+    }
+
+    /// An HTTP/1.1 request asks to upgrade: should its answer switch
+    /// protocols, the socket goes to the returned receiver.
+    pub fn expect_upgrade(&self) -> HandedOver {
+        let (tx, rx) = oneshot::channel();
+        self.lock().upgrade = Some(tx);
+        HandedOver::new(rx)
+    }
+
+    /// Where the socket goes now that the connection ended, if it ended
+    /// in a tunnel.
+    pub fn take_upgrade(&self) -> Option<oneshot::Sender<ClientIo>> {
+        let mut s = self.lock();
+        let tx = s.upgrade.take();
+        tx.filter(|_| s.tunnel)
+    }
+
+    /// When an idle HTTP/1.1 connection may be taken apart (see
+    /// `server::h1`): `after` past the end of its last request, provided
+    /// one was served, nothing is in flight and no next head has begun.
+    pub fn park_at(&self, after: Duration) -> Option<Instant> {
+        let s = self.lock();
+        let idle = s.requests > 0
+            && s.in_flight == 0
+            && s.head_started.is_none()
+            && !s.tunnel
+            && s.expired.is_none();
+        idle.then(|| s.idle_since + after)
     }
 }
 
@@ -300,6 +334,42 @@ impl<I> Guarded<I> {
             answered: false,
             _slot: slot,
         }
+    }
+}
+
+impl<I: Unpin> Guarded<I> {
+    /// The socket itself, to wait on while the connection is parked.
+    pub fn inner_mut(&mut self) -> &mut I {
+        &mut self.io
+    }
+
+    /// Bytes read from the socket but not yet served (hyper's read buffer
+    /// when the connection is taken apart, or what woke a parked one): the
+    /// next reads return them first.
+    pub fn replay(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.prefix.is_empty() {
+            self.prefix = bytes;
+        } else {
+            let mut all = Vec::with_capacity(bytes.len() + self.prefix.len());
+            all.extend_from_slice(&bytes);
+            all.extend_from_slice(&self.prefix);
+            self.prefix = all.into();
+        }
+    }
+
+    /// Whether replayed bytes wait to be read.
+    pub fn has_replay(&self) -> bool {
+        !self.prefix.is_empty()
+    }
+
+    /// The connection became a tunnel: its bytes are no longer request
+    /// heads, so the scanner (and its per-head bookkeeping) stops.
+    pub fn into_tunnel(mut self) -> Self {
+        self.scan = None;
+        self
     }
 }
 

@@ -20,11 +20,11 @@ pub mod tunnel;
 use super::forward::{self, Done, Outgoing};
 use super::{answered, error_response, finish, headers, redact, ClientInfo, Runtime, Served};
 use crate::body::ResponseBody;
+use crate::client_upgrade::OnClient;
 use crate::routing::SessionId;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode, Version};
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,7 +81,7 @@ pub async fn handle<'a>(
     started: std::time::Instant,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> (Response<ResponseBody>, Option<Served<'a>>) {
-    let Some(on_client) = parts.extensions.remove::<OnUpgrade>() else {
+    let Some(on_client) = OnClient::take(&mut parts.extensions) else {
         let r = error_response(
             StatusCode::NOT_IMPLEMENTED,
             "501 not implemented: this connection cannot be upgraded\n",
@@ -158,7 +158,11 @@ pub async fn handle<'a>(
     };
     tokio::spawn(async move {
         let both = tokio::time::timeout(UPGRADE_WAIT, async {
-            tokio::try_join!(on_client, on_backend)
+            tokio::try_join!(on_client.wait(), async {
+                on_backend
+                    .await
+                    .map_err(crate::client_upgrade::UpgradeError::from)
+            })
         })
         .await;
         drop(sender);
@@ -175,7 +179,7 @@ pub async fn handle<'a>(
         };
         tracing::debug!(backend = %label.route, session = label.session.as_deref().unwrap_or("-"), "websocket tunnel open");
         let start = std::time::Instant::now();
-        let r = tunnel::run(TokioIo::new(c), TokioIo::new(b), settings, stop).await;
+        let r = tunnel::run(c, TokioIo::new(b), settings, stop).await;
         drop(exchange); // the tunnel held a connection slot and counted in flight
         let secs = start.elapsed().as_secs_f64();
         match r.end {

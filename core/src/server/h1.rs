@@ -1,0 +1,162 @@
+//! HTTP/1.1 client connections, parked while idle.
+//!
+//! hyper keeps a read buffer and a write buffer (8 KiB each) for the whole
+//! life of a connection, and a keep-alive browser connection is idle most
+//! of that life. After [`PARK_AFTER`] without a request, the connection is
+//! taken apart (hyper shuts an idle connection down without a word and
+//! gives the socket back) and only the socket is kept, with its timers; its
+//! next bytes start a fresh hyper connection that reads them first. So an
+//! idle connection costs its socket and a small task, as in HAProxy, whose
+//! buffers also go back to a pool between requests.
+//!
+//! The server drives the connection with `poll_without_shutdown` for that,
+//! so it also hands the socket over to a tunnel itself after a `101`
+//! (see `client_upgrade`), instead of through hyper's upgrade support.
+
+use super::guard::Guarded;
+use super::{log_conn_error, End, Watch, DRAIN_QUIET};
+use crate::config::raw::ServerSection;
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// How long an HTTP/1.1 connection stays idle before it gives its buffers
+/// back: long enough that a client sending requests back to back never
+/// pays for a new hyper connection, short enough that browsers' idle
+/// keep-alive connections (open for minutes) cost almost nothing.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// How long a closing connection may take to flush and say goodbye (TLS
+/// `close_notify`, FIN) before it is dropped.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
+
+/// Bytes read to wake a parked connection: they go back in front of the
+/// next read, and a small buffer keeps the parked task small.
+const WAKE_READ: usize = 16;
+
+/// Serve one HTTP/1.1 connection until it ends, parking it while idle.
+pub(super) async fn serve<I, S>(mut watch: Watch, mut io: Guarded<I>, svc: S, cfg: &ServerSection)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming> + Clone + Unpin,
+    S::Future: Unpin,
+    S::ResBody: 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    loop {
+        // Boxed: the connection (and its buffers) exists only while served,
+        // so a parked connection's task holds none of it.
+        let mut conn = Box::new(builder(cfg).serve_connection(TokioIo::new(io), svc.clone()));
+        let end = watch
+            .run(
+                Pin::new(&mut Unshut(&mut conn)),
+                |mut c| Pin::new(&mut **c.0).graceful_shutdown(),
+                Some(PARK_AFTER),
+            )
+            .await;
+        let parked = match end {
+            End::Ended(Err(e)) => return log_conn_error(watch.peer, &e),
+            End::Stopped => return,
+            End::Ended(Ok(())) => false,
+            End::Parked => true,
+        };
+        let parts = conn.into_parts();
+        io = parts.io.into_inner();
+        io.replay(parts.read_buf);
+        if let Some(to_tunnel) = watch.timing.take_upgrade() {
+            let _ = to_tunnel.send(Box::new(io.into_tunnel()));
+            return;
+        }
+        if !parked {
+            let _ = tokio::time::timeout(SHUTDOWN_WAIT, io.shutdown()).await;
+            return;
+        }
+        if !io.has_replay() {
+            match watch.parked(io.inner_mut()).await {
+                Some(bytes) => io.replay(bytes),
+                None => {
+                    let _ = tokio::time::timeout(SHUTDOWN_WAIT, io.shutdown()).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The hyper side of a connection, set up from `[server]`. Header and idle
+/// timing are the guard's (hyper's header timer would also cut idle
+/// keep-alive at `header_timeout`).
+fn builder(cfg: &ServerSection) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(cfg.max_header_size.max(8192))
+        .max_headers(cfg.max_headers)
+        .keep_alive(true);
+    b
+}
+
+/// A connection polled to its end without shutting its socket down, so it
+/// can be parked or handed to a tunnel.
+struct Unshut<'a, C>(&'a mut Box<C>);
+
+impl<I, S> Future for Unshut<'_, http1::Connection<TokioIo<Guarded<I>>, S>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming> + Unpin,
+    S::Future: Unpin,
+    S::ResBody: 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Output = hyper::Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.poll_without_shutdown(cx)
+    }
+}
+
+impl Watch {
+    /// Wait on a parked connection's socket: its first bytes (to replay),
+    /// or `None` once it should close: the client closed, the idle timeout
+    /// passed, or the server drains (a parked connection has been quiet for
+    /// longer than [`DRAIN_QUIET`] already).
+    async fn parked<I: AsyncRead + Unpin>(&mut self, io: &mut I) -> Option<Bytes> {
+        const _: () = assert!(PARK_AFTER.as_millis() >= DRAIN_QUIET.as_millis());
+        if self.draining.is_some() {
+            return None;
+        }
+        let mut buf = [0u8; WAKE_READ];
+        loop {
+            let at = self
+                .timing
+                .due()
+                .map_or(Instant::now() + self.timing.recheck(), |(at, _)| at);
+            tokio::select! {
+                r = io.read(&mut buf) => {
+                    return match r {
+                        Ok(n) if n > 0 => Some(Bytes::copy_from_slice(&buf[..n])),
+                        _ => None,
+                    };
+                }
+                _ = self.drain.changed() => {
+                    self.draining = Some(Instant::now());
+                    return None;
+                }
+                _ = tokio::time::sleep_until(at) => {
+                    if self.expire_if_due().is_some() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
