@@ -18,7 +18,6 @@ use bytes::Bytes;
 use guard::{Expiry, Guarded, Sniffed, Timing, Tracked};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::future::Future;
@@ -120,6 +119,9 @@ pub struct ServerStats {
     pub idle_timeouts: AtomicU64,
     /// Times every `max_connections` slot was taken (accepting paused).
     pub connection_limit_reached: AtomicU64,
+    /// Idle HTTP/1.1 connections parked now, holding no buffers (see
+    /// `h1`).
+    pub parked: AtomicU64,
 }
 
 /// Raise the soft open-file limit to the hard one (a proxy needs two
@@ -244,6 +246,12 @@ impl Server {
     /// Client connections open now (holding a `max_connections` slot).
     pub fn open_connections(&self) -> usize {
         self.limit - self.slots.available_permits()
+    }
+
+    /// Client connections open and not parked: those holding buffers.
+    pub fn busy_connections(&self) -> usize {
+        let parked = self.stats.parked.load(Ordering::Relaxed) as usize;
+        self.open_connections().saturating_sub(parked)
     }
 
     /// Request threads running; a new listener binds this many sockets.
@@ -635,7 +643,13 @@ where
             log_conn_error(watch.peer, &e);
         }
     } else {
-        h1::serve(watch, io, svc, &cfg).await;
+        let conn = h1::Conn {
+            watch,
+            io,
+            svc,
+            cfg,
+        };
+        h1::serve(conn).await;
     }
 }
 
@@ -794,20 +808,37 @@ fn service(
     info: ClientInfo,
     timing: Arc<Timing>,
     h1: bool,
-) -> impl hyper::service::Service<
-    Request<Incoming>,
-    Response = Response<Tracked<ResponseBody>>,
-    Error = Infallible,
-    Future = Answer,
-> + Clone {
-    let redirect = (cfg.redirect_http && !info.https).then(|| https_port(cfg));
-    // One allocation per connection, cloned per request: its count is
-    // touched by this connection's thread only, where cloning the proxy's
-    // own `Arc` would bounce one cache line between the request threads on
-    // every request.
-    let conn = Arc::new((proxy, timing));
-    service_fn(move |mut req: Request<Incoming>| -> Answer {
-        let conn = conn.clone();
+) -> ClientService {
+    ClientService {
+        redirect: (cfg.redirect_http && !info.https).then(|| https_port(cfg)),
+        conn: Arc::new((proxy, timing)),
+        info,
+        h1,
+    }
+}
+
+/// The per-connection service (a named type, so a parked connection can
+/// be passed between tasks; see `h1`).
+#[derive(Clone)]
+struct ClientService {
+    /// One allocation per connection, cloned per request: its count is
+    /// touched by this connection's thread only, where cloning the proxy's
+    /// own `Arc` would bounce one cache line between the request threads
+    /// on every request.
+    conn: Arc<(Arc<Proxy>, Arc<Timing>)>,
+    redirect: Option<u16>,
+    info: ClientInfo,
+    h1: bool,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ClientService {
+    type Response = Response<Tracked<ResponseBody>>;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn call(&self, mut req: Request<Incoming>) -> Answer {
+        let conn = self.conn.clone();
+        let (redirect, info, h1) = (self.redirect, self.info, self.h1);
         Box::pin(async move {
             let (proxy, timing) = &*conn;
             let (in_flight, conflict) = timing.begin();
@@ -843,7 +874,7 @@ fn service(
                 guard: Some(in_flight),
             }))
         })
-    })
+    }
 }
 
 fn https_port(cfg: &ServerSection) -> u16 {

@@ -321,6 +321,16 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         family(
             &mut enc,
+            "stickgate_parked_connections",
+            "Idle HTTP/1.1 client connections parked, holding no buffers",
+            g,
+            [(
+                [("", ""); 0],
+                gauge(stats.parked.load(Ordering::Relaxed) as i64),
+            )],
+        )?;
+        family(
+            &mut enc,
             "stickgate_tls_handshake_failures",
             "TLS handshakes that failed",
             c,

@@ -84,6 +84,9 @@ pub struct Status {
     pub idle_timeouts: u64,
     /// Times every `server.max_connections` slot was taken.
     pub connection_limit_reached: u64,
+    /// Idle HTTP/1.1 client connections parked now: open, holding no
+    /// buffers until their next request.
+    pub parked_connections: u64,
     pub retries: u64,
     pub access_log_dropped: u64,
 }
@@ -153,6 +156,7 @@ pub fn snapshot(admin: &Admin) -> Status {
         header_timeouts: admin.stats.header_timeouts.load(Ordering::Relaxed),
         idle_timeouts: admin.stats.idle_timeouts.load(Ordering::Relaxed),
         connection_limit_reached: admin.stats.connection_limit_reached.load(Ordering::Relaxed),
+        parked_connections: admin.stats.parked.load(Ordering::Relaxed),
         retries: rt.stats.retries.load(Ordering::Relaxed),
         access_log_dropped: admin.proxy.access_log().map_or(0, |l| l.dropped()),
     }

@@ -8,6 +8,7 @@
 pub mod ajp;
 pub mod health;
 pub mod pool;
+pub mod pool_conn;
 pub mod stats;
 pub mod upstream_body;
 

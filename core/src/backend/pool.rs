@@ -13,6 +13,7 @@
 //! connect failure leaves the request (and its unsent body) in our hands, so
 //! even a POST can be retried on another node.
 
+use super::pool_conn::{self, ConnWatch};
 use super::upstream_body::UpstreamBody;
 use crate::config::{BackendConfig, Keepalive};
 use crate::lock::lock;
@@ -22,7 +23,7 @@ use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::ServerName;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -91,16 +92,6 @@ pub enum Sender {
     H2(http2::SendRequest<UpstreamBody>),
 }
 
-/// Shared by a pooled HTTP/1.1 connection and the task driving it, so the
-/// pool learns at once when the backend closes a connection that sat idle
-/// in the pool: a node starting a graceful stop (Tomcat closes its idle
-/// keep-alive connections first) is seen before any request fails.
-#[derive(Debug, Default)]
-pub struct ConnWatch {
-    /// In the pool, waiting for a request.
-    idle: AtomicBool,
-}
-
 /// When the backend last closed an idle pooled connection.
 #[derive(Debug)]
 struct PeerCloses {
@@ -158,18 +149,41 @@ pub struct Conn {
 }
 
 struct Idle {
-    /// Always `Some` until taken; `None` only inside `take_idle`.
+    /// `Some` until taken, or until parked (see `pool_conn`).
     sender: Option<http1::SendRequest<UpstreamBody>>,
     watch: Arc<ConnWatch>,
     since: Instant,
+    /// A parked connection taken for reuse (its task must keep it).
+    reused: bool,
+}
+
+impl Idle {
+    /// Still usable as far as the pool can tell.
+    fn alive(&self) -> bool {
+        match &self.sender {
+            Some(s) => !s.is_closed(),
+            None => self.watch.is_parked() && !self.watch.is_dead(),
+        }
+    }
 }
 
 impl Drop for Idle {
     /// Leaving the pool (taken, expired, cleared): a close from now on is
-    /// not the backend closing an idle connection.
+    /// not the backend closing an idle connection; a parked one not taken
+    /// for reuse is closed by its task.
     fn drop(&mut self) {
         self.watch.idle.store(false, Ordering::Relaxed);
+        if self.sender.is_none() && !self.reused && self.watch.is_parked() {
+            self.watch.drop_parked();
+        }
     }
+}
+
+/// What `take_idle` found.
+enum Taken {
+    Live(http1::SendRequest<UpstreamBody>, Arc<ConnWatch>),
+    /// Parked: its task makes a fresh sender on request.
+    Parked(Arc<ConnWatch>),
 }
 
 struct Tls {
@@ -285,7 +299,17 @@ impl Pool {
             });
         }
         let mut peer_closed = 0;
-        while let Some((mut sender, watch)) = self.take_idle(&mut peer_closed) {
+        while let Some(taken) = self.take_idle(&mut peer_closed) {
+            let (mut sender, watch) = match taken {
+                Taken::Live(sender, watch) => (sender, watch),
+                Taken::Parked(watch) => match self.unpark(&watch).await {
+                    Some(sender) => (sender, watch),
+                    None => {
+                        peer_closed += 1;
+                        continue;
+                    }
+                },
+            };
             if self.ready_within(sender.ready()).await {
                 return Ok(Conn {
                     sender: Sender::H1(sender, watch),
@@ -303,13 +327,26 @@ impl Pool {
         }
         // Boxed: the dial, TLS and handshake state (~1.3 KiB) would
         // otherwise be part of every checkout, also of the pooled ones.
-        Box::pin(self.connect_tracked())
+        Box::pin(self.connect_tracked(true))
             .await
             .map(|(s, watch)| Conn {
                 sender: Sender::H1(s, watch),
                 reused: false,
                 peer_closed,
             })
+    }
+
+    /// A fresh sender on a parked connection's socket, from its task (on
+    /// this thread), within the connect timeout.
+    async fn unpark(&self, watch: &ConnWatch) -> Option<http1::SendRequest<UpstreamBody>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if !watch.unpark(tx) {
+            return None;
+        }
+        match tokio::time::timeout(self.settings.connect_timeout, rx).await {
+            Ok(Ok(sender)) => Some(sender),
+            _ => None,
+        }
     }
 
     /// Whether a pooled connection became ready within the connect timeout:
@@ -331,7 +368,9 @@ impl Pool {
         if self.http2 {
             self.connect_h2().await.map(Sender::H2)
         } else {
-            self.connect_tracked().await.map(|(s, w)| Sender::H1(s, w))
+            self.connect_tracked(true)
+                .await
+                .map(|(s, w)| Sender::H1(s, w))
         }
     }
 
@@ -339,7 +378,7 @@ impl Pool {
     /// it), whatever the backend's usual protocol; it never returns to the
     /// pool.
     pub async fn connect_upgrade(&self) -> Result<Conn, ConnectError> {
-        let (s, w) = self.connect_tracked().await?;
+        let (s, w) = self.connect_tracked(false).await?;
         Ok(Conn {
             sender: Sender::H1(s, w),
             reused: false,
@@ -348,9 +387,11 @@ impl Pool {
     }
 
     /// A fresh HTTP/1.1 connection whose task tells the pool when the
-    /// backend closes it while it sits idle in the pool.
+    /// backend closes it while it sits idle in the pool; one for the pool
+    /// parks while idle, one for an upgrade can be upgraded instead.
     async fn connect_tracked(
         &self,
+        pooled: bool,
     ) -> Result<(http1::SendRequest<UpstreamBody>, Arc<ConnWatch>), ConnectError> {
         let t = self.settings.connect_timeout;
         let stream = tokio::time::timeout(t, self.dial(false))
@@ -362,14 +403,18 @@ impl Pool {
             .map_err(ConnectError::Handshake)?;
         let watch = Arc::new(ConnWatch::default());
         let (w, closes) = (watch.clone(), self.peer_closes.clone());
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-            if w.idle.load(Ordering::Relaxed) {
-                closes.note();
-            }
-        });
+        if pooled {
+            tokio::spawn(pool_conn::drive(Box::new(conn), w, move || closes.note()));
+        } else {
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+                if w.idle.load(Ordering::Relaxed) {
+                    closes.note();
+                }
+            });
+        }
         Ok((sender, watch))
     }
 
@@ -431,21 +476,25 @@ impl Pool {
 
     /// The most recently pooled live connection; counts in `peer_closed`
     /// those the backend closed while they were idle (ours expire by age).
-    fn take_idle(
-        &self,
-        peer_closed: &mut usize,
-    ) -> Option<(http1::SendRequest<UpstreamBody>, Arc<ConnWatch>)> {
+    fn take_idle(&self, peer_closed: &mut usize) -> Option<Taken> {
         let mut idle = lock(&self.share().idle);
         while let Some(mut c) = idle.pop() {
             if c.since.elapsed() >= self.settings.idle_timeout {
                 continue;
             }
-            let sender = c.sender.take()?;
+            let Some(sender) = c.sender.take() else {
+                if c.watch.is_dead() || !c.watch.is_parked() {
+                    *peer_closed += 1;
+                    continue;
+                }
+                c.reused = true;
+                return Some(Taken::Parked(c.watch.clone()));
+            };
             if sender.is_closed() {
                 *peer_closed += 1;
                 continue;
             }
-            return Some((sender, c.watch.clone()));
+            return Some(Taken::Live(sender, c.watch.clone()));
         }
         None
     }
@@ -460,7 +509,7 @@ impl Pool {
         }
         let mut idle = lock(&self.share().idle);
         if idle.len() >= self.max_idle {
-            idle.retain(|c| c.sender.as_ref().is_some_and(|s| !s.is_closed()));
+            idle.retain(Idle::alive);
         }
         if idle.len() < self.max_idle {
             watch.idle.store(true, Ordering::Relaxed);
@@ -468,6 +517,7 @@ impl Pool {
                 sender: Some(sender),
                 watch,
                 since: Instant::now(),
+                reused: false,
             });
         }
     }
@@ -503,6 +553,26 @@ impl Pool {
                 idle.drain(..n);
                 if idle.is_empty() {
                     idle.shrink_to_fit();
+                }
+                n
+            })
+            .sum()
+    }
+
+    /// Park the pooled connections idle for [`pool_conn::PARK_AFTER`] in
+    /// every share (see `pool_conn`); returns how many.
+    pub fn park_idle(&self) -> usize {
+        self.shares
+            .iter()
+            .map(|share| {
+                let mut idle = lock(&share.idle);
+                let mut n = 0;
+                for c in idle.iter_mut() {
+                    if c.sender.is_some() && c.since.elapsed() >= pool_conn::PARK_AFTER {
+                        c.watch.park();
+                        c.sender = None;
+                        n += 1;
+                    }
                 }
                 n
             })

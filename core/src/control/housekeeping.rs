@@ -4,7 +4,8 @@
 //! of client connections closed, the allocator is asked to hand its free
 //! pages back to the system (glibc keeps them otherwise: measured, RSS
 //! stayed at its peak after 8000 clients left; mimalloc purges only when
-//! its heaps are next used, which an idle balancer never does). Runs on the control plane
+//! its heaps are next used, which an idle balancer never does). Parked
+//! idle connections count as gone: their buffers went back. Runs on the control plane
 //! once a second, never on the request path.
 
 use crate::proxy::Proxy;
@@ -15,8 +16,8 @@ use std::time::Duration;
 /// How often the housekeeper looks.
 const TICK: Duration = Duration::from_secs(1);
 
-/// Client connections that must have closed since the last peak before
-/// memory is trimmed: a trim walks the whole heap, so a few connections
+/// Client connections that must have closed (or parked, giving their
+/// buffers back) since the last peak before memory is trimmed: a trim walks the whole heap, so a few connections
 /// coming and going do not call for one.
 const CLOSED_FOR_TRIM: usize = 256;
 
@@ -27,7 +28,8 @@ const DROPPED_FOR_TRIM: usize = 64;
 /// connections' tasks finish on their own threads in between).
 #[derive(Debug, Default)]
 struct TrimPlan {
-    /// Most client connections open since the last trim.
+    /// Most busy client connections (open, not parked) since the last
+    /// trim.
     peak: usize,
     due: bool,
 }
@@ -62,9 +64,9 @@ pub fn spawn(proxy: Weak<Proxy>, server: Weak<Server>) {
                 .table
                 .backends
                 .iter()
-                .map(|b| b.pool.drop_expired())
+                .map(|b| b.pool.drop_expired() + b.pool.park_idle())
                 .sum();
-            if plan.tick(server.open_connections(), dropped) {
+            if plan.tick(server.busy_connections(), dropped) {
                 release_free_memory(&server);
             }
         }

@@ -64,8 +64,18 @@ impl HeadScan {
                         self.keep(rest);
                         return head;
                     };
-                    self.keep(&rest[..i]);
-                    self.end_line(&mut on_head);
+                    if self.line.is_empty() && !self.overflow {
+                        // The whole line is here (the usual case): read in
+                        // place, no copy.
+                        self.overflow = i > KEEP;
+                        self.end_line(&rest[..i.min(KEEP)], &mut on_head);
+                    } else {
+                        self.keep(&rest[..i]);
+                        let line = std::mem::take(&mut self.line);
+                        self.end_line(&line, &mut on_head);
+                        self.line = line;
+                        self.line.clear();
+                    }
                     &rest[i + 1..]
                 }
             };
@@ -101,15 +111,12 @@ impl HeadScan {
         self.overflow |= part.len() > room;
     }
 
-    fn end_line(&mut self, on_head: &mut impl FnMut(bool)) {
-        let mut line = std::mem::take(&mut self.line);
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
+    fn end_line(&mut self, line: &[u8], on_head: &mut impl FnMut(bool)) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         let overflow = std::mem::take(&mut self.overflow);
         match self.step {
-            Step::Head => self.head_line(&line, overflow, on_head),
-            Step::ChunkSize => self.chunk_size(&line),
+            Step::Head => self.head_line(line, overflow, on_head),
+            Step::ChunkSize => self.chunk_size(line),
             Step::Trailer if line.is_empty() => self.step = Step::Head,
             _ => {}
         }

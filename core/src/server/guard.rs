@@ -351,7 +351,8 @@ impl<I: Unpin> Guarded<I> {
             return;
         }
         if self.prefix.is_empty() {
-            self.prefix = bytes;
+            // A copy: `bytes` may be a view into hyper's whole read buffer.
+            self.prefix = Bytes::copy_from_slice(&bytes);
         } else {
             let mut all = Vec::with_capacity(bytes.len() + self.prefix.len());
             all.extend_from_slice(&bytes);
@@ -393,6 +394,10 @@ impl<I: AsyncRead + AsyncWrite> AsyncRead for Guarded<I> {
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix.split_to(n));
+            if this.prefix.is_empty() {
+                // Let go of the buffer the replayed bytes came in.
+                *this.prefix = Bytes::new();
+            }
         } else {
             std::task::ready!(this.io.as_mut().poll_read(cx, buf))?;
         }

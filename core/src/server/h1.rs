@@ -14,14 +14,15 @@
 //! (see `client_upgrade`), instead of through hyper's upgrade support.
 
 use super::guard::Guarded;
-use super::{log_conn_error, End, Watch, DRAIN_QUIET};
+use super::{log_conn_error, ClientService, End, ServerStats, Watch, DRAIN_QUIET};
 use crate::config::raw::ServerSection;
 use bytes::Bytes;
-use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -41,53 +42,97 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 /// next read, and a small buffer keeps the parked task small.
 const WAKE_READ: usize = 16;
 
-/// Serve one HTTP/1.1 connection until it ends, parking it while idle.
-pub(super) async fn serve<I, S>(mut watch: Watch, mut io: Guarded<I>, svc: S, cfg: &ServerSection)
+/// An HTTP/1.1 connection between two hyper connections: all a parked
+/// one keeps.
+pub(super) struct Conn<I> {
+    pub watch: Watch,
+    pub io: Guarded<I>,
+    pub svc: ClientService,
+    pub cfg: Arc<ServerSection>,
+}
+
+/// Serve one HTTP/1.1 connection until it ends or parks; a parked one
+/// waits in a task of its own, a small one (the serving task, sized for
+/// hyper and the timers, ends).
+pub(super) async fn serve<I>(mut c: Conn<I>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming> + Clone + Unpin,
-    S::Future: Unpin,
-    S::ResBody: 'static,
-    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     loop {
-        // Boxed: the connection (and its buffers) exists only while served,
-        // so a parked connection's task holds none of it.
-        let mut conn = Box::new(builder(cfg).serve_connection(TokioIo::new(io), svc.clone()));
-        let end = watch
+        // Boxed: the connection (and its buffers) exists only while served.
+        let mut conn =
+            Box::new(builder(&c.cfg).serve_connection(TokioIo::new(c.io), c.svc.clone()));
+        let end = c
+            .watch
             .run(
                 Pin::new(&mut Unshut(&mut conn)),
-                |mut c| Pin::new(&mut **c.0).graceful_shutdown(),
+                |mut u| Pin::new(&mut **u.0).graceful_shutdown(),
                 Some(PARK_AFTER),
             )
             .await;
         let parked = match end {
-            End::Ended(Err(e)) => return log_conn_error(watch.peer, &e),
+            End::Ended(Err(e)) => return log_conn_error(c.watch.peer, &e),
             End::Stopped => return,
             End::Ended(Ok(())) => false,
             End::Parked => true,
         };
         let parts = conn.into_parts();
-        io = parts.io.into_inner();
-        io.replay(parts.read_buf);
-        if let Some(to_tunnel) = watch.timing.take_upgrade() {
-            let _ = to_tunnel.send(Box::new(io.into_tunnel()));
+        c.io = parts.io.into_inner();
+        c.io.replay(parts.read_buf);
+        if let Some(to_tunnel) = c.watch.timing.take_upgrade() {
+            let _ = to_tunnel.send(Box::new(c.io.into_tunnel()));
             return;
         }
         if !parked {
-            let _ = tokio::time::timeout(SHUTDOWN_WAIT, io.shutdown()).await;
+            let _ = tokio::time::timeout(SHUTDOWN_WAIT, c.io.shutdown()).await;
             return;
         }
-        if !io.has_replay() {
-            match watch.parked(io.inner_mut()).await {
-                Some(bytes) => io.replay(bytes),
-                None => {
-                    let _ = tokio::time::timeout(SHUTDOWN_WAIT, io.shutdown()).await;
-                    return;
-                }
-            }
+        if !c.io.has_replay() {
+            tokio::spawn(park(c));
+            return;
         }
+    }
+}
+
+/// A parked connection's task: wait for its next bytes, then serve them
+/// in a new task.
+async fn park<I>(mut c: Conn<I>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match c.watch.parked(c.io.inner_mut()).await {
+        Some(bytes) => {
+            c.io.replay(bytes);
+            tokio::spawn(serve_boxed(c));
+        }
+        None => {
+            let _ = tokio::time::timeout(SHUTDOWN_WAIT, c.io.shutdown()).await;
+        }
+    }
+}
+
+/// [`serve`] behind a box: its size stays out of the parked task, and the
+/// two functions' types out of each other.
+fn serve_boxed<I>(c: Conn<I>) -> Pin<Box<dyn Future<Output = ()> + Send>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    Box::pin(serve(c))
+}
+
+/// One parked connection in `ServerStats::parked`, for as long as it is.
+struct Parked(Arc<ServerStats>);
+
+impl Parked {
+    fn count(stats: Arc<ServerStats>) -> Self {
+        stats.parked.fetch_add(1, Ordering::Relaxed);
+        Parked(stats)
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.0.parked.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -108,14 +153,9 @@ fn builder(cfg: &ServerSection) -> http1::Builder {
 /// can be parked or handed to a tunnel.
 struct Unshut<'a, C>(&'a mut Box<C>);
 
-impl<I, S> Future for Unshut<'_, http1::Connection<TokioIo<Guarded<I>>, S>>
+impl<I> Future for Unshut<'_, http1::Connection<TokioIo<Guarded<I>>, ClientService>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming> + Unpin,
-    S::Future: Unpin,
-    S::ResBody: 'static,
-    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Output = hyper::Result<()>;
 
@@ -134,6 +174,7 @@ impl Watch {
         if self.draining.is_some() {
             return None;
         }
+        let _counted = Parked::count(self.stats.clone());
         let mut buf = [0u8; WAKE_READ];
         loop {
             let at = self
