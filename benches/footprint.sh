@@ -11,7 +11,8 @@
 #
 # For each balancer: idle RSS (started, one request served), RSS with N
 # idle keep-alive clients (each sent one sticky GET, read the answer and
-# stays open; benches/idle_clients.py), KiB per connection, and RSS 15 s
+# stays open; benches/idle_clients.py; read SETTLE s after the last
+# answer), KiB per connection, and RSS 15 s
 # after the clients closed. For stickgate, per store kind: RSS growth with
 # SESSIONS sessions learned from the backends' Set-Cookie (wrk without a
 # cookie until the status API counts SESSIONS), in bytes per session; and
@@ -20,6 +21,11 @@ NAME=footprint.sh
 . "$(dirname "$0")/common.sh"
 
 CONNS=${CONNS:-"3000 8000"}
+# Seconds the clients sit idle before RSS is read: stickgate parks an idle
+# HTTP/1.1 connection after 1 s (hyper's buffers go back) and pooled
+# upstream connections at the housekeeper's next tick after 1 s; HAProxy
+# releases its buffers after each request.
+SETTLE=${SETTLE:-5}
 SESSIONS=${SESSIONS:-1000000}
 STORES=${STORES:-"memory redis multicast"}
 BALANCERS=${BALANCERS:-"haproxy stickgate"}
@@ -80,7 +86,8 @@ sleep 1.5
 
 # ---- idle keep-alive clients ---------------------------------------------------
 declare -A IDLE SPLIT
-printf '\n%-10s %10s %8s %22s %14s %16s\n' balancer "idle RSS" clients "RSS with idle clients" "per conn" "15 s after close"
+printf '\n(RSS with idle clients read %s s after the last answer)\n' "$SETTLE"
+printf '%-10s %10s %8s %22s %14s %16s\n' balancer "idle RSS" clients "RSS with idle clients" "per conn" "15 s after close"
 for who in $BALANCERS; do
     case $who in haproxy) pid=$HAPROXY_PID p=$PH ;; stickgate) pid=$GATE_PID p=$PG ;; esac
     curl -s -o /dev/null -m 2 -b "JSESSIONID=$(printf '%032x' 1).tomcat1" "http://127.0.0.1:$p/"
@@ -95,7 +102,7 @@ for who in $BALANCERS; do
             sleep 0.1
         done
         line=$(cat "$WORK/clients.out")
-        sleep 1
+        sleep "$SETTLE"
         loaded=$(rss_kib "$pid")
         kill "$CL" 2>/dev/null || true
         wait "$CL" 2>/dev/null || true

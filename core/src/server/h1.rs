@@ -95,18 +95,21 @@ where
 }
 
 /// A parked connection's task: wait for its next bytes, then serve them
-/// in a new task.
-async fn park<I>(mut c: Conn<I>)
+/// in a new task. (Not an `async fn`: that would keep its argument twice
+/// in the task, as argument and as local.)
+fn park<I>(mut c: Conn<I>) -> impl Future<Output = ()> + Send
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    match c.watch.parked(c.io.inner_mut()).await {
-        Some(bytes) => {
-            c.io.replay(bytes);
-            tokio::spawn(serve_boxed(c));
-        }
-        None => {
-            let _ = tokio::time::timeout(SHUTDOWN_WAIT, c.io.shutdown()).await;
+    async move {
+        match c.watch.parked(c.io.inner_mut()).await {
+            Some(bytes) => {
+                c.io.replay(bytes);
+                tokio::spawn(serve_boxed(c));
+            }
+            None => {
+                let _ = tokio::time::timeout(SHUTDOWN_WAIT, c.io.shutdown()).await;
+            }
         }
     }
 }
