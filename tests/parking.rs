@@ -4,7 +4,8 @@
 //! connection that reads them first. These drills use one raw socket per
 //! client (plain or TLS) so that "the same connection" is certain: it
 //! serves again after each park, wake bytes split or pipelined are
-//! replayed, header and idle timeouts still hold, a WebSocket upgrade
+//! replayed, a body still arriving after an early answer is never read as
+//! a request, header and idle timeouts still hold, a WebSocket upgrade
 //! works after a park (and early frame bytes reach the backend), SIGTERM
 //! closes a parked connection at once, and a parked connection holds no
 //! hyper buffers. Real demo nodes, real stickgate processes.
@@ -236,6 +237,40 @@ async fn wake_bytes_are_replayed_split_pipelined_or_with_a_body() {
     );
 }
 
+/// A node answers a POST before its body arrived (Tomcat does, and so
+/// does the demo's `/early`), and the client goes on sending the body for
+/// longer than the park: the connection is taken apart only once hyper
+/// has read the whole body, so no body byte is ever read as a request, and
+/// the next request gets its own answer on the same socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_still_arriving_past_the_park_is_not_read_as_a_request() {
+    let (a, b) = two_nodes();
+    let gate = gate_for(&[&a, &b], "");
+    let mut conn = Conn::open(gate.port).await;
+    let (id, home) = new_session_on(&mut conn).await;
+    let head = format!(
+        "POST /early HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: JSESSIONID={id}\r\nContent-Length: 20000\r\n\r\n"
+    );
+    conn.send(&[head.as_bytes(), &[b'x'; 1000]].concat()).await;
+    let r = conn.response().await;
+    assert_eq!(
+        (r.status, r.json()["bytes"].as_u64()),
+        (200, Some(0)),
+        "{r:?}"
+    );
+    // The other 19 kB over 1.9 s, past the park 1 s after the answer.
+    for _ in 0..19 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        conn.send(&[b'y'; 1000]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.send(get("/", Some(&id)).as_bytes()).await;
+    assert_eq!(route_hits(&conn.response().await), (home, 2));
+}
+
+/// The parked connection's clock goes on: a head begun there (its bytes
+/// all read by the wake, none by hyper yet) gets its 408 after
+/// `header_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_timeout_holds_for_a_head_begun_on_a_parked_connection() {
     let (a, b) = two_nodes();
@@ -262,6 +297,8 @@ async fn header_timeout_holds_for_a_head_begun_on_a_parked_connection() {
     assert_eq!(counter(&gate, "header_timeouts").await - before, 1);
 }
 
+/// A parked connection wakes for its idle timeout, closes without a word
+/// and counts it in the status API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_closes_a_parked_connection() {
     let (a, b) = two_nodes();
@@ -413,15 +450,21 @@ async fn an_idle_tls_http11_connection_serves_again_after_each_park() {
     idle_then_request(&gate, &mut conn, 3).await;
 }
 
+/// On SIGTERM a parked connection (quiet for longer than the drain's
+/// grace already) is closed at once, while a request that woke another
+/// parked connection is still answered, with `Connection: close`; then the
+/// process exits, long before `shutdown_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_a_parked_connection_at_once_and_finishes_one_in_flight() {
     let (a, b) = two_nodes();
     let mut gate = gate_for(&[&a, &b], "shutdown_timeout = \"10s\"");
     let mut parked = Conn::open(gate.port).await;
     new_session_on(&mut parked).await;
-    tokio::time::sleep(PARKED).await;
+    // Parked too, then woken by a request still running at the signal.
     let mut busy = Conn::open(gate.port).await;
-    busy.send(get("/slow?ms=1500", None).as_bytes()).await;
+    let (id, home) = new_session_on(&mut busy).await;
+    tokio::time::sleep(PARKED).await;
+    busy.send(get("/slow?ms=1500", Some(&id)).as_bytes()).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let status = gate.status().await;
@@ -454,7 +497,7 @@ async fn sigterm_closes_a_parked_connection_at_once_and_finishes_one_in_flight()
     );
 
     let r = busy.response().await;
-    assert_eq!(r.status, 200, "in-flight request answered: {r:?}");
+    assert_eq!(route_hits(&r), (home, 2), "in-flight request answered");
     assert_eq!(r.header("connection"), Some("close"), "{r:?}");
 
     let exited = wait_for(Duration::from_secs(5), || {
