@@ -143,12 +143,13 @@ async fn new_session_on<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>) -
 
 /// Idle past the park, then a request, `rounds` times on one connection:
 /// every answer comes from the session's node, whose hit count goes on,
-/// and the gate accepted no other connection meanwhile.
+/// and the gate accepted no other connection meanwhile. Returns the
+/// session's cookie value and node.
 async fn idle_then_request<S: AsyncRead + AsyncWrite + Unpin>(
     gate: &Gate,
     conn: &mut Conn<S>,
     rounds: u64,
-) {
+) -> (String, String) {
     let (id, home) = new_session_on(conn).await;
     let accepted = counter(gate, "connections").await;
     for round in 1..=rounds {
@@ -163,6 +164,7 @@ async fn idle_then_request<S: AsyncRead + AsyncWrite + Unpin>(
         accepted,
         "one client socket"
     );
+    (id, home)
 }
 
 fn two_nodes() -> (Backend, Backend) {
@@ -189,7 +191,7 @@ async fn an_idle_keepalive_connection_serves_again_after_each_park() {
     let (a, b) = two_nodes();
     let gate = gate_for(&[&a, &b], "");
     let mut conn = Conn::open(gate.port).await;
-    idle_then_request(&gate, &mut conn, 4).await;
+    let _ = idle_then_request(&gate, &mut conn, 4).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,14 +442,22 @@ async fn tls_http11(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_tls_http11_connection_serves_again_after_each_park() {
+async fn an_idle_tls_http11_connection_serves_again_after_each_park_then_upgrades() {
     let dir = tempdir();
     let ca = Ca::new(&dir);
     let cert = ca.leaf(&dir, "a", &["a.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
     let (a, b) = two_nodes();
     let (gate, port) = tls_gate(&[cert], &format!("{}{}", a.toml(), b.toml()), "");
     let mut conn = tls_http11(port, &ca.pem).await;
-    idle_then_request(&gate, &mut conn, 3).await;
+    let (id, home) = idle_then_request(&gate, &mut conn, 3).await;
+    // Parked once more, then upgraded: the tunnel gets the TLS stream.
+    tokio::time::sleep(PARKED).await;
+    conn.send(ws_upgrade(Some(&id)).as_bytes()).await;
+    let mut ws = switch(conn).await;
+    ws.send(Message::text("whoami")).await.unwrap();
+    let me: serde_json::Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert_eq!(me["route"], home.as_str(), "the tunnel follows the session");
+    ws.close(None).await.unwrap();
 }
 
 /// On SIGTERM a parked connection (quiet for longer than the drain's
