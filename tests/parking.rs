@@ -154,6 +154,11 @@ async fn idle_then_request<S: AsyncRead + AsyncWrite + Unpin>(
     let accepted = counter(gate, "connections").await;
     for round in 1..=rounds {
         tokio::time::sleep(PARKED).await;
+        assert_eq!(
+            counter(gate, "parked_connections").await,
+            1,
+            "round {round}: the idle connection is parked"
+        );
         conn.send(get("/", Some(&id)).as_bytes()).await;
         let r = conn.response().await;
         assert_eq!(route_hits(&r), (home.clone(), round + 1), "round {round}");
@@ -598,4 +603,69 @@ async fn parked_connections_give_their_buffers_back() {
         "{per_conn} B per parked client (RSS {before} -> {after} KiB)"
     );
     drop(conns);
+}
+
+/// The local ports of the gate's TCP connections to `port` that are
+/// established or that the peer closed and we did not yet (CLOSE_WAIT),
+/// from /proc/net/tcp: the balancer's side of its upstream connections.
+fn upstream_ports(port: u16) -> Vec<u16> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let mut ports: Vec<u16> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let remote = u16::from_str_radix(f.get(2)?.rsplit(':').next()?, 16).ok()?;
+            let state = *f.get(3)?;
+            (remote == port && (state == "01" || state == "08")).then_some(local)
+        })
+        .collect();
+    ports.sort_unstable();
+    ports
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_upstream_connection_is_reused_on_its_socket_and_a_backend_close_is_seen() {
+    // Slow probes: the drill counts the balancer's sockets to the node.
+    let node = Backend::start("tomcat1", &[]);
+    let gate = Gate::start(&format!("[health]\ninterval = \"60s\"\n{}", node.toml()));
+    // One client connection: it stays on one request thread, whose share
+    // of the pool is the one reused.
+    let mut conn = Conn::open(gate.port).await;
+    conn.send(get("/", None).as_bytes()).await;
+    assert_eq!(conn.response().await.status, 200);
+    let before = upstream_ports(node.port);
+    assert_eq!(before.len(), 1, "one pooled connection: {before:?}");
+    // Parked at the housekeeper's first tick after 1 s idle.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = gate.backend_status("tomcat1").await;
+        if st["parked_connections"] == 1 && st["idle_connections"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not parked: {st}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for round in 0..3 {
+        conn.send(get("/", None).as_bytes()).await;
+        assert_eq!(conn.response().await.status, 200, "round {round}");
+        assert_eq!(
+            upstream_ports(node.port),
+            before,
+            "round {round}: the parked socket carried the request, no new connection"
+        );
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(
+            gate.backend_status("tomcat1").await["parked_connections"],
+            1
+        );
+    }
+    // The node stops like Tomcat: it closes idle keep-alive connections;
+    // the parked one's task sees it (the socket goes) without a request.
+    node.proc.signal("TERM");
+    let gone = wait_for(Duration::from_secs(5), || {
+        upstream_ports(node.port).is_empty()
+    });
+    assert!(gone.is_ok(), "still open: {:?}", upstream_ports(node.port));
 }

@@ -31,6 +31,9 @@ pub struct BackendStatus {
     pub rescue_probes_failed: u64,
     pub rescued: u64,
     pub idle_connections: usize,
+    /// Of `idle_connections`, those parked: holding their socket only
+    /// (see `backend::pool_conn`).
+    pub parked_connections: usize,
     pub sessions: SessionCounts,
     /// Sessions still on a node taken out of rotation (`None` while
     /// active): a rolling restart waits for this to reach 0.
@@ -122,6 +125,7 @@ pub fn backend(b: &Backend, sessions: SessionCounts) -> BackendStatus {
         rescue_probes_failed: b.stats.rescue_probes_failed.load(Ordering::Relaxed),
         rescued: b.stats.rescued.load(Ordering::Relaxed),
         idle_connections: b.pool.idle_count(),
+        parked_connections: b.pool.parked_count(),
         sessions_remaining: out_of_rotation.then_some(sessions.current),
         drained: out_of_rotation && sessions.current == 0,
         sessions,

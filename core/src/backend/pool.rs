@@ -579,6 +579,15 @@ impl Pool {
             .sum()
     }
 
+    /// Number of parked idle connections (all threads), for the status
+    /// API.
+    pub fn parked_count(&self) -> usize {
+        self.shares
+            .iter()
+            .map(|s| lock(&s.idle).iter().filter(|c| c.sender.is_none()).count())
+            .sum()
+    }
+
     /// Number of idle connections (all threads), for the status API.
     pub fn idle_count(&self) -> usize {
         self.shares.iter().map(|s| lock(&s.idle).len()).sum()
