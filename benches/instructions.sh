@@ -9,6 +9,7 @@
 #   benches/instructions.sh                       # builds, sticky + new
 #   GATE_BIN=target/release/stickgate BASE_BIN=/tmp/old-stickgate benches/instructions.sh
 #   SECS=20 benches/instructions.sh
+#   CG_KEEP=/tmp/cg benches/instructions.sh       # keep the callgrind files there
 #
 # Scenarios, as in compare.sh (two nginx backends that set a JSESSIONID
 # cookie on requests without one): "sticky", `wrk -t1 -c8` with
@@ -62,6 +63,7 @@ count() {
     kill "$vg" 2>/dev/null || true
     wait "$vg" 2>/dev/null || true
     IR=$(awk '/^summary:/ {print $2}' "$out.1")
+    [ -z "${CG_KEEP:-}" ] || cp "$out.1" "$CG_KEEP/callgrind-$scen-$(basename "$bin").out"
     [ -n "$REQS" ] && [ "$REQS" -gt 0 ] && [ -n "$IR" ] || die "no figures for $bin $scen"
     if [ -n "${ANNOTATE:-}" ]; then
         callgrind_annotate --threshold=100 "$out.1" 2>/dev/null | grep -E '^ *[0-9,]+ \(' |

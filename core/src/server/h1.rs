@@ -97,6 +97,7 @@ where
 /// A parked connection's task: wait for its next bytes, then serve them
 /// in a new task. (Not an `async fn`: that would keep its argument twice
 /// in the task, as argument and as local.)
+#[allow(clippy::manual_async_fn)]
 fn park<I>(mut c: Conn<I>) -> impl Future<Output = ()> + Send
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
