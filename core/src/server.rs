@@ -733,7 +733,11 @@ impl Watch {
                 at = at.min(p.max(now));
             }
             let wake = tokio::time::sleep_until(hard_stop.unwrap_or(at));
+            // Biased, the connection first: it is what wakes the task on
+            // every request; the timer and the drain signal are rare, and
+            // skipping the random start saves work on each poll.
             tokio::select! {
+                biased;
                 r = conn.as_mut() => {
                     return match r {
                         Ok(()) if parking => End::Parked,
