@@ -95,7 +95,13 @@ for who in $BALANCERS; do
     IDLE[$who]=$idle
     SPLIT[$who]=$(rss_split "$pid")
     for n in $CONNS; do
-        timeout 120 python3 "$(dirname "$0")/idle_clients.py" "$p" "$n" 90 >"$WORK/clients.out" &
+        # The clients hold their connections until their stdin closes: a
+        # fifo this script keeps open (a background job's stdin would be
+        # /dev/null, and they would all close at once after "ready").
+        rm -f "$WORK/hold"
+        mkfifo "$WORK/hold"
+        exec 7<>"$WORK/hold"
+        timeout 120 python3 "$(dirname "$0")/idle_clients.py" "$p" "$n" 90 <"$WORK/hold" >"$WORK/clients.out" &
         CL=$!
         for ((i = 0; i < 600; i++)); do
             grep -q '^ready' "$WORK/clients.out" 2>/dev/null && break
@@ -104,12 +110,15 @@ for who in $BALANCERS; do
         line=$(cat "$WORK/clients.out")
         sleep "$SETTLE"
         loaded=$(rss_kib "$pid")
-        kill "$CL" 2>/dev/null || true
+        # Proof the clients are still connected when RSS is read.
+        open=$(ss -Htn state established "( sport = :$p )" | wc -l)
+        [ "$open" -ge "$n" ] || echo "warning: only $open of $n client connections open when RSS was read" >&2
+        exec 7>&-
         wait "$CL" 2>/dev/null || true
         sleep 15
         after=$(rss_kib "$pid")
         per=$(awk -v a="$loaded" -v b="$idle" -v n="$n" 'BEGIN {printf "%.1f KiB", (a - b) / n}')
-        printf '%-10s %8s MiB %8s %18s MiB %14s %12s MiB   (%s)\n' "$who" "$(mib "$idle")" "$n" "$(mib "$loaded")" "$per" "$(mib "$after")" "$line"
+        printf '%-10s %8s MiB %8s %18s MiB %14s %12s MiB   (%s; %s open when read)\n' "$who" "$(mib "$idle")" "$n" "$(mib "$loaded")" "$per" "$(mib "$after")" "$line" "$open"
     done
 done
 

@@ -24,26 +24,34 @@ const CLOSED_FOR_TRIM: usize = 256;
 /// Idle upstream connections dropped in one sweep that call for a trim.
 const DROPPED_FOR_TRIM: usize = 64;
 
-/// When to trim: after enough connections went away, one tick later (the
-/// connections' tasks finish on their own threads in between).
+/// When to trim: after enough connections went away or parked (their
+/// buffers freed), one tick later (the connections' tasks finish on their
+/// own threads in between).
 #[derive(Debug, Default)]
 struct TrimPlan {
+    /// Most client connections open since the last trim.
+    peak_open: usize,
     /// Most busy client connections (open, not parked) since the last
-    /// trim.
-    peak: usize,
+    /// trim: parking frees as much as closing, and closing a parked
+    /// connection frees its task, so both falls count.
+    peak_busy: usize,
     due: bool,
 }
 
 impl TrimPlan {
     /// Note this tick's figures; says whether to trim now.
-    fn tick(&mut self, open: usize, dropped: usize) -> bool {
+    fn tick(&mut self, open: usize, busy: usize, dropped: usize) -> bool {
         if self.due {
             self.due = false;
-            self.peak = open;
+            self.peak_open = open;
+            self.peak_busy = busy;
             return true;
         }
-        self.peak = self.peak.max(open);
-        self.due = self.peak - open >= CLOSED_FOR_TRIM || dropped >= DROPPED_FOR_TRIM;
+        self.peak_open = self.peak_open.max(open);
+        self.peak_busy = self.peak_busy.max(busy);
+        self.due = self.peak_open - open >= CLOSED_FOR_TRIM
+            || self.peak_busy - busy >= CLOSED_FOR_TRIM
+            || dropped >= DROPPED_FOR_TRIM;
         false
     }
 }
@@ -66,7 +74,11 @@ pub fn spawn(proxy: Weak<Proxy>, server: Weak<Server>) {
                 .iter()
                 .map(|b| b.pool.drop_expired() + b.pool.park_idle())
                 .sum();
-            if plan.tick(server.busy_connections(), dropped) {
+            if plan.tick(
+                server.open_connections(),
+                server.busy_connections(),
+                dropped,
+            ) {
                 release_free_memory(&server);
             }
         }
@@ -126,19 +138,30 @@ mod tests {
     #[test]
     fn trims_one_tick_after_connections_fell_from_their_peak() {
         let mut p = TrimPlan::default();
-        assert!(!p.tick(3000, 0));
-        assert!(!p.tick(2900, 0), "a few closed: no trim");
-        assert!(!p.tick(10, 0), "many closed: a trim is due next tick");
-        assert!(p.tick(10, 0));
-        assert!(!p.tick(10, 0), "one trim per fall");
-        assert!(!p.tick(5, 0));
+        assert!(!p.tick(3000, 3000, 0));
+        assert!(!p.tick(2900, 2900, 0), "a few closed: no trim");
+        assert!(!p.tick(10, 10, 0), "many closed: a trim is due next tick");
+        assert!(p.tick(10, 10, 0));
+        assert!(!p.tick(10, 10, 0), "one trim per fall");
+        assert!(!p.tick(5, 5, 0));
+    }
+
+    #[test]
+    fn trims_after_connections_parked_and_again_after_the_parked_closed() {
+        let mut p = TrimPlan::default();
+        assert!(!p.tick(3000, 3000, 0));
+        assert!(!p.tick(3000, 0, 0), "all parked: a trim is due next tick");
+        assert!(p.tick(3000, 0, 0));
+        assert!(!p.tick(3000, 0, 0), "one trim per fall");
+        assert!(!p.tick(0, 0, 0), "the parked ones closed: due again");
+        assert!(p.tick(0, 0, 0));
     }
 
     #[test]
     fn trims_after_many_idle_upstream_connections_were_dropped() {
         let mut p = TrimPlan::default();
-        assert!(!p.tick(0, 10));
-        assert!(!p.tick(0, 300));
-        assert!(p.tick(0, 0));
+        assert!(!p.tick(0, 0, 10));
+        assert!(!p.tick(0, 0, 300));
+        assert!(p.tick(0, 0, 0));
     }
 }
