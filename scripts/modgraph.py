@@ -28,7 +28,7 @@ from collections import defaultdict
 
 # The declared layer order, leaf first. A module may use modules to its
 # left; an edge pointing right is an upward arrow. Why this order:
-# - lock (the poisoned-lock policy), admin_state, client_info, secret,
+# - lock (the poisoned-lock policy), admin_state, client_info, client_upgrade (the upgraded client stream a tunnel relays), secret,
 #   redact (how a session id appears in logs): plain values and helpers that know nothing of the balancer, so any
 #   layer may name them without pulling in another.
 # - tls loads certificates (and defines the `CertFiles` shape the config
@@ -54,6 +54,7 @@ LAYERS = [
     "thread_index",
     "admin_state",
     "client_info",
+    "client_upgrade",
     "secret",
     "redact",
     "tls",
