@@ -159,12 +159,7 @@ async fn cl_te_smuggling_is_never_forwarded_as_a_second_request() {
     }
     // The backends saw at most the one /upload, never /smuggled.
     let st = gate.status().await;
-    let forwarded: u64 = st["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["requests"].as_u64().unwrap())
-        .sum();
+    let forwarded = backends_sum(&st, "requests");
     assert!(forwarded <= 1, "{forwarded} requests forwarded: {st}");
     still_serving(&mut gate).await;
 }
@@ -180,12 +175,7 @@ async fn connect_is_405() {
     let r = parse_response(&text);
     assert_eq!(r.status, 405, "{text}");
     let st = gate.status().await;
-    let forwarded: u64 = st["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["requests"].as_u64().unwrap())
-        .sum();
+    let forwarded = backends_sum(&st, "requests");
     assert_eq!(forwarded, 0, "CONNECT must not reach a backend: {st}");
     still_serving(&mut gate).await;
 }

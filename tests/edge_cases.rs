@@ -413,21 +413,7 @@ async fn wss_through_the_tls_listener_is_sticky() {
     gate.wait_health("tomcat1", "up").await;
     gate.wait_health("tomcat2", "up").await;
     let (route, id) = new_session(&client(), &gate).await;
-    let cfg = {
-        use rustls_pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca.pem).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(cfg)
-    };
+    let cfg = common::tls::client_config(&ca.pem, &[b"http/1.1"]);
     for _ in 0..3 {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
             .await

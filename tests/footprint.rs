@@ -61,17 +61,6 @@ fn read_one_response(s: &mut TcpStream) {
     }
 }
 
-/// The balancer's RSS once it settled (the lowest of a few samples).
-fn settled_rss(pid: u32) -> u64 {
-    (0..5)
-        .map(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            rss_kib(pid)
-        })
-        .min()
-        .unwrap()
-}
-
 /// Calm health checks: nothing but the drill's own requests.
 const CALM: &str = "[health]\nenabled = false\n";
 

@@ -252,20 +252,8 @@ async fn idle_tls_connection_is_closed_after_its_handshake() {
         after <= Duration::from_secs(2),
         "handshake never started, open {after:?}"
     );
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls_pki_types::pem::PemObject;
-    for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca.pem).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let cfg = common::tls::client_config(&ca.pem, &[b"http/1.1"]);
+    let connector = tokio_rustls::TlsConnector::from(cfg);
     let tcp = TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
     let opened = Instant::now();
     let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();

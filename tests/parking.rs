@@ -16,7 +16,6 @@ use common::tls::{tls_gate, Ca};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::io::{Read, Write};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -421,21 +420,10 @@ async fn tls_http11(
     port: u16,
     ca: &std::path::Path,
 ) -> Conn<tokio_rustls::client::TlsStream<TcpStream>> {
-    use rustls_pki_types::pem::PemObject;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let cfg = common::tls::client_config(ca, &[b"http/1.1"]);
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
-    let io = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    let io = tokio_rustls::TlsConnector::from(cfg)
         .connect(name, tcp)
         .await
         .expect("TLS handshake");
@@ -483,12 +471,7 @@ async fn sigterm_closes_a_parked_connection_at_once_and_finishes_one_in_flight()
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let status = gate.status().await;
-        let inflight: u64 = status["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b["inflight"].as_u64().unwrap())
-            .sum();
+        let inflight = backends_sum(&status, "inflight");
         if inflight == 1 {
             break;
         }
@@ -548,17 +531,6 @@ fn served_idle_clients(port: u16, n: usize) -> Vec<std::net::TcpStream> {
             s
         })
         .collect()
-}
-
-/// The gate's RSS once settled (the lowest of a few samples).
-fn settled_rss(pid: u32) -> u64 {
-    (0..5)
-        .map(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            rss_kib(pid)
-        })
-        .min()
-        .unwrap()
 }
 
 /// Clients come in batches, each served then left idle past the park

@@ -507,6 +507,33 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// A process's RSS once it settled (the lowest of a few samples, 100 ms
+/// apart), in KiB.
+pub fn settled_rss(pid: u32) -> u64 {
+    (0..5)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            rss_kib(pid)
+        })
+        .min()
+        .unwrap()
+}
+
+/// A status API counter summed over every backend (`requests`,
+/// `inflight`, ...).
+pub fn backends_sum(status: &serde_json::Value, field: &str) -> u64 {
+    status["backends"]
+        .as_array()
+        .expect("backends in status")
+        .iter()
+        .map(|b| {
+            b[field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {field} in {b}"))
+        })
+        .sum()
+}
+
 // ---------------------------------------------------------------------------
 // Helpers added for the sticky / failover / bad-input / lifecycle drills.
 // ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 use super::{free_port, wait_for, Gate, FAST_HEALTH};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A test CA; leaf certificates are signed by it, clients trust it.
@@ -73,4 +74,22 @@ pub fn tls_gate(pairs: &[(PathBuf, PathBuf)], backends: &str, server_extra: &str
     })
     .unwrap();
     (gate, tls_port)
+}
+
+/// A client configuration that trusts only the CA in `ca` (a PEM file) and
+/// offers `alpn`: ring, as the balancer uses.
+pub fn client_config(ca: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
 }
