@@ -31,6 +31,13 @@ pub struct CookieTemplate {
     pub secure: bool,
     pub http_only: bool,
     pub same_site: Option<String>,
+    /// The attribute part of the Set-Cookie it was read from (from the
+    /// first `;`): a header with the same part has the same attributes, so
+    /// learning a new session skips parsing them again.
+    pub attrs: Box<str>,
+    /// Those attributes carry `Max-Age` or `Expires`: whether the cookie
+    /// is a removal depends on them, so they are read every time.
+    pub expiring: bool,
 }
 
 /// One application node at run time.

@@ -52,18 +52,33 @@ pub fn apply(x: &Exchange<'_>, headers: &mut HeaderMap, status_ok: bool) -> Lear
     let mut learned = Learned::default();
     let mut saw_cookie = false;
     for v in headers.get_all(SET_COOKIE).iter() {
-        let Some(c) = v.to_str().ok().and_then(|s| Cookie::parse(s).ok()) else {
+        let Some((s, name, value, attrs)) = v.to_str().ok().and_then(split_set_cookie) else {
             continue;
         };
-        if c.name() != x.cookie {
+        if name != x.cookie {
             continue;
         }
         saw_cookie = true;
         let known = x.served.cookie_template.load();
-        if !known.as_deref().is_some_and(|t| same_template(t, &c)) {
-            x.served.note_cookie_template(template_of(&c));
-        }
-        if let Some(pair) = learn(x, &c) {
+        // The backend's usual attributes, already read: skip the parse.
+        let removal = if known
+            .as_deref()
+            .is_some_and(|t| !t.expiring && *t.attrs == *attrs)
+        {
+            false
+        } else {
+            let Ok(c) = Cookie::parse(s) else {
+                continue;
+            };
+            if !known
+                .as_deref()
+                .is_some_and(|t| same_template(t, &c) && *t.attrs == *attrs)
+            {
+                x.served.note_cookie_template(template_of(&c, attrs));
+            }
+            is_removal(&c)
+        };
+        if let Some(pair) = learn(x, value, removal) {
             learned.0.push(pair);
         }
     }
@@ -109,11 +124,22 @@ fn corrects_cookie(x: &Exchange<'_>, s: &SessionId<'_>) -> bool {
     }
 }
 
-/// The binding a session cookie teaches, if any; removals and replaced
-/// sessions are forgotten here.
-fn learn(x: &Exchange<'_>, c: &Cookie<'_>) -> Option<(String, Arc<str>)> {
-    let new = SessionId::parse(c.value(), x.separator, Source::Cookie)?;
-    if is_removal(c) {
+/// A Set-Cookie header's name, value and attribute part (from the first
+/// `;`), read exactly as `Cookie::parse` reads the first two; `None` where
+/// it would fail.
+fn split_set_cookie(s: &str) -> Option<(&str, &str, &str, &str)> {
+    let (pair, attrs) = s.split_at(s.find(';').unwrap_or(s.len()));
+    let (name, value) = pair.split_once('=')?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| (s, name, value.trim(), attrs))
+}
+
+/// The binding a session cookie (its value, and whether it removes the
+/// session) teaches, if any; removals and replaced sessions are forgotten
+/// here.
+fn learn(x: &Exchange<'_>, value: &str, removal: bool) -> Option<(String, Arc<str>)> {
+    let new = SessionId::parse(value, x.separator, Source::Cookie)?;
+    if removal {
         x.store.forget(new.base);
         return None;
     }
@@ -157,13 +183,15 @@ fn same_site_name(s: SameSite) -> &'static str {
     }
 }
 
-fn template_of(c: &Cookie<'_>) -> CookieTemplate {
+fn template_of(c: &Cookie<'_>, attrs: &str) -> CookieTemplate {
     CookieTemplate {
         path: c.path().map(str::to_owned),
         domain: c.domain().map(str::to_owned),
         secure: c.secure().unwrap_or(false),
         http_only: c.http_only().unwrap_or(false),
         same_site: c.same_site().map(|s| s.to_string()),
+        attrs: attrs.into(),
+        expiring: c.max_age().is_some() || c.expires().is_some(),
     }
 }
 
@@ -260,12 +288,45 @@ mod tests {
             for b in cookies {
                 let cb = Cookie::parse(b).unwrap();
                 assert_eq!(
-                    same_template(&template_of(&ca), &cb),
-                    template_of(&ca) == template_of(&cb),
+                    same_template(&template_of(&ca, ""), &cb),
+                    template_of(&ca, "") == template_of(&cb, ""),
                     "{a} vs {b}"
                 );
             }
         }
+    }
+
+    #[test]
+    fn set_cookie_split_reads_name_and_value_as_the_cookie_crate() {
+        let headers = [
+            "JSESSIONID=a.t1; Path=/; HttpOnly",
+            " JSESSIONID = a.t1 ;Path=/",
+            "JSESSIONID=\"q.t1\"; HttpOnly",
+            "JSESSIONID=a=b.t1; Domain=.example.org",
+            "JSESSIONID=; Max-Age=0",
+            "JSESSIONID=a.t1;",
+            "JSESSIONID=a.t1",
+            "\u{a0}JSESSIONID=a.t1\u{a0}; Secure",
+            "=a.t1; Path=/",
+            " =a.t1",
+            "JSESSIONID",
+            "JSESSIONID; Path=/x=y",
+            ";JSESSIONID=a.t1",
+            "",
+        ];
+        for h in headers {
+            let ours = split_set_cookie(h).map(|(_, n, v, _)| (n, v));
+            let theirs = Cookie::parse(h).ok();
+            assert_eq!(
+                ours,
+                theirs.as_ref().map(|c| (c.name(), c.value())),
+                "{h:?}"
+            );
+        }
+        assert_eq!(
+            split_set_cookie("J=x; Path=/; HttpOnly").map(|(_, _, _, a)| a),
+            Some("; Path=/; HttpOnly")
+        );
     }
 
     #[test]
@@ -339,6 +400,53 @@ mod tests {
                 set_cookies(&h).is_empty(),
                 "an error answer keeps the old cookie"
             );
+        }
+
+        #[test]
+        fn known_attributes_are_reused_and_removals_still_seen() {
+            let t = table();
+            let store = MemoryStore::new(Duration::from_secs(60), 10);
+            let reason = Reason::New;
+            let x = Exchange {
+                table: &t,
+                store: &*store,
+                cookie: "JSESSIONID",
+                separator: ".",
+                served: &t.backends[1],
+                reason: &reason,
+                session: None,
+                https: false,
+            };
+            let answer = |set_cookie: &str| {
+                let mut h = HeaderMap::new();
+                h.append(SET_COOKIE, set_cookie.parse().unwrap());
+                apply(&x, &mut h, true).store(&*store);
+            };
+            answer("JSESSIONID=A.t2; Path=/app; HttpOnly");
+            let first = t.backends[1].cookie_template.load_full().unwrap();
+            assert_eq!(&*first.attrs, "; Path=/app; HttpOnly");
+            assert_eq!(first.path.as_deref(), Some("/app"));
+            // Same attributes: learned without reading them again (the
+            // template noted is the very same one).
+            answer("JSESSIONID=B.t2; Path=/app; HttpOnly");
+            let again = t.backends[1].cookie_template.load_full().unwrap();
+            assert!(Arc::ptr_eq(&first, &again));
+            assert_eq!(store.get("A").as_deref(), Some("t2"));
+            assert_eq!(store.get("B").as_deref(), Some("t2"));
+            // Expiring attributes are read every time: a removal forgets,
+            // whatever was seen before with the same attributes.
+            answer("JSESSIONID=B.t2; Path=/app; Max-Age=0");
+            assert_eq!(store.get("B"), None, "Max-Age=0 removes the session");
+            answer("JSESSIONID=C.t2; Path=/app; Max-Age=3600");
+            answer("JSESSIONID=A.t2; Path=/app; Max-Age=0");
+            assert_eq!(store.get("C").as_deref(), Some("t2"));
+            assert_eq!(store.get("A"), None, "same attribute names, a removal");
+            let last = t.backends[1].cookie_template.load_full().unwrap();
+            assert!(last.expiring);
+            // The very attributes of the last removal, again: still read.
+            store.bind("E", &Arc::from("t2"));
+            answer("JSESSIONID=E.t2; Path=/app; Max-Age=0");
+            assert_eq!(store.get("E"), None, "a removal with known attributes");
         }
 
         #[test]
