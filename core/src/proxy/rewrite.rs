@@ -358,6 +358,25 @@ mod tests {
             Table::for_tests(&["t1", "t2"])
         }
 
+        /// An exchange served by t2 (plain HTTP, `JSESSIONID`, `.`).
+        fn on_t2<'a>(
+            t: &'a Table,
+            store: &'a dyn SessionStore,
+            reason: &'a Reason,
+            session: Option<&'a SessionId<'a>>,
+        ) -> Exchange<'a> {
+            Exchange {
+                table: t,
+                store,
+                cookie: "JSESSIONID",
+                separator: ".",
+                served: &t.backends[1],
+                reason,
+                session,
+                https: false,
+            }
+        }
+
         /// Apply the response side of a failover t1 -> t2 of `X.t1` to a
         /// response with `set_cookie` (if any) and `status_ok`.
         fn after_failover(set_cookie: Option<&str>, status_ok: bool) -> (HeaderMap, Learned) {
@@ -365,16 +384,7 @@ mod tests {
             let store = MemoryStore::new(Duration::from_secs(60), 10);
             let id = SessionId::parse("X.t1", ".", Source::Cookie).unwrap();
             let reason = Reason::Failover { from: "t1".into() };
-            let x = Exchange {
-                table: &t,
-                store: &*store,
-                cookie: "JSESSIONID",
-                separator: ".",
-                served: &t.backends[1],
-                reason: &reason,
-                session: Some(&id),
-                https: false,
-            };
+            let x = on_t2(&t, &*store, &reason, Some(&id));
             let mut h = HeaderMap::new();
             if let Some(c) = set_cookie {
                 h.append(SET_COOKIE, c.parse().unwrap());
@@ -407,16 +417,7 @@ mod tests {
             let t = table();
             let store = MemoryStore::new(Duration::from_secs(60), 10);
             let reason = Reason::New;
-            let x = Exchange {
-                table: &t,
-                store: &*store,
-                cookie: "JSESSIONID",
-                separator: ".",
-                served: &t.backends[1],
-                reason: &reason,
-                session: None,
-                https: false,
-            };
+            let x = on_t2(&t, &*store, &reason, None);
             let answer = |set_cookie: &str| {
                 let mut h = HeaderMap::new();
                 h.append(SET_COOKIE, set_cookie.parse().unwrap());

@@ -84,8 +84,7 @@ where
             return;
         }
         if !parked {
-            let _ = tokio::time::timeout(SHUTDOWN_WAIT, c.io.shutdown()).await;
-            return;
+            return close(c.io).await;
         }
         if !c.io.has_replay() {
             tokio::spawn(park(c));
@@ -108,11 +107,14 @@ where
                 c.io.replay(bytes);
                 tokio::spawn(serve_boxed(c));
             }
-            None => {
-                let _ = tokio::time::timeout(SHUTDOWN_WAIT, c.io.shutdown()).await;
-            }
+            None => close(c.io).await,
         }
     }
+}
+
+/// Say goodbye (TLS `close_notify`, FIN), bounded by [`SHUTDOWN_WAIT`].
+async fn close<I: AsyncWrite + Unpin>(mut io: I) {
+    let _ = tokio::time::timeout(SHUTDOWN_WAIT, io.shutdown()).await;
 }
 
 /// [`serve`] behind a box: its size stays out of the parked task, and the
