@@ -122,6 +122,10 @@ pub async fn drive(mut conn: Box<Connection>, watch: Arc<ConnWatch>, on_idle_clo
         let mut io = io.into_inner();
         let mut byte = [0u8; 1];
         let to = tokio::select! {
+            // The socket first: when the backend closed it and a checkout
+            // asks at the same moment, the close wins and the checkout
+            // counts a peer close, instead of getting a dead socket.
+            biased;
             // Any byte or EOF from an idle backend ends the connection.
             _ = io.read(&mut byte) => None,
             _ = watch.left.notified() => lock(&watch.wanted).take(),
