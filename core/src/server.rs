@@ -15,7 +15,7 @@ use crate::proxy::headers::ConflictingFraming;
 use crate::proxy::{ClientInfo, Proxy};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
-use guard::{Expiry, Guarded, Sniffed, Timing, Tracked};
+use guard::{Expiry, Guarded, InFlight, Sniffed, Timing, Tracked};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -835,49 +835,90 @@ struct ClientService {
     h1: bool,
 }
 
+/// The proxy as a request's future holds it: through its connection's
+/// handle (see [`ClientService::conn`]).
+struct ConnProxy(Arc<(Arc<Proxy>, Arc<Timing>)>);
+
+impl std::ops::Deref for ConnProxy {
+    type Target = Proxy;
+
+    fn deref(&self) -> &Proxy {
+        &self.0 .0
+    }
+}
+
 impl hyper::service::Service<Request<Incoming>> for ClientService {
     type Response = Response<Tracked<ResponseBody>>;
     type Error = Infallible;
     type Future = Answer;
 
+    /// The head is looked at here, before the request's future is built
+    /// and boxed: that future then holds the proxy's work and little else
+    /// (it is moved whole into its box, per request).
     fn call(&self, mut req: Request<Incoming>) -> Answer {
-        let conn = self.conn.clone();
-        let (redirect, info, h1) = (self.redirect, self.info, self.h1);
-        Box::pin(async move {
-            let (proxy, timing) = &*conn;
-            let (in_flight, conflict) = timing.begin();
-            if conflict {
-                req.extensions_mut().insert(ConflictingFraming);
+        let timing = &self.conn.1;
+        let (in_flight, conflict) = timing.begin();
+        if conflict {
+            req.extensions_mut().insert(ConflictingFraming);
+        }
+        if self.h1
+            && req
+                .extensions()
+                .get::<hyper::upgrade::OnUpgrade>()
+                .is_some()
+        {
+            let handed = timing.expect_upgrade();
+            req.extensions_mut().insert(handed);
+        }
+        let connect = req.method() == http::Method::CONNECT;
+        let end = Conclude {
+            conn: self.conn.clone(),
+            in_flight,
+            connect,
+        };
+        match self.redirect {
+            Some(port) => {
+                let resp = to_https(&req, port);
+                Box::pin(std::future::ready(end.answer(resp)))
             }
-            if h1
-                && req
-                    .extensions()
-                    .get::<hyper::upgrade::OnUpgrade>()
-                    .is_some()
-            {
-                let handed = timing.expect_upgrade();
-                req.extensions_mut().insert(handed);
+            None => {
+                let fut = Proxy::handle(ConnProxy(self.conn.clone()), req, self.info);
+                Box::pin(futures_util::FutureExt::map(fut, move |resp| {
+                    end.answer(resp)
+                }))
             }
-            let connect = req.method() == http::Method::CONNECT;
-            let resp = match redirect {
-                Some(port) => to_https(&req, port),
-                None => proxy.handle(req, info).await,
-            };
-            let mut resp = resp;
-            let status = resp.status();
-            if status == StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success()) {
-                timing.tunnel();
-            } else if timing.closing() {
-                resp.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-            }
-            Ok::<_, Infallible>(resp.map(|body| Tracked {
-                body,
-                guard: Some(in_flight),
-            }))
-        })
+        }
+    }
+}
+
+/// What a request's answer still needs from its connection.
+struct Conclude {
+    conn: Arc<(Arc<Proxy>, Arc<Timing>)>,
+    in_flight: InFlight,
+    connect: bool,
+}
+
+impl Conclude {
+    /// Note a tunnel, or ask the client to close while the connection is
+    /// closing, and keep the request counted in flight until its body ends.
+    fn answer(
+        self,
+        mut resp: Response<ResponseBody>,
+    ) -> Result<Response<Tracked<ResponseBody>>, Infallible> {
+        let timing = &self.conn.1;
+        let status = resp.status();
+        if status == StatusCode::SWITCHING_PROTOCOLS || (self.connect && status.is_success()) {
+            timing.tunnel();
+        } else if timing.closing() {
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        Ok(resp.map(|body| Tracked {
+            body,
+            guard: Some(self.in_flight),
+        }))
     }
 }
 

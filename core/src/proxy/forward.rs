@@ -262,106 +262,108 @@ enum Verdict {
 }
 
 /// Route and send the request, retrying as the module docs describe.
-pub async fn run(
-    rt: &Runtime,
-    out: Outgoing,
-    session: Option<&SessionId<'_>>,
-) -> Result<Done, Failure> {
-    let up = &rt.config.upstream;
-    let Outgoing {
-        request,
-        replay: head,
-        progress,
-        upgrade,
-        client,
-    } = out;
-    let mut pending = request;
-    let mut tried = Tried::default();
-    let mut stale_retry = true;
-    let mut last: Option<Failure> = None;
-    let mut sent_id: Option<String> = None;
-    // The first attempt and `retries` more; a stale keep-alive connection
-    // retried on the same node adds one (it says nothing about the node).
-    let mut attempts = up.retries + 1;
-    let mut n = 0;
-    while n < attempts {
-        if n > 0 {
-            rt.stats.retries.fetch_add(1, Ordering::Relaxed);
+///
+/// A plain function around an `async move` block rather than an `async fn`:
+/// an `async fn` copies its arguments into locals of its own, so `out`
+/// would take its ~600 bytes twice in every request's future (moved
+/// whole at every await of the callers); the block uses them in place.
+// Not an `async fn` on purpose (see above).
+#[allow(clippy::manual_async_fn)]
+pub fn run<'a>(
+    rt: &'a Runtime,
+    mut out: Outgoing,
+    session: Option<&'a SessionId<'a>>,
+) -> impl std::future::Future<Output = Result<Done, Failure>> + use<'a> {
+    async move {
+        let up = &rt.config.upstream;
+        let mut tried = Tried::default();
+        let mut stale_retry = true;
+        let mut last: Option<Failure> = None;
+        let mut sent_id: Option<String> = None;
+        // The first attempt and `retries` more; a stale keep-alive connection
+        // retried on the same node adds one (it says nothing about the node).
+        let mut attempts = up.retries + 1;
+        let mut n = 0;
+        while n < attempts {
+            if n > 0 {
+                rt.stats.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            n += 1;
+            let decision = match rt.table.decide(&*rt.store, session, &tried).await {
+                Ok(d) => d,
+                Err(e) => return Err(last.unwrap_or(e.into())),
+            };
+            let backend = &rt.table.backends[decision.index];
+            tried.add(decision.index);
+            let mut req = match (out.request.take(), &out.replay) {
+                (Some(r), _) => r,
+                (None, Some(h)) => {
+                    sent_id = None;
+                    h.request()
+                }
+                (None, None) => break,
+            };
+            fit_request(rt, &mut req, backend, session, &mut sent_id, out.upgrade);
+            let stay = retry::stay_on_node(
+                up.retry_same_node,
+                rt.config.session.failover,
+                &rt.table.backends,
+                decision.index,
+                &decision.reason,
+            );
+            let how = if out.upgrade {
+                Via::Upgrade
+            } else {
+                Via::Pool { stay }
+            };
+            let progress = out.progress.as_ref();
+            match attempt(rt, backend, req, progress, how, out.client).await {
+                Ok((response, exchange, upgrade)) => {
+                    return Ok(Done {
+                        response,
+                        exchange,
+                        backend: decision.index,
+                        reason: decision.reason,
+                        upgrade,
+                    })
+                }
+                Err(miss) => {
+                    if matches!(
+                        miss.failure,
+                        Failure::ClientBody(_)
+                            | Failure::ClientTimeout(_)
+                            | Failure::Ajp {
+                                source: AjpError::HeadTooLarge(_),
+                                ..
+                            }
+                    ) {
+                        return Err(miss.failure);
+                    }
+                    backend.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    let why = || miss.failure.to_string();
+                    match miss.verdict {
+                        Verdict::Down => health::mark_down(backend, &rt.config.health, &why()),
+                        Verdict::Failed => health::note_failure(backend, &rt.config.health, &why()),
+                        Verdict::None => {}
+                    }
+                    tracing::debug!(error = %miss.failure, "attempt failed, retrying if allowed");
+                    if miss.stale && stale_retry && stay {
+                        stale_retry = false;
+                        attempts += 1;
+                        tried.remove(decision.index);
+                    }
+                    out.request = miss.unsent;
+                    last = Some(miss.failure);
+                    if out.request.is_none() && (out.replay.is_none() || !miss.replay) {
+                        break;
+                    }
+                }
+            }
         }
-        n += 1;
-        let decision = match rt.table.decide(&*rt.store, session, &tried).await {
-            Ok(d) => d,
-            Err(e) => return Err(last.unwrap_or(e.into())),
-        };
-        let backend = rt.table.backends[decision.index].clone();
-        tried.add(decision.index);
-        let mut req = match (pending.take(), &head) {
-            (Some(r), _) => r,
-            (None, Some(h)) => {
-                sent_id = None;
-                h.request()
-            }
-            (None, None) => break,
-        };
-        fit_request(rt, &mut req, &backend, session, &mut sent_id, upgrade);
-        let stay = retry::stay_on_node(
-            up.retry_same_node,
-            rt.config.session.failover,
-            &rt.table.backends,
-            decision.index,
-            &decision.reason,
-        );
-        let how = if upgrade {
-            Via::Upgrade
-        } else {
-            Via::Pool { stay }
-        };
-        match attempt(rt, &backend, req, progress.as_ref(), how, client).await {
-            Ok((response, exchange, upgrade)) => {
-                return Ok(Done {
-                    response,
-                    exchange,
-                    backend: decision.index,
-                    reason: decision.reason,
-                    upgrade,
-                })
-            }
-            Err(miss) => {
-                if matches!(
-                    miss.failure,
-                    Failure::ClientBody(_)
-                        | Failure::ClientTimeout(_)
-                        | Failure::Ajp {
-                            source: AjpError::HeadTooLarge(_),
-                            ..
-                        }
-                ) {
-                    return Err(miss.failure);
-                }
-                backend.stats.errors.fetch_add(1, Ordering::Relaxed);
-                let why = || miss.failure.to_string();
-                match miss.verdict {
-                    Verdict::Down => health::mark_down(&backend, &rt.config.health, &why()),
-                    Verdict::Failed => health::note_failure(&backend, &rt.config.health, &why()),
-                    Verdict::None => {}
-                }
-                tracing::debug!(error = %miss.failure, "attempt failed, retrying if allowed");
-                if miss.stale && stale_retry && stay {
-                    stale_retry = false;
-                    attempts += 1;
-                    tried.remove(decision.index);
-                }
-                pending = miss.unsent;
-                last = Some(miss.failure);
-                if pending.is_none() && (head.is_none() || !miss.replay) {
-                    break;
-                }
-            }
-        }
+        Err(last.unwrap_or(Failure::NoBackend(NoBackend {
+            total: rt.table.backends.len(),
+        })))
     }
-    Err(last.unwrap_or(Failure::NoBackend(NoBackend {
-        total: rt.table.backends.len(),
-    })))
 }
 
 /// Per-attempt changes: Host and session id (see `fit_host_and_session`),
@@ -599,129 +601,135 @@ enum Via {
 
 /// One attempt on one backend: the response head, the exchange that
 /// returns the connection when the body ends, and for an upgrade the
-/// connection's sender.
-async fn attempt(
-    rt: &Runtime,
-    backend: &Arc<Backend>,
+/// connection's sender. (An `async move` block, for the reason given at
+/// [`run`]: the request is not stored twice.)
+#[allow(clippy::type_complexity, clippy::manual_async_fn)]
+fn attempt<'a>(
+    rt: &'a Runtime,
+    backend: &'a Arc<Backend>,
     req: Request<UpstreamBody>,
-    progress: Option<&Arc<Progress>>,
+    progress: Option<&'a Arc<Progress>>,
     via: Via,
     client: Option<ClientInfo>,
-) -> Result<(Response<BackendBody>, UpstreamLease, Option<Sender>), Miss> {
-    // Cloned only for a failure: on the sticky path this count is shared
-    // by every core.
-    let route = || backend.config.route.clone();
-    let permit = match backend.pool.permit().await {
-        Ok(p) => p,
-        Err(source) => {
-            return Err(Miss {
-                unsent: Some(req),
-                failure: Failure::Connect {
-                    route: route(),
-                    source,
-                },
-                verdict: Verdict::None,
-                stale: false,
-                replay: true,
-            })
-        }
-    };
-    let mut exchange = UpstreamLease::begin(backend.clone(), permit);
-    backend.stats.requests.fetch_add(1, Ordering::Relaxed);
-    if let Some(pool) = &backend.ajp {
-        let how = ajp::How {
-            progress,
-            client,
-            upgrade: matches!(via, Via::Upgrade),
+) -> impl std::future::Future<
+    Output = Result<(Response<BackendBody>, UpstreamLease, Option<Sender>), Miss>,
+> + use<'a> {
+    async move {
+        // Cloned only for a failure: on the sticky path this count is shared
+        // by every core.
+        let route = || backend.config.route.clone();
+        let permit = match backend.pool.permit().await {
+            Ok(p) => p,
+            Err(source) => {
+                return Err(Miss {
+                    unsent: Some(req),
+                    failure: Failure::Connect {
+                        route: route(),
+                        source,
+                    },
+                    verdict: Verdict::None,
+                    stale: false,
+                    replay: true,
+                })
+            }
         };
-        // Boxed: the AJP exchange's state would otherwise size every
-        // HTTP request's future (allocated per request, see server.rs).
-        return Box::pin(ajp::attempt(rt, backend, pool, req, how))
-            .await
-            .map(|r| (r.map(BackendBody::Ajp), exchange, None));
-    }
-    let conn = match via {
-        Via::Pool { stay } => backend.pool.checkout(stay).await,
-        // Boxed: a fresh connection's dial, TLS and handshake state would
-        // otherwise size every request's future.
-        Via::Upgrade => Box::pin(backend.pool.connect_upgrade()).await,
-    };
-    let conn = match conn {
-        Ok(c) => c,
-        Err(source) => {
-            let verdict = if let ConnectError::Closing(_) = source {
-                health::closing_seen(backend, &rt.config.health);
-                Verdict::None
-            } else {
-                Verdict::Down
+        let mut exchange = UpstreamLease::begin(backend.clone(), permit);
+        backend.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(pool) = &backend.ajp {
+            let how = ajp::How {
+                progress,
+                client,
+                upgrade: matches!(via, Via::Upgrade),
             };
-            return Err(Miss {
-                unsent: Some(req),
-                failure: Failure::Connect {
-                    route: route(),
-                    source,
-                },
-                verdict,
-                stale: false,
-                replay: true,
-            });
+            // Boxed: the AJP exchange's state would otherwise size every
+            // HTTP request's future (allocated per request, see server.rs).
+            return Box::pin(ajp::attempt(rt, backend, pool, req, how))
+                .await
+                .map(|r| (r.map(BackendBody::Ajp), exchange, None));
         }
-    };
-    if conn.peer_closed > 0 {
-        health::closing_seen(backend, &rt.config.health);
-    }
-    let mut sender = conn.sender;
-    let up = &rt.config.upstream;
-    let timers = Timers {
-        after: up.response_timeout,
-        body_timeout: rt.config.server.body_timeout,
-        suspect_after: rt.config.health.suspect_after,
-        progress: progress.map(|p| &**p),
-    };
-    let miss = Miss::after_send;
-    let sent_at = std::time::Instant::now();
-    // Pinned here and lent: taken by value, the send (~580 bytes with the
-    // request) would be stored twice in every request's future.
-    let head = {
-        let send = std::pin::pin!(sender.try_send(req));
-        response_head(&timers, rt, backend, send).await
-    };
-    match head {
-        Ok(Ok(resp)) => {
-            let resp = resp.map(BackendBody::Http);
-            match via {
-                Via::Upgrade => Ok((resp, exchange, Some(sender))),
-                Via::Pool { .. } => {
-                    exchange.set_sender(sender, progress.cloned());
-                    Ok((resp, exchange, None))
-                }
-            }
-        }
-        Ok(Err(mut e)) => {
-            let unsent = e.take_message();
-            let err = e.into_error();
-            if err.is_user() {
-                return Err(miss(Failure::ClientBody(err), Verdict::None, false));
-            }
-            if conn.reused {
-                health::closing_seen(backend, &rt.config.health);
-            }
-            Err(Miss {
-                verdict: if conn.reused {
+        let conn = match via {
+            Via::Pool { stay } => backend.pool.checkout(stay).await,
+            // Boxed: a fresh connection's dial, TLS and handshake state would
+            // otherwise size every request's future.
+            Via::Upgrade => Box::pin(backend.pool.connect_upgrade()).await,
+        };
+        let conn = match conn {
+            Ok(c) => c,
+            Err(source) => {
+                let verdict = if let ConnectError::Closing(_) = source {
+                    health::closing_seen(backend, &rt.config.health);
                     Verdict::None
                 } else {
                     Verdict::Down
-                },
-                stale: conn.reused,
-                unsent,
-                failure: Failure::Upstream {
-                    route: route(),
-                    source: err,
-                },
-                replay: true,
-            })
+                };
+                return Err(Miss {
+                    unsent: Some(req),
+                    failure: Failure::Connect {
+                        route: route(),
+                        source,
+                    },
+                    verdict,
+                    stale: false,
+                    replay: true,
+                });
+            }
+        };
+        if conn.peer_closed > 0 {
+            health::closing_seen(backend, &rt.config.health);
         }
-        Err(late) => Err(late_miss(rt, backend, late, sent_at)),
+        let mut sender = conn.sender;
+        let up = &rt.config.upstream;
+        let timers = Timers {
+            after: up.response_timeout,
+            body_timeout: rt.config.server.body_timeout,
+            suspect_after: rt.config.health.suspect_after,
+            progress: progress.map(|p| &**p),
+        };
+        let miss = Miss::after_send;
+        let sent_at = std::time::Instant::now();
+        // Pinned here and lent: taken by value, the send (~580 bytes with the
+        // request) would be stored twice in every request's future.
+        let head = {
+            let send = std::pin::pin!(sender.try_send(req));
+            response_head(&timers, rt, backend, send).await
+        };
+        match head {
+            Ok(Ok(resp)) => {
+                let resp = resp.map(BackendBody::Http);
+                match via {
+                    Via::Upgrade => Ok((resp, exchange, Some(sender))),
+                    Via::Pool { .. } => {
+                        exchange.set_sender(sender, progress.cloned());
+                        Ok((resp, exchange, None))
+                    }
+                }
+            }
+            Ok(Err(mut e)) => {
+                let unsent = e.take_message();
+                let err = e.into_error();
+                if err.is_user() {
+                    return Err(miss(Failure::ClientBody(err), Verdict::None, false));
+                }
+                if conn.reused {
+                    health::closing_seen(backend, &rt.config.health);
+                }
+                Err(Miss {
+                    verdict: if conn.reused {
+                        Verdict::None
+                    } else {
+                        Verdict::Down
+                    },
+                    stale: conn.reused,
+                    unsent,
+                    failure: Failure::Upstream {
+                        route: route(),
+                        source: err,
+                    },
+                    replay: true,
+                })
+            }
+            Err(late) => Err(late_miss(rt, backend, late, sent_at)),
+        }
     }
 }
 

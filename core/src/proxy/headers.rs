@@ -188,28 +188,23 @@ pub fn join_cookies(h: &mut HeaderMap) {
 /// A request that came chunked also loses any `Content-Length`, so the
 /// backend can never see two conflicting framings (request smuggling).
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the names (standard ones compare as small integers)
-    // finds which hop-by-hop headers are there; most heads carry none or
-    // only `Connection: keep-alive`, so nothing else is hashed or built.
+    // One pass over the names finds which hop-by-hop headers are there;
+    // most heads carry none or only `Connection: keep-alive`, so nothing
+    // else is hashed or built.
     let mut present = 0u8;
     for n in h.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|x| x == n) {
+        if let Some(i) = hop_index(n) {
             present |= 1 << i;
         }
     }
     if present == 0 {
         return;
     }
-    let has = |name: &HeaderName| {
-        HOP_BY_HOP
-            .iter()
-            .position(|x| x == name)
-            .is_some_and(|i| present & (1 << i) != 0)
-    };
+    let has = |name: &HeaderName| hop_index(name).is_some_and(|i| present & (1 << i) != 0);
     if has(&header::TRANSFER_ENCODING) {
         h.remove(header::CONTENT_LENGTH);
     }
-    if has(&header::CONNECTION) {
+    if has(&header::CONNECTION) && names_others(h.get_all(header::CONNECTION)) {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
             .iter()
@@ -229,6 +224,30 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
             h.remove(n);
         }
     }
+}
+
+/// Where `n` is in [`HOP_BY_HOP`]: by its text, which a standard name
+/// gives from a table, so a name of another length costs one comparison.
+fn hop_index(n: &HeaderName) -> Option<usize> {
+    match n.as_str() {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "te" => Some(3),
+        "trailer" => Some(4),
+        "transfer-encoding" => Some(5),
+        "upgrade" => Some(6),
+        _ => None,
+    }
+}
+
+/// Whether `Connection` names anything beyond `close` and `keep-alive`
+/// (the usual value, answered without splitting it).
+fn names_others(values: http::header::GetAll<'_, HeaderValue>) -> bool {
+    values.iter().any(|v| {
+        let v = v.as_bytes();
+        !(v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close"))
+    })
 }
 
 /// Which X-Forwarded-* headers to set.
@@ -294,6 +313,44 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["host", "cookie", "content-length"]);
+    }
+
+    #[test]
+    fn hop_index_matches_the_list() {
+        for (i, n) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_index(n), Some(i), "{n}");
+            let upper = HeaderName::from_bytes(n.as_str().to_uppercase().as_bytes()).unwrap();
+            assert_eq!(hop_index(&upper), Some(i), "{n} sent in capitals");
+        }
+        for n in [
+            "host",
+            "cookie",
+            "user-agent",
+            "x-connection",
+            "tee",
+            "content-length",
+        ] {
+            assert_eq!(hop_index(&HeaderName::from_static(n)), None, "{n}");
+        }
+    }
+
+    #[test]
+    fn connection_keep_alive_or_close_names_no_other_header() {
+        let mut h = HeaderMap::new();
+        for (v, named) in [
+            ("keep-alive", false),
+            ("Keep-Alive", false),
+            ("close", false),
+            ("CLOSE", false),
+            ("keep-alive, x-secret", true),
+            ("x-secret", true),
+            ("keep-alive ", true),
+        ] {
+            h.insert(header::CONNECTION, v.parse().unwrap());
+            assert_eq!(names_others(h.get_all(header::CONNECTION)), named, "{v:?}");
+        }
+        h.append(header::CONNECTION, "x-other".parse().unwrap());
+        assert!(names_others(h.get_all(header::CONNECTION)));
     }
 
     #[test]

@@ -147,98 +147,114 @@ impl Proxy {
     }
 
     /// Handle one client request; never fails (errors become responses).
-    pub async fn handle(
-        &self,
+    ///
+    /// The head is read (session, checks, header preparation) before the
+    /// returned future is built, which then holds only what the awaits
+    /// need: every request's future is boxed and moved whole, so its size
+    /// is paid per request (see `server::Answer`).
+    /// `this` is whatever owns or lends the proxy for the request's life
+    /// (a connection's handle, a reference).
+    pub fn handle<P>(
+        this: P,
         req: Request<Incoming>,
         client: ClientInfo,
-    ) -> Response<ResponseBody> {
+    ) -> impl std::future::Future<Output = Response<ResponseBody>> + use<P>
+    where
+        P: std::ops::Deref<Target = Proxy>,
+    {
         let started = Instant::now();
-        let local = self.runtime_here();
+        let local = this.runtime_here();
         let rt = &local.0;
         let (mut parts, body) = req.into_parts();
         let s = &rt.config.session;
-        let log = self.access_log.load_full().map(|l| {
+        let log = this.access_log.load_full().map(|l| {
             let head =
                 access_log::LoggedRequest::capture(&parts, client, s.path_parameter.as_deref());
-            (l, head)
+            Box::new((l, head))
         });
-        let owned = {
-            let path = parts.uri.path();
-            crate::routing::session::find(
-                &parts.headers,
-                path,
-                &s.cookie,
-                s.path_parameter.as_deref(),
-                &s.separator,
-                |r| rt.table.index_of(r).is_some(),
-            )
-            .map(OwnedSession::from)
-        };
-        let session = owned.as_ref().map(|o| o.borrow(&s.separator));
+        let owned = crate::routing::session::find(
+            &parts.headers,
+            parts.uri.path(),
+            &s.cookie,
+            s.path_parameter.as_deref(),
+            &s.separator,
+            |r| rt.table.index_of(r).is_some(),
+        )
+        .map(OwnedSession::from);
         let ws = websocket::detect(&parts);
-        let (response, by) = if let Err(r) = headers::check_request(&parts, &rt.config.server) {
+        let step = if let Err(r) = headers::check_request(&parts, &rt.config.server) {
             tracing::info!(peer = %client.peer, error = %r, "request refused");
-            (r.response(), AnsweredBy::Balancer)
+            Step::Answer(r.response())
         } else if parts.method == http::Method::CONNECT && ws.is_none() {
-            let r = error_response(
+            Step::Answer(error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "CONNECT is not supported by this reverse proxy\n",
-            );
-            (r, AnsweredBy::Balancer)
-        } else if let Some(kind) = ws {
-            let stop = self.going_away.subscribe();
-            // Boxed: a rare path whose state would otherwise size every
-            // request's future.
-            let (r, served) = Box::pin(websocket::handle(
-                rt,
-                parts,
-                session.as_ref(),
-                client,
-                kind,
-                started,
-                stop,
             ))
-            .await;
-            (r, served.map_or(AnsweredBy::Balancer, AnsweredBy::Backend))
+        } else if let Some(kind) = ws {
+            Step::WebSocket(Box::new(parts), kind)
         } else {
             forward::prepare(&mut parts, &rt.config, client);
-            let out = forward::Outgoing::request(parts, body).with_client(client);
-            match forward::run(rt, out, session.as_ref()).await {
-                Ok(done) => {
-                    let (r, served) = finish(rt, done, session.as_ref(), client, started).await;
-                    (r, AnsweredBy::Backend(served))
+            Step::Forward(forward::Outgoing::request(parts, body).with_client(client))
+        };
+        async move {
+            let rt = &local.0;
+            let session = owned.as_ref().map(OwnedSession::borrow);
+            let (response, by) = match step {
+                Step::Answer(r) => (r, AnsweredBy::Balancer),
+                Step::WebSocket(parts, kind) => {
+                    let stop = this.going_away.subscribe();
+                    // Boxed: a rare path whose state would otherwise size
+                    // every request's future.
+                    let (r, served) = Box::pin(websocket::handle(
+                        rt,
+                        *parts,
+                        session.as_ref(),
+                        client,
+                        kind,
+                        started,
+                        stop,
+                    ))
+                    .await;
+                    (r, served.map_or(AnsweredBy::Balancer, AnsweredBy::Backend))
                 }
-                Err(f) => {
-                    if let Some(s) = &session {
-                        tracing::warn!(session = %redact(s.base), error = %f, "request failed");
-                    } else {
-                        tracing::warn!(error = %f, "request failed");
+                Step::Forward(out) => match forward::run(rt, out, session.as_ref()).await {
+                    Ok(done) => {
+                        let (r, served) = finish(rt, done, session.as_ref(), client, started).await;
+                        (r, AnsweredBy::Backend(served))
                     }
-                    (f.response(), AnsweredBy::Balancer)
+                    Err(f) => {
+                        if let Some(s) = &session {
+                            tracing::warn!(session = %redact(s.base), error = %f, "request failed");
+                        } else {
+                            tracing::warn!(error = %f, "request failed");
+                        }
+                        (f.response(), AnsweredBy::Balancer)
+                    }
+                },
+            };
+            let served = match by {
+                AnsweredBy::Backend(served) => Some(served),
+                AnsweredBy::Balancer => {
+                    rt.stats.count_local(response.status());
+                    None
                 }
-            }
-        };
-        let served = match by {
-            AnsweredBy::Backend(served) => Some(served),
-            AnsweredBy::Balancer => {
-                rt.stats.count_local(response.status());
-                None
-            }
-        };
-        self.log(log, &response, served.as_ref(), session.as_ref(), started);
-        response
+            };
+            this.log(log, &response, served.as_ref(), session.as_ref(), started);
+            response
+        }
     }
 
     /// Write the access log line, when the log is on.
     fn log(
         &self,
-        log: Option<(Arc<AccessLogger>, access_log::LoggedRequest)>,
+        log: Option<Box<(Arc<AccessLogger>, access_log::LoggedRequest)>>,
         response: &Response<ResponseBody>,
         served: Option<&Served<'_>>,
         session: Option<&SessionId<'_>>,
         started: Instant,
     ) {
-        let Some((log, head)) = log else { return };
+        let Some(log) = log else { return };
+        let (log, head) = *log;
         let served = access_log::ServedBy {
             route: served.map(|s| s.backend.route()),
             reason: served.map(|s| &s.reason),
@@ -342,29 +358,49 @@ pub fn error_response(status: StatusCode, msg: &'static str) -> Response<Respons
     r
 }
 
-/// The session id copied out of the request head, which moves upstream.
+/// What a request head leads to, decided before any await. (Nearly every
+/// request is a `Forward`, the largest: boxing it would cost an allocation
+/// per request to save bytes on the rare ones.)
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    /// Refused by the balancer itself.
+    Answer(Response<ResponseBody>),
+    /// A WebSocket handshake (boxed: rare, and its head is large).
+    WebSocket(Box<http::request::Parts>, websocket::Handshake),
+    /// A request for a backend.
+    Forward(forward::Outgoing),
+}
+
+/// The session id copied out of the request head, which moves upstream,
+/// with where its base and route lie (so it is not parsed again).
 struct OwnedSession {
     value: Box<str>,
+    base_len: usize,
+    route_at: Option<usize>,
     source: Source,
 }
 
 impl From<SessionId<'_>> for OwnedSession {
     fn from(s: SessionId<'_>) -> Self {
+        // `base` is a prefix of `value` and `route` a suffix (see
+        // `SessionId::parse`).
         OwnedSession {
             value: s.value.into(),
+            base_len: s.base.len(),
+            route_at: s.route.map(|r| s.value.len() - r.len()),
             source: s.source,
         }
     }
 }
 
 impl OwnedSession {
-    fn borrow<'a>(&'a self, sep: &str) -> SessionId<'a> {
-        SessionId::parse(&self.value, sep, self.source).unwrap_or(SessionId {
+    fn borrow(&self) -> SessionId<'_> {
+        SessionId {
             value: &self.value,
-            base: &self.value,
-            route: None,
+            base: &self.value[..self.base_len],
+            route: self.route_at.map(|i| &self.value[i..]),
             source: self.source,
-        })
+        }
     }
 }
 
@@ -418,22 +454,20 @@ mod tests {
     }
 
     #[test]
-    fn owned_session_borrows_back_with_the_configured_separator() {
-        let owned = OwnedSession {
-            value: "ABC--t1".into(),
-            source: Source::Cookie,
-        };
-        let s = owned.borrow("--");
-        assert_eq!((s.base, s.route), ("ABC", Some("t1")));
-        let s = owned.borrow(".");
-        assert_eq!((s.base, s.route), ("ABC--t1", None));
-        // An id the parser refuses is still carried whole, without a route.
-        let odd = OwnedSession {
-            value: "--t1".into(),
-            source: Source::PathParameter,
-        };
-        let s = odd.borrow("--");
-        assert_eq!((s.value, s.base, s.route), ("--t1", "--t1", None));
-        assert_eq!(s.source, Source::PathParameter);
+    fn owned_session_borrows_back_what_was_parsed() {
+        for (raw, sep, want) in [
+            ("ABC--t1", "--", ("ABC--t1", "ABC", Some("t1"))),
+            ("ABC--t1", ".", ("ABC--t1", "ABC--t1", None)),
+            ("\"ABC.t1\"", ".", ("ABC.t1", "ABC", Some("t1"))),
+            ("ABC.", ".", ("ABC.", "ABC", None)),
+            ("ABC.t1.x", ".", ("ABC.t1.x", "ABC", Some("t1.x"))),
+        ] {
+            let parsed = SessionId::parse(raw, sep, Source::PathParameter).unwrap();
+            let owned = OwnedSession::from(parsed);
+            let s = owned.borrow();
+            assert_eq!(s, parsed, "{raw} with {sep}");
+            assert_eq!((s.value, s.base, s.route), want, "{raw} with {sep}");
+            assert_eq!(s.source, Source::PathParameter);
+        }
     }
 }

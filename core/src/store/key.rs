@@ -50,17 +50,29 @@ impl HexId {
         if b.is_empty() || b.len() > MAX_DIGITS {
             return None;
         }
-        let (mut upper, mut lower) = (false, false);
+        // Two digits per step (this runs on every sticky request): digit
+        // values are below 16, so one test on both catches any non-digit.
         let mut packed = [0u8; MAX_DIGITS / 2];
-        for (i, &c) in b.iter().enumerate() {
-            let d = DIGIT[c as usize];
-            if d == NOT_HEX {
+        let pairs = b.chunks_exact(2);
+        let last = pairs.remainder();
+        for (out, p) in packed.iter_mut().zip(pairs) {
+            let (hi, lo) = (DIGIT[p[0] as usize], DIGIT[p[1] as usize]);
+            if (hi | lo) > 0xf {
                 return None;
             }
-            upper |= c.is_ascii_uppercase();
-            lower |= c.is_ascii_lowercase();
-            packed[i / 2] |= d << (4 * (1 - i % 2));
+            *out = hi << 4 | lo;
         }
+        if let [c] = last {
+            let d = DIGIT[*c as usize];
+            if d > 0xf {
+                return None;
+            }
+            packed[b.len() / 2] = d << 4;
+        }
+        // Among hex digits, bits 6-5 say 0x30.. (digit), 0x40.. (upper
+        // case letter) or 0x60.. (lower case letter).
+        let kinds = b.iter().fold(0u8, |acc, &c| acc | 1 << ((c >> 5) & 3));
+        let (upper, lower) = (kinds & 0b100 != 0, kinds & 0b1000 != 0);
         if upper && lower {
             return None;
         }
@@ -198,6 +210,67 @@ mod tests {
         ] {
             assert!(matches!(SessionKey::new(id), SessionKey::Hex(_)), "{id}");
             assert_eq!(round_trip(id), id);
+        }
+    }
+
+    /// The digit-by-digit form `HexId::parse` had before it went two
+    /// digits at a time.
+    fn parse_by_digit(id: &str) -> Option<HexId> {
+        let b = id.as_bytes();
+        if b.is_empty() || b.len() > MAX_DIGITS {
+            return None;
+        }
+        let (mut upper, mut lower) = (false, false);
+        let mut packed = [0u8; MAX_DIGITS / 2];
+        for (i, &c) in b.iter().enumerate() {
+            let d = DIGIT[c as usize];
+            if d == NOT_HEX {
+                return None;
+            }
+            upper |= c.is_ascii_uppercase();
+            lower |= c.is_ascii_lowercase();
+            packed[i / 2] |= d << (4 * (1 - i % 2));
+        }
+        (!(upper && lower)).then_some(HexId {
+            packed,
+            digits: b.len() as u8,
+            lower,
+        })
+    }
+
+    #[test]
+    fn packing_two_digits_at_a_time_agrees_with_digit_by_digit() {
+        let mut ids: Vec<Vec<u8>> = Vec::new();
+        // Every byte alone, in the middle of an id and at an odd end.
+        for c in 0..=255u8 {
+            ids.push(vec![c]);
+            ids.push([b"ab".as_slice(), &[c], b"cd"].concat());
+            ids.push([b"AB12".as_slice(), &[c]].concat());
+        }
+        // Pseudo-random ids of every length up to 33, from a mix of
+        // digits, both cases and a few other bytes.
+        let alphabet = b"0123456789abcdefABCDEFgG.-x \x7f";
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for n in 0..=33 {
+            for _ in 0..200 {
+                ids.push(
+                    (0..n)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            let pick = if x.is_multiple_of(4) { x } else { x % 16 };
+                            alphabet[(pick % alphabet.len() as u64) as usize]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        for id in ids {
+            let Ok(id) = std::str::from_utf8(&id) else {
+                continue;
+            };
+            assert!(HexId::parse(id) == parse_by_digit(id), "{id:?}");
         }
     }
 
