@@ -28,27 +28,53 @@ pub struct Exchange<'a> {
 /// right after answering cannot lose a new session), or `store`.
 #[must_use = "learned bindings must be stored: call .store_now(store).await or .store(store)"]
 #[derive(Debug, Default)]
-pub struct Learned(Vec<(String, Arc<str>)>);
+pub struct Learned<'a> {
+    /// Nearly every answer teaches one session at most: kept inline, no
+    /// list allocated for it. The route is the table's own `Arc`, lent
+    /// (every request thread would write its count if it were cloned).
+    first: Option<(String, &'a Arc<str>)>,
+    more: Vec<(String, &'a Arc<str>)>,
+}
 
-impl Learned {
+impl<'a> Learned<'a> {
+    fn push(&mut self, binding: (String, &'a Arc<str>)) {
+        if self.first.is_none() {
+            self.first = Some(binding);
+        } else {
+            self.more.push(binding);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(String, &'a Arc<str>)> {
+        self.first.iter().chain(&self.more)
+    }
+
     /// Store without waiting (write-behind).
     pub fn store(self, store: &dyn SessionStore) {
-        for (id, route) in &self.0 {
+        for (id, route) in self.iter() {
             store.bind(id, route);
         }
     }
 
     /// Store and wait until the bindings are durable in a shared store.
     pub async fn store_now(self, store: &dyn SessionStore) {
-        for (id, route) in &self.0 {
+        for (id, route) in self.iter() {
             store.bind_now(id, route).await;
         }
+    }
+
+    /// The bindings, owned (tests).
+    #[cfg(test)]
+    fn owned(&self) -> Vec<(String, Arc<str>)> {
+        self.iter()
+            .map(|(id, r)| (id.clone(), Arc::clone(r)))
+            .collect()
     }
 }
 
 /// Learn from the backend's Set-Cookie headers and add the balancer's own
 /// cookie when a failed-over session would otherwise keep its old route.
-pub fn apply(x: &Exchange<'_>, headers: &mut HeaderMap, status_ok: bool) -> Learned {
+pub fn apply<'a>(x: &Exchange<'a>, headers: &mut HeaderMap, status_ok: bool) -> Learned<'a> {
     let mut learned = Learned::default();
     let mut saw_cookie = false;
     for v in headers.get_all(SET_COOKIE).iter() {
@@ -79,7 +105,7 @@ pub fn apply(x: &Exchange<'_>, headers: &mut HeaderMap, status_ok: bool) -> Lear
             is_removal(&c)
         };
         if let Some(pair) = learn(x, value, removal) {
-            learned.0.push(pair);
+            learned.push(pair);
         }
     }
     let Some(s) = x.session else {
@@ -137,7 +163,7 @@ fn split_set_cookie(s: &str) -> Option<(&str, &str, &str, &str)> {
 /// The binding a session cookie (its value, and whether it removes the
 /// session) teaches, if any; removals and replaced sessions are forgotten
 /// here.
-fn learn(x: &Exchange<'_>, value: &str, removal: bool) -> Option<(String, Arc<str>)> {
+fn learn<'a>(x: &Exchange<'a>, value: &str, removal: bool) -> Option<(String, &'a Arc<str>)> {
     let new = SessionId::parse(value, x.separator, Source::Cookie)?;
     if removal {
         x.store.forget(new.base);
@@ -146,8 +172,9 @@ fn learn(x: &Exchange<'_>, value: &str, removal: bool) -> Option<(String, Arc<st
     let route = new
         .route
         .and_then(|r| x.table.index_of(r))
-        .map(|i| x.table.backends[i].config.route.clone())
-        .unwrap_or_else(|| x.served.config.route.clone());
+        .map_or(&x.served.config.route, |i| {
+            &x.table.backends[i].config.route
+        });
     if let Some(old) = x.session {
         if old.base != new.base {
             x.store.forget(old.base);
@@ -379,7 +406,10 @@ mod tests {
 
         /// Apply the response side of a failover t1 -> t2 of `X.t1` to a
         /// response with `set_cookie` (if any) and `status_ok`.
-        fn after_failover(set_cookie: Option<&str>, status_ok: bool) -> (HeaderMap, Learned) {
+        fn after_failover(
+            set_cookie: Option<&str>,
+            status_ok: bool,
+        ) -> (HeaderMap, Vec<(String, Arc<str>)>) {
             let t = table();
             let store = MemoryStore::new(Duration::from_secs(60), 10);
             let id = SessionId::parse("X.t1", ".", Source::Cookie).unwrap();
@@ -389,7 +419,7 @@ mod tests {
             if let Some(c) = set_cookie {
                 h.append(SET_COOKIE, c.parse().unwrap());
             }
-            let learned = apply(&x, &mut h, status_ok);
+            let learned = apply(&x, &mut h, status_ok).owned();
             (h, learned)
         }
 
@@ -404,7 +434,7 @@ mod tests {
         fn a_failed_over_session_gets_our_cookie_on_success_only() {
             let (h, learned) = after_failover(None, true);
             assert_eq!(set_cookies(&h), ["JSESSIONID=X.t2; HttpOnly; Path=/"]);
-            assert!(learned.0.is_empty(), "{learned:?}");
+            assert!(learned.is_empty(), "{learned:?}");
             let (h, _) = after_failover(None, false);
             assert!(
                 set_cookies(&h).is_empty(),
@@ -451,10 +481,35 @@ mod tests {
         }
 
         #[test]
+        fn every_session_cookie_of_an_answer_is_learned_in_order() {
+            let t = table();
+            let store = MemoryStore::new(Duration::from_secs(60), 10);
+            let reason = Reason::New;
+            let x = on_t2(&t, &*store, &reason, None);
+            let mut h = HeaderMap::new();
+            for c in [
+                "JSESSIONID=A.t2; Path=/",
+                "other=1",
+                "JSESSIONID=B.t1; Path=/",
+                "JSESSIONID=C; Path=/",
+            ] {
+                h.append(SET_COOKIE, c.parse().unwrap());
+            }
+            let learned = apply(&x, &mut h, true);
+            let want: Vec<(String, Arc<str>)> = [("A", "t2"), ("B", "t1"), ("C", "t2")]
+                .map(|(id, r)| (id.to_owned(), Arc::from(r)))
+                .into();
+            assert_eq!(learned.owned(), want);
+            learned.store(&*store);
+            assert_eq!(store.get("B").as_deref(), Some("t1"));
+            assert_eq!(store.get("C").as_deref(), Some("t2"));
+        }
+
+        #[test]
         fn the_backends_own_cookie_is_learned_and_not_doubled() {
             let (h, learned) = after_failover(Some("JSESSIONID=Y.t2; Path=/app"), true);
             assert_eq!(set_cookies(&h), ["JSESSIONID=Y.t2; Path=/app"]);
-            assert_eq!(learned.0, vec![("Y".to_owned(), Arc::from("t2"))]);
+            assert_eq!(learned, vec![("Y".to_owned(), Arc::from("t2"))]);
         }
     }
 }

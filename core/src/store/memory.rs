@@ -96,7 +96,8 @@ impl Probe<'_> {
 pub struct MemoryStore {
     shards: Box<[Shard]>,
     seed: RandomState,
-    routes: ArcSwap<HashMap<Arc<str>, Arc<RouteSlot>>>,
+    /// One slot per route (see [`Routes`]).
+    routes: ArcSwap<Routes>,
     routes_write: Mutex<()>,
     epoch: Instant,
     idle_ms: u64,
@@ -126,6 +127,34 @@ pub fn unconfirmed_capacity(capacity: usize) -> usize {
     (capacity / 10).clamp(64, 65_536)
 }
 
+/// The route slots, in the order first seen. Usually a handful (the
+/// configured routes), found by comparing names, which is cheaper than
+/// hashing them (every new session looks its route up); past
+/// [`ROUTES_SCANNED`] (peers may name many) through a hash index.
+#[derive(Clone, Default)]
+struct Routes {
+    list: Vec<Arc<RouteSlot>>,
+    index: HashMap<Arc<str>, usize>,
+}
+
+/// How many routes are found by a scan before the index is used.
+const ROUTES_SCANNED: usize = 16;
+
+impl Routes {
+    fn find(&self, route: &str) -> Option<&Arc<RouteSlot>> {
+        if self.list.len() <= ROUTES_SCANNED {
+            self.list.iter().find(|s| &*s.name == route)
+        } else {
+            self.index.get(route).map(|&i| &self.list[i])
+        }
+    }
+
+    fn add(&mut self, slot: Arc<RouteSlot>) {
+        self.index.insert(slot.name.clone(), self.list.len());
+        self.list.push(slot);
+    }
+}
+
 impl MemoryStore {
     /// A store whose sessions expire after `idle` without a request, holding
     /// at most `capacity` sessions (plus a separate unconfirmed tier of
@@ -143,7 +172,7 @@ impl MemoryStore {
         MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Table::new())).collect(),
             seed: RandomState::new(),
-            routes: ArcSwap::from_pointee(HashMap::new()),
+            routes: ArcSwap::from_pointee(Routes::default()),
             routes_write: Mutex::new(()),
             // One idle timeout in the past, so a replicated record's age
             // (`bind_aged`) is never clamped by this store's short uptime.
@@ -222,12 +251,12 @@ impl MemoryStore {
     }
 
     fn slot(&self, route: &Arc<str>) -> Arc<RouteSlot> {
-        if let Some(s) = self.routes.load().get(route) {
+        if let Some(s) = self.routes.load().find(route) {
             return s.clone();
         }
         let _guard = lock(&self.routes_write);
         let cur = self.routes.load_full();
-        if let Some(s) = cur.get(route) {
+        if let Some(s) = cur.find(route) {
             return s.clone();
         }
         let slot = Arc::new(RouteSlot {
@@ -237,7 +266,7 @@ impl MemoryStore {
             window: PeakWindow::default(),
         });
         let mut next = (*cur).clone();
-        next.insert(route.clone(), slot.clone());
+        next.add(slot.clone());
         self.routes.store(Arc::new(next));
         slot
     }
@@ -466,7 +495,7 @@ impl SessionStore for MemoryStore {
     fn sessions(&self, route: &str) -> u64 {
         self.routes
             .load()
-            .get(route)
+            .find(route)
             .map(|s| s.current.load(Ordering::Relaxed))
             .unwrap_or(0)
     }
@@ -474,7 +503,8 @@ impl SessionStore for MemoryStore {
     fn counts(&self) -> Vec<(Arc<str>, SessionCounts)> {
         self.routes
             .load()
-            .values()
+            .list
+            .iter()
             .map(|s| {
                 (s.name.clone(), {
                     let current = s.current.load(Ordering::Relaxed);
@@ -566,6 +596,26 @@ mod tests {
         let (_, first) = s.get_idle("a").unwrap();
         let (_, second) = s.get_idle("a").unwrap();
         assert!(first >= 30 && second < 30, "{first} {second}: touch lost");
+    }
+
+    #[test]
+    fn many_routes_each_keep_their_own_count() {
+        // Past the scanned few, routes are found through the index.
+        let s = MemoryStore::new(Duration::from_secs(60), 1000);
+        let routes: Vec<Arc<str>> = (0..40).map(|i| format!("node{i}").into()).collect();
+        for (i, r) in routes.iter().enumerate() {
+            for n in 0..=i {
+                s.bind(&format!("S{i}-{n}"), &Arc::from(&**r));
+            }
+        }
+        for (i, r) in routes.iter().enumerate() {
+            assert_eq!(s.sessions(r), i as u64 + 1, "{r}");
+            assert_eq!(count(&s, r), i as u64 + 1, "{r}");
+        }
+        assert_eq!(s.counts().len(), routes.len());
+        s.bind("S39-0", &routes[0]);
+        assert_eq!((s.sessions("node0"), s.sessions("node39")), (2, 39));
+        assert_eq!(s.sessions("node40"), 0);
     }
 
     #[test]
