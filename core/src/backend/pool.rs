@@ -397,7 +397,7 @@ impl Pool {
         let stream = tokio::time::timeout(t, self.dial(false))
             .await
             .map_err(|_| ConnectError::Timeout(t))??;
-        let (sender, conn) = http1::Builder::new()
+        let (sender, conn) = pool_conn::builder()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ConnectError::Handshake)?;

@@ -22,6 +22,21 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{oneshot, Notify};
 
+/// Largest read buffer of an upstream HTTP/1.1 connection, so also the
+/// largest response head a backend may send (nginx allows 4-8 KiB by
+/// default, HAProxy 16 KiB). hyper would grow it to 400 KiB: a large body
+/// would then reach a client connection in chunks that big, and be
+/// copied whole into its write buffer (`server::h1`).
+pub const MAX_READ_BUF: usize = 64 * 1024;
+
+/// How every upstream HTTP/1.1 connection is set up (fresh or taken out
+/// of parking).
+pub fn builder() -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.max_buf_size(MAX_READ_BUF);
+    b
+}
+
 use super::pool::Io;
 
 /// How long a pooled connection stays idle before it gives its buffers
@@ -133,7 +148,7 @@ pub async fn drive(mut conn: Box<Connection>, watch: Arc<ConnWatch>, on_idle_clo
         let Some(to) = to else {
             break;
         };
-        let Ok((sender, fresh)) = http1::Builder::new().handshake(TokioIo::new(io)).await else {
+        let Ok((sender, fresh)) = builder().handshake(TokioIo::new(io)).await else {
             break;
         };
         watch.parking.store(false, Ordering::Relaxed);
