@@ -203,6 +203,44 @@ async fn backend_response_cut_mid_body_aborts_the_client_response() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_response_head_is_a_502_not_a_dead_node() {
+    // /big answers with a 200 KiB header (well over the 64 KiB a backend's
+    // head may have), /fits with a 48 KiB one.
+    let answer = |line: &str| {
+        let size = if line.contains("/big") {
+            200 * 1024
+        } else if line.contains("/fits") {
+            48 * 1024
+        } else {
+            0
+        };
+        let headers = if size > 0 {
+            vec![("x-big", "a".repeat(size))]
+        } else {
+            vec![]
+        };
+        Act::Answer(200, headers, Bytes::from(line.to_owned()))
+    };
+    let n1 = Scripted::start(Arc::new(move |_, line: &str, _: &Bytes| answer(line))).await;
+    let n2 = Scripted::start(Arc::new(move |_, line: &str, _: &Bytes| answer(line))).await;
+    let gate = Gate::start(&format!("{FAST_HEALTH}{}{}", n1.toml("n1"), n2.toml("n2")));
+    gate.wait_health("n1", "up").await;
+    gate.wait_health("n2", "up").await;
+    let c = client();
+    let cookie = Some("JSESSIONID=abc.n1");
+    let big = request(&c, "GET", &gate.url("/big"), cookie, Bytes::new()).await;
+    assert_eq!(big.status, 502, "{:?}", big.body);
+    let fits = request(&c, "GET", &gate.url("/fits"), cookie, Bytes::new()).await;
+    assert_eq!(fits.status, 200);
+    assert_eq!(fits.body, "GET /fits");
+    // Sent once, to its own node: not retried elsewhere, and the node is
+    // neither marked down nor left by the session.
+    assert_eq!(n1.seen(), ["GET /big", "GET /fits"]);
+    assert!(n2.seen().is_empty(), "retried on n2: {:?}", n2.seen());
+    assert_eq!(gate.health("n1").await, "up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_pooled_connection_retries_get_but_never_post() {
     // The second request on any connection finds it closed by the backend
     // (its keep-alive timer fired as the request arrived).

@@ -22,11 +22,12 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{oneshot, Notify};
 
-/// Largest read buffer of an upstream HTTP/1.1 connection, so also the
-/// largest response head a backend may send (nginx allows 4-8 KiB by
-/// default, HAProxy 16 KiB). hyper would grow it to 400 KiB: a large body
-/// would then reach a client connection in chunks that big, and be
-/// copied whole into its write buffer (`server::h1`).
+/// Largest read buffer of an upstream HTTP/1.1 connection, so also about
+/// the largest response head a backend may send (hyper reads a little
+/// past it; nginx allows 4-8 KiB by default, HAProxy 16 KiB). hyper would
+/// grow it to 400 KiB: a large body would then reach a client connection
+/// in chunks that big, each copied whole into its write buffer
+/// (`server::h1`).
 pub const MAX_READ_BUF: usize = 64 * 1024;
 
 /// How every upstream HTTP/1.1 connection is set up (fresh or taken out

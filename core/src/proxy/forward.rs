@@ -710,6 +710,17 @@ fn attempt<'a>(
                 if err.is_user() {
                     return Err(miss(Failure::ClientBody(err), Verdict::None, false));
                 }
+                if err.is_parse() {
+                    // The node answered, with a head this balancer refuses
+                    // (over `pool_conn::MAX_READ_BUF`, or malformed): a fault
+                    // of this answer, which another node would likely give
+                    // too, not of the node. 502 now; the node stays up.
+                    let failure = Failure::Upstream {
+                        route: route(),
+                        source: err,
+                    };
+                    return Err(miss(failure, Verdict::None, false));
+                }
                 if conn.reused {
                     health::closing_seen(backend, &rt.config.health);
                 }
