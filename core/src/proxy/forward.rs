@@ -710,11 +710,13 @@ fn attempt<'a>(
                 if err.is_user() {
                     return Err(miss(Failure::ClientBody(err), Verdict::None, false));
                 }
-                if err.is_parse() {
+                if err.is_parse() && !conn.reused {
                     // The node answered, with a head this balancer refuses
                     // (over `pool_conn::MAX_READ_BUF`, or malformed): a fault
                     // of this answer, which another node would likely give
-                    // too, not of the node. 502 now; the node stays up.
+                    // too, not of the node. 502 now; the node stays up. (On
+                    // a reused connection it may be the leftovers of an
+                    // earlier answer: retried on a fresh one, as below.)
                     let failure = Failure::Upstream {
                         route: route(),
                         source: err,
