@@ -134,10 +134,31 @@ impl Tomcat {
         std::fs::read_to_string(self.dir.join("tomcat.log")).unwrap_or_default()
     }
 
+    /// Send `sig`; for `STOP`, also wait until every thread of the JVM is
+    /// stopped (`kill` returns once the stop is under way: on a loaded
+    /// machine a thread may still run briefly, and answer a CPing).
     fn signal(&self, sig: &str) {
         let _ = Command::new("kill")
             .args([&format!("-{sig}"), &self.pid.to_string()])
             .status();
+        if sig == "STOP" {
+            wait_for(Duration::from_secs(5), || self.all_threads_stopped())
+                .expect("the JVM's threads did not all stop");
+        }
+    }
+
+    /// Whether every thread of the JVM is in state `T` (stopped).
+    fn all_threads_stopped(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
+                // The state follows the command name, which is in parentheses.
+                st.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            })
+        })
     }
 
     /// `[[backend]]` TOML for this node, with `extra` keys.
