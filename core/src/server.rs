@@ -800,7 +800,7 @@ impl Watch {
 /// What the service answers with: boxed, because hyper keeps a box the
 /// size of the service's future for the whole life of an HTTP/1.1
 /// connection, also while it is idle; a request's own state (the attempt
-/// loop, ~4.3 KiB) then lives only while the request runs.
+/// loop, ~3.9 KiB) then lives only while the request runs.
 type Answer =
     Pin<Box<dyn Future<Output = Result<Response<Tracked<ResponseBody>>, Infallible>> + Send>>;
 
