@@ -11,6 +11,7 @@
 //! before. A checkout of a parked connection asks the task for a fresh
 //! sender on the same socket (no new TCP or TLS handshake).
 
+use super::pool::Io;
 use super::upstream_body::UpstreamBody;
 use crate::lock::lock;
 use hyper::client::conn::http1;
@@ -37,8 +38,6 @@ pub fn builder() -> http1::Builder {
     b.max_buf_size(MAX_READ_BUF);
     b
 }
-
-use super::pool::Io;
 
 /// How long a pooled connection stays idle before it gives its buffers
 /// back: a connection reused within a second (a steady load) never pays

@@ -152,6 +152,7 @@ impl Proxy {
     /// returned future is built, which then holds only what the awaits
     /// need: every request's future is boxed and moved whole, so its size
     /// is paid per request (see `server::Answer`).
+    ///
     /// `this` is whatever owns or lends the proxy for the request's life
     /// (a connection's handle, a reference).
     pub fn handle<P>(
