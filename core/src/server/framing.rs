@@ -60,7 +60,7 @@ impl HeadScan {
                 Step::Body(n) | Step::ChunkData(n) => self.skip(rest, n),
                 Step::ChunkEnd => self.chunk_end(rest),
                 Step::Head | Step::ChunkSize | Step::Trailer => {
-                    let Some(i) = rest.iter().position(|&b| b == b'\n') else {
+                    let Some(i) = memchr::memchr(b'\n', rest) else {
                         self.keep(rest);
                         return head;
                     };
@@ -151,7 +151,7 @@ impl HeadScan {
     }
 
     fn header(&mut self, line: &[u8], overflow: bool) {
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             return;
         };
         let name = line[..colon].trim_ascii();
