@@ -142,23 +142,9 @@ impl Tomcat {
             .args([&format!("-{sig}"), &self.pid.to_string()])
             .status();
         if sig == "STOP" {
-            wait_for(Duration::from_secs(5), || self.all_threads_stopped())
+            wait_for(Duration::from_secs(5), || all_threads_stopped(self.pid))
                 .expect("the JVM's threads did not all stop");
         }
-    }
-
-    /// Whether every thread of the JVM is in state `T` (stopped).
-    fn all_threads_stopped(&self) -> bool {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
-            return false;
-        };
-        tasks.flatten().all(|t| {
-            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
-                // The state follows the command name, which is in parentheses.
-                st.rsplit_once(") ")
-                    .is_some_and(|(_, rest)| rest.starts_with('T'))
-            })
-        })
     }
 
     /// `[[backend]]` TOML for this node, with `extra` keys.

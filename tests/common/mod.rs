@@ -72,11 +72,18 @@ impl Proc {
         let _ = self.child.wait();
     }
 
-    /// Send a signal by name ("TERM", "INT", "STOP", "CONT").
+    /// Send a signal by name ("TERM", "INT", "STOP", "CONT"). For `STOP`,
+    /// also wait until every thread is stopped: `kill` returns once the
+    /// stop is under way, and on a loaded machine a thread may still run
+    /// briefly, take a request and write its session before it freezes.
     pub fn signal(&self, sig: &str) {
         let _ = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
             .status();
+        if sig == "STOP" {
+            wait_for(Duration::from_secs(5), || all_threads_stopped(self.pid()))
+                .expect("the process's threads did not all stop");
+        }
     }
 
     /// The OS pid.
@@ -368,6 +375,20 @@ mod temp_dirs {
 fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(Instant::now())
+}
+
+/// Whether every thread of process `pid` is in state `T` (stopped).
+pub fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
+            // The state follows the command name, which is in parentheses.
+            st.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+        })
+    })
 }
 
 /// Poll `f` every 20 ms until true or `timeout`.
