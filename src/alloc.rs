@@ -18,8 +18,7 @@ static GLOBAL: MiMalloc = MiMalloc;
 /// `MI_MAX_ALIGN_SIZE`) once the request is at least this big, and to the
 /// machine word below it: mimalloc rounds sizes up to whole 16-byte units
 /// (the 24-, 40- and 56-byte classes a word-aligned build would have are not
-/// used) and
-/// starts every page's blocks on a 16-byte boundary.
+/// used) and starts every page's blocks on a 16-byte boundary.
 const MI_ALIGN: usize = 16;
 
 /// mimalloc, asked the way its plain C entry points are.
@@ -33,12 +32,12 @@ const MI_ALIGN: usize = 16;
 /// request (benches/instructions.sh), 2-3 % less CPU.
 struct MiMalloc;
 
-/// Whether `mi_malloc`'s own alignment serves `layout` (an alignment of at
-/// most 16 that is not above the size: a word-aligned block serves it when
-/// the size is below 16).
+/// Whether `mi_malloc`'s own alignment serves a block of `size` bytes
+/// aligned to `align` (at most 16 and not above the size: a word-aligned
+/// block serves it when the size is below 16).
 #[inline]
-fn plain(layout: &Layout) -> bool {
-    layout.align() <= MI_ALIGN && layout.align() <= layout.size()
+fn plain(size: usize, align: usize) -> bool {
+    align <= MI_ALIGN && align <= size
 }
 
 // SAFETY: every pointer returned comes from mimalloc with at least the
@@ -51,7 +50,7 @@ unsafe impl GlobalAlloc for MiMalloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: see the impl.
         unsafe {
-            if plain(&layout) {
+            if plain(layout.size(), layout.align()) {
                 mi::mi_malloc(layout.size()).cast()
             } else {
                 mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
@@ -63,7 +62,7 @@ unsafe impl GlobalAlloc for MiMalloc {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: see the impl.
         unsafe {
-            if plain(&layout) {
+            if plain(layout.size(), layout.align()) {
                 mi::mi_zalloc(layout.size()).cast()
             } else {
                 mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
@@ -82,7 +81,7 @@ unsafe impl GlobalAlloc for MiMalloc {
         // SAFETY: see the impl; the new size with the old alignment is what
         // must be served.
         unsafe {
-            if layout.align() <= MI_ALIGN && layout.align() <= new_size {
+            if plain(new_size, layout.align()) {
                 mi::mi_realloc(ptr.cast::<c_void>(), new_size).cast()
             } else {
                 mi::mi_realloc_aligned(ptr.cast::<c_void>(), new_size, layout.align()).cast()

@@ -138,13 +138,7 @@ impl Tomcat {
     /// stopped (`kill` returns once the stop is under way: on a loaded
     /// machine a thread may still run briefly, and answer a CPing).
     fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid.to_string()])
-            .status();
-        if sig == "STOP" {
-            wait_for(Duration::from_secs(5), || all_threads_stopped(self.pid))
-                .expect("the JVM's threads did not all stop");
-        }
+        signal_pid(self.pid, sig);
     }
 
     /// `[[backend]]` TOML for this node, with `extra` keys.

@@ -77,13 +77,7 @@ impl Proc {
     /// stop is under way, and on a loaded machine a thread may still run
     /// briefly, take a request and write its session before it freezes.
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status();
-        if sig == "STOP" {
-            wait_for(Duration::from_secs(5), || all_threads_stopped(self.pid()))
-                .expect("the process's threads did not all stop");
-        }
+        signal_pid(self.pid(), sig);
     }
 
     /// The OS pid.
@@ -377,8 +371,19 @@ fn rand_suffix() -> u64 {
     RandomState::new().hash_one(Instant::now())
 }
 
+/// Send `sig` (by name) to process `pid`, as [`Proc::signal`] does.
+pub fn signal_pid(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+    if sig == "STOP" {
+        wait_for(Duration::from_secs(5), || all_threads_stopped(pid))
+            .expect("the process's threads did not all stop");
+    }
+}
+
 /// Whether every thread of process `pid` is in state `T` (stopped).
-pub fn all_threads_stopped(pid: u32) -> bool {
+fn all_threads_stopped(pid: u32) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
