@@ -46,6 +46,10 @@ lo_multicast() {
 }
 lo_multicast
 
+# The build and the drills' temporary folders need a few GiB: say how much
+# there is, so a "No space left on device" is explained at the top of the log.
+df -h "${CARGO_TARGET_DIR:-target}/.." "${TMPDIR:-/tmp}" >&2 || true
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace --all-targets --no-fail-fast
