@@ -44,6 +44,28 @@ async fn stop_under_load(gate: &Gate, port: u16, extra: &[&str]) -> Run {
     for _ in 0..CLIENTS {
         ids.push(session_on(&c, gate, "tomcat1").await);
     }
+    // Idle pooled connections to A when it stops are what shows a graceful
+    // stop at once (Tomcat closes its idle keep-alive connections first).
+    // Left to chance, all of them were sometimes busy at the signal, and
+    // the balancer learned of the stop only from a fresh connection's
+    // reset (README, "Not yet"). So 2 x CLIENTS requests held 100 ms at
+    // once by A leave that many connections in the pools; the load reuses
+    // at most CLIENTS of them. Made-up ids with A's suffix go to A without
+    // touching the sessions under test.
+    let warm: Vec<_> = (0..2 * CLIENTS)
+        .map(|i| {
+            let (c, url) = (c.clone(), gate.url("/slow?ms=100"));
+            let cookie = format!("JSESSIONID={:032X}.tomcat1", 0xC0FFEE + i);
+            tokio::spawn(async move {
+                try_request(&c, "GET", &url, Some(&cookie), Default::default()).await
+            })
+        })
+        .collect();
+    for w in warm {
+        let r = w.await.unwrap().expect("warm-up request");
+        assert_eq!(r.status, 200, "warm-up request: {:?}", r.body);
+        assert_eq!(route_of(&r), "tomcat1", "warm-up request went to the heir");
+    }
     let retries_before = gate.status().await["retries"].as_u64().unwrap();
     let stop_at = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
     let tasks: Vec<_> = ids
@@ -134,19 +156,18 @@ async fn replicated_sessions_fail_over_in_one_step_on_a_graceful_stop() {
         firsts.push(run.first_heir);
     }
     firsts.sort();
-    let median = firsts[2];
     eprintln!(
         "replicated: median {:.1} ms from SIGTERM to the heir's first answer (min {:.1}, max {:.1})",
-        ms(median),
+        ms(firsts[2]),
         ms(firsts[0]),
         ms(firsts[4])
     );
     // Trying the stopping node again on a fresh connection costs at least
-    // its reset delay; one step to the heir does not.
+    // its reset delay; one step to the heir does not, in every round.
     assert!(
-        median < Duration::from_millis(RESET_MS * 2 / 3),
-        "median {:.1} ms: the first retry did not go to the heir",
-        ms(median)
+        firsts[4] < Duration::from_millis(RESET_MS * 2 / 3),
+        "a round took {:.1} ms: its first retry did not go to the heir ({firsts:?})",
+        ms(firsts[4])
     );
 }
 
