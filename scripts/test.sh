@@ -48,7 +48,7 @@ lo_multicast
 
 # The build and the drills' temporary folders need a few GiB: say how much
 # there is, so a "No space left on device" is explained at the top of the log.
-df -h "${CARGO_TARGET_DIR:-target}/.." "${TMPDIR:-/tmp}" >&2 || true
+df -h . "${TMPDIR:-/tmp}" >&2 || true
 # A fresh checkout gains nothing from incremental compilation, whose caches
 # doubled the build's size: without them clippy and every test target take
 # 1.4 GiB (measured), in about the same time. Set CARGO_INCREMENTAL=1 to keep
