@@ -1658,3 +1658,35 @@ async fn a_new_sessions_binding_is_in_redis_when_bind_now_returns() {
     })
     .await;
 }
+
+/// Redis forgets its scripts when it restarts or is flushed. A new
+/// session's write-through and a write-behind binding then each load the
+/// script again and are stored, and the store is not marked unhealthy.
+#[tokio::test]
+async fn a_script_redis_forgot_is_loaded_again_on_both_write_paths() {
+    let redis = Redis::start_isolated();
+    let t1: Arc<str> = "t1".into();
+    let store = store_on(&redis, "forgot:", &t1).await;
+    store.bind_now("before", &t1).await;
+    assert_eq!(redis.cli(&["HGET", "forgot:s:before", "r"]), "t1");
+
+    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]), "OK");
+    store.bind_now("through", &t1).await;
+    assert_eq!(
+        redis.cli(&["HGET", "forgot:s:through", "r"]),
+        "t1",
+        "write-through after SCRIPT FLUSH not stored"
+    );
+
+    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]), "OK");
+    store.bind("behind", &t1);
+    within(
+        Duration::from_secs(5),
+        "write-behind after SCRIPT FLUSH",
+        || redis.cli(&["HGET", "forgot:s:behind", "r"]) == "t1",
+    )
+    .await;
+    let status = store.status();
+    assert_eq!(status.errors, 0, "a forgotten script is not an error");
+    assert!(status.healthy);
+}
