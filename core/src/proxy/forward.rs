@@ -490,14 +490,15 @@ struct Timers<'a> {
 /// client for more body; a client pausing longer than `body_timeout` ends
 /// the request without blaming the backend. Past `suspect_after` the
 /// backend is probed (`health::suspect`) and the wait also ends when the
-/// backend goes down. The fast path costs one timer, as before.
+/// backend goes down. The fast path costs one timer, as before. The
+/// timers count from `start`, when the request was handed over.
 async fn response_head<F: std::future::Future>(
     t: &Timers<'_>,
     rt: &Runtime,
     backend: &Arc<Backend>,
+    start: tokio::time::Instant,
     mut fut: Pin<&mut F>,
 ) -> Result<F::Output, Late> {
-    let start = tokio::time::Instant::now();
     let mut deadline = start + t.after;
     let mut suspect_at = (!t.suspect_after.is_zero()).then(|| start + t.suspect_after);
     let mut down: Option<tokio::sync::watch::Receiver<u64>> = None;
@@ -686,12 +687,15 @@ fn attempt<'a>(
             progress: progress.map(|p| &**p),
         };
         let miss = Miss::after_send;
-        let sent_at = std::time::Instant::now();
+        // One clock reading for both: the response timers run from it, and
+        // a probe that passed after it clears the node (`late_miss`).
+        let start = tokio::time::Instant::now();
+        let sent_at = start.into_std();
         // Pinned here and lent: taken by value, the send (~580 bytes with the
         // request) would be stored twice in every request's future.
         let head = {
             let send = std::pin::pin!(sender.try_send(req));
-            response_head(&timers, rt, backend, send).await
+            response_head(&timers, rt, backend, start, send).await
         };
         match head {
             Ok(Ok(resp)) => {
@@ -811,7 +815,14 @@ mod tests {
 
     /// `response_head` waiting on a backend that never answers.
     async fn no_answer(t: &Timers<'_>, rt: &Runtime, b: &Arc<Backend>) -> Result<(), Late> {
-        response_head(t, rt, b, std::pin::pin!(std::future::pending::<()>())).await
+        response_head(
+            t,
+            rt,
+            b,
+            tokio::time::Instant::now(),
+            std::pin::pin!(std::future::pending::<()>()),
+        )
+        .await
     }
 
     #[tokio::test(start_paused = true)]
@@ -832,7 +843,14 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1999)).await;
             42
         };
-        let r = response_head(&timers(2000, 0), &rt, &b, std::pin::pin!(answer)).await;
+        let r = response_head(
+            &timers(2000, 0),
+            &rt,
+            &b,
+            tokio::time::Instant::now(),
+            std::pin::pin!(answer),
+        )
+        .await;
         assert_eq!(r, Ok(42));
     }
 

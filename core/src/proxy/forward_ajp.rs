@@ -64,9 +64,10 @@ pub(super) async fn attempt(
         suspect_after: rt.config.health.suspect_after,
         progress: how.progress.map(|p| &**p),
     };
-    let sent_at = std::time::Instant::now();
+    let start = tokio::time::Instant::now();
+    let sent_at = start.into_std();
     let send = std::pin::pin!(pool.send(conn, head, req.into_body(), first_chunk));
-    match response_head(&timers, rt, backend, send).await {
+    match response_head(&timers, rt, backend, start, send).await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(AjpError::ClientBody(e))) => Err(Miss {
             unsent: None,

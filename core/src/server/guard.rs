@@ -41,6 +41,9 @@ pub struct Timing {
     /// The server drains: answers from now on say `Connection: close`
     /// (read once per response, so no lock).
     closing: AtomicBool,
+    /// Set with `State::expired`, so that every read (several per
+    /// request) looks at a flag instead of taking the lock.
+    expired: AtomicBool,
     header: Duration,
     idle: Duration,
 }
@@ -77,6 +80,7 @@ impl Timing {
                 upgrade: None,
             }),
             closing: AtomicBool::new(false),
+            expired: AtomicBool::new(false),
             header,
             idle,
         })
@@ -117,24 +121,30 @@ impl Timing {
     /// Mark the connection expired; the next read fails.
     pub fn expire(&self, how: Expiry) {
         self.lock().expired = Some(how);
+        self.expired.store(true, Ordering::Release);
     }
 
     fn expired(&self) -> Option<Expiry> {
+        if !self.expired.load(Ordering::Acquire) {
+            return None;
+        }
         self.lock().expired
     }
 
-    /// Head bytes arrived on an HTTP/1.1 connection: with nothing in
-    /// flight, they start the next head, whose `header_timeout` runs from
-    /// now.
-    fn note_read(&self) {
+    /// What the HTTP/1.1 scanner saw in one read, under one lock: the
+    /// heads it completed (whether each had conflicting framing) and,
+    /// with `head_bytes`, that some bytes belonged to a head. With nothing
+    /// in flight, those start the next head, whose `header_timeout` runs
+    /// from now.
+    fn note_scan(&self, conflicts: &[bool], head_bytes: bool) {
+        if conflicts.is_empty() && !head_bytes {
+            return;
+        }
         let mut s = self.lock();
-        if s.in_flight == 0 && s.requests > 0 && s.head_started.is_none() {
+        s.conflicts.extend(conflicts);
+        if head_bytes && s.in_flight == 0 && s.requests > 0 && s.head_started.is_none() {
             s.head_started = Some(Instant::now());
         }
-    }
-
-    fn note_head(&self, conflict: bool) {
-        self.lock().conflicts.push_back(conflict);
     }
 
     /// A request reached the service: no deadline until its response body
@@ -403,10 +413,20 @@ impl<I: AsyncRead + AsyncWrite> AsyncRead for Guarded<I> {
         }
         let new = &buf.filled()[before..];
         if let (Some(scan), false) = (this.scan.as_mut(), new.is_empty()) {
+            // Heads completed by this read: rarely more than one (a
+            // pipelining client); beyond the array, one lock per head.
+            let mut heads = [false; 4];
+            let mut n = 0;
             let timing = &*this.timing;
-            if scan.feed(new, |conflict| timing.note_head(conflict)) {
-                timing.note_read();
-            }
+            let head_bytes = scan.feed(new, |conflict| {
+                if n == heads.len() {
+                    timing.note_scan(&heads, false);
+                    n = 0;
+                }
+                heads[n] = conflict;
+                n += 1;
+            });
+            timing.note_scan(&heads[..n], head_bytes);
         }
         Poll::Ready(Ok(()))
     }
