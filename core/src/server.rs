@@ -4,6 +4,7 @@
 //! shutdown.
 
 mod framing;
+mod gate;
 mod guard;
 mod h1;
 mod streams;
@@ -716,6 +717,9 @@ impl Watch {
         // seen at the last check plus that, so sleeping until the next
         // check loses no precision.
         let recheck = park.map_or(self.timing.recheck(), |p| self.timing.recheck().min(p));
+        // The drain signal and the timer are polled only when they woke
+        // the task (see `gate`): the connection wakes it on every request.
+        let (mut drain_gate, mut wake_gate) = (gate::Gate::default(), gate::Gate::default());
         loop {
             let poll = match (self.draining, shut) {
                 (Some(_), false) => recheck.min(DRAIN_POLL),
@@ -732,7 +736,7 @@ impl Watch {
             if let Some(p) = park_at {
                 at = at.min(p.max(now));
             }
-            let wake = tokio::time::sleep_until(hard_stop.unwrap_or(at));
+            let wake = wake_gate.wrap(tokio::time::sleep_until(hard_stop.unwrap_or(at)));
             // Biased, the connection first: it is what wakes the task on
             // every request; the timer and the drain signal are rare, and
             // skipping the random start saves work on each poll.
@@ -744,7 +748,7 @@ impl Watch {
                         r => End::Ended(r),
                     };
                 }
-                _ = self.drain.changed(), if self.draining.is_none() => {
+                _ = drain_gate.wrap(self.drain.changed()), if self.draining.is_none() => {
                     self.draining = Some(Instant::now());
                     if self.h2 {
                         shut = true;

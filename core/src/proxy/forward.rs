@@ -516,7 +516,10 @@ async fn response_head<F: std::future::Future>(
                 None => std::future::pending().await,
             }
         };
+        // Biased, the answer first: it is what ends nearly every wait, and
+        // an answer that is there wins over a timer that fired with it.
         tokio::select! {
+            biased;
             out = &mut fut => return Ok(out),
             true = went_down => return Err(Late::Down),
             _ = tokio::time::sleep_until(wake) => {}
