@@ -14,6 +14,7 @@ use crate::lock::lock;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -26,7 +27,16 @@ type StreamTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// a reference to the stream set itself.)
 #[derive(Clone, Default)]
 pub struct StreamExec {
-    queue: Arc<Mutex<Vec<StreamTask>>>,
+    queue: Arc<Queue>,
+}
+
+/// The streams hyper started and the [`Driven`] has not taken yet.
+#[derive(Default)]
+struct Queue {
+    tasks: Mutex<Vec<StreamTask>>,
+    /// Whether `tasks` may hold any: the connection is polled many times
+    /// per stream, and most polls start none, so they skip the lock.
+    filled: AtomicBool,
 }
 
 impl<F> hyper::rt::Executor<F> for StreamExec
@@ -34,13 +44,17 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
-        lock(&self.queue).push(Box::pin(fut));
+        lock(&self.queue.tasks).push(Box::pin(fut));
+        self.queue.filled.store(true, Ordering::Release);
     }
 }
 
 impl StreamExec {
     fn take(&self) -> Vec<StreamTask> {
-        std::mem::take(&mut *lock(&self.queue))
+        if !self.queue.filled.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *lock(&self.queue.tasks))
     }
 }
 
