@@ -266,7 +266,8 @@ static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Append the client address to X-Forwarded-For and set -Proto and -Host.
 /// From a `trusted` proxy, the -Proto and -Host it sent are kept (it saw
-/// the real client; the balancer only saw the proxy).
+/// the real client; the balancer only saw the proxy). From any other
+/// peer, the caller has removed what it sent (`strip_forwarding`).
 pub fn add_forwarded(
     h: &mut HeaderMap,
     f: Forwarded,
@@ -276,7 +277,9 @@ pub fn add_forwarded(
 ) {
     if f.for_ {
         let ip = client.as_str();
-        let v = match h.get(&XFF).and_then(|v| v.to_str().ok()) {
+        // From anyone else, `strip_forwarding` already removed theirs.
+        let prev = trusted.then(|| h.get(&XFF)).flatten();
+        let v = match prev.and_then(|v| v.to_str().ok()) {
             Some(prev) if !prev.trim().is_empty() => {
                 HeaderValue::from_str(&format!("{prev}, {ip}"))
             }
