@@ -154,8 +154,11 @@ fn corrects_cookie(x: &Exchange<'_>, s: &SessionId<'_>) -> bool {
 /// `;`), read exactly as `Cookie::parse` reads the first two; `None` where
 /// it would fail.
 fn split_set_cookie(s: &str) -> Option<(&str, &str, &str, &str)> {
-    let (pair, attrs) = s.split_at(s.find(';').unwrap_or(s.len()));
-    let (name, value) = pair.split_once('=')?;
+    // Byte searches (`;` and `=` are ASCII, so every cut is a char
+    // boundary): `str::find(char)` sets up a searcher per call.
+    let (pair, attrs) = s.split_at(memchr::memchr(b';', s.as_bytes()).unwrap_or(s.len()));
+    let eq = memchr::memchr(b'=', pair.as_bytes())?;
+    let (name, value) = (&pair[..eq], &pair[eq + 1..]);
     let name = name.trim();
     (!name.is_empty()).then(|| (s, name, value.trim(), attrs))
 }

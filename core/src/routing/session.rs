@@ -49,7 +49,9 @@ impl<'a> SessionId<'a> {
         // A one-byte separator (Tomcat's ".") is a byte search, not a
         // substring search set up per call.
         let split = match sep.as_bytes() {
-            [b] if b.is_ascii() => value.split_once(char::from(*b)),
+            [b] if b.is_ascii() => {
+                memchr::memchr(*b, value.as_bytes()).map(|i| (&value[..i], &value[i + 1..]))
+            }
             _ => value.split_once(sep),
         };
         let (base, route) = match split {

@@ -79,7 +79,11 @@ impl Gate {
             self.task = Some(cx.waker().clone());
             self.shared.woken.store(true, Ordering::Relaxed);
         }
-        if !self.shared.woken.swap(false, Ordering::AcqRel) {
+        // A plain load first: on most polls nothing woke the future, and
+        // the read-modify-write is for the rare one that must poll.
+        if !self.shared.woken.load(Ordering::Acquire)
+            || !self.shared.woken.swap(false, Ordering::AcqRel)
+        {
             return Poll::Pending;
         }
         fut.poll(&mut Context::from_waker(&self.waker))
