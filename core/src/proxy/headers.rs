@@ -67,22 +67,30 @@ impl Reject {
 pub struct ConflictingFraming;
 
 /// Refuse heads no backend should see (see [`Reject`]). Cheap: one pass
-/// over the headers, no allocation.
+/// over the headers (which also counts Host and the framing headers, so
+/// nothing is looked up by name), no allocation.
 pub fn check_request(parts: &Parts, cfg: &ServerSection) -> Result<(), Reject> {
     if parts.extensions.get::<ConflictingFraming>().is_some() {
         return Err(Reject::Framing);
     }
     let limit = cfg.max_header_line;
+    let (mut hosts, mut length, mut chunked) = (0, false, false);
     for (name, value) in &parts.headers {
         if name.as_str().len() + 2 + value.len() > limit {
             return Err(Reject::LineTooLong(limit));
         }
+        if name == header::HOST {
+            hosts += 1;
+        } else if name == header::CONTENT_LENGTH {
+            length = true;
+        } else if name == header::TRANSFER_ENCODING {
+            chunked = true;
+        }
     }
-    if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
+    if hosts > 1 {
         return Err(Reject::DuplicateHost);
     }
-    let h = &parts.headers;
-    if h.contains_key(header::CONTENT_LENGTH) && h.contains_key(header::TRANSFER_ENCODING) {
+    if length && chunked {
         return Err(Reject::Framing);
     }
     Ok(())
@@ -111,11 +119,17 @@ pub fn prepare(parts: &mut Parts, cfg: &Config, client: ClientInfo) {
             parts.uri = u;
         }
     }
-    strip_hop_by_hop(&mut parts.headers);
-    join_cookies(&mut parts.headers);
+    // One pass over the fields tells which of the steps below have
+    // anything to do; the steps only remove fields, so what it saw absent
+    // stays absent.
+    let seen = Seen::of(&parts.headers);
+    strip_present(&mut parts.headers, seen.hop);
+    if seen.cookies > 1 {
+        join_cookies(&mut parts.headers);
+    }
     let s = &cfg.server;
     let trusted = is_trusted(&s.trusted_proxies, client.peer.ip());
-    if !trusted {
+    if !trusted && seen.forwarding {
         strip_forwarding(&mut parts.headers);
     }
     let fwd = Forwarded {
@@ -146,17 +160,46 @@ pub fn is_trusted(list: &[Cidr], ip: IpAddr) -> bool {
     list.iter().any(|c| c.contains(ip))
 }
 
+/// What [`prepare`] needs to know about a request's fields, from one pass.
+struct Seen {
+    /// Which [`HOP_BY_HOP`] names are present (bit i: `HOP_BY_HOP[i]`).
+    hop: u8,
+    /// Cookie fields (HTTP/2 sends one per cookie).
+    cookies: usize,
+    /// Any field `strip_forwarding` removes.
+    forwarding: bool,
+}
+
+impl Seen {
+    fn of(h: &HeaderMap) -> Self {
+        let mut seen = Seen {
+            hop: 0,
+            cookies: 0,
+            forwarding: false,
+        };
+        for (n, _) in h {
+            if n == header::COOKIE {
+                seen.cookies += 1;
+            } else if let Some(i) = hop_index(n) {
+                seen.hop |= 1 << i;
+            } else {
+                seen.forwarding |= is_forwarding(n);
+            }
+        }
+        seen
+    }
+}
+
+/// A field a client could use to forge its address, scheme or host.
+fn is_forwarding(n: &HeaderName) -> bool {
+    let n = n.as_str();
+    n == "forwarded" || n == "x-real-ip" || n.starts_with("x-forwarded-")
+}
+
 /// Remove what a client could use to forge its address, scheme or host
 /// toward the backend: `Forwarded`, `X-Real-IP` and every `X-Forwarded-*`.
 pub fn strip_forwarding(h: &mut HeaderMap) {
-    let forged: Vec<HeaderName> = h
-        .keys()
-        .filter(|n| {
-            let n = n.as_str();
-            n == "forwarded" || n == "x-real-ip" || n.starts_with("x-forwarded-")
-        })
-        .cloned()
-        .collect();
+    let forged: Vec<HeaderName> = h.keys().filter(|n| is_forwarding(n)).cloned().collect();
     for n in forged {
         h.remove(n);
     }
@@ -197,6 +240,12 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
             present |= 1 << i;
         }
     }
+    strip_present(h, present);
+}
+
+/// [`strip_hop_by_hop`] once the names present are known (bit i:
+/// `HOP_BY_HOP[i]`).
+fn strip_present(h: &mut HeaderMap, present: u8) {
     if present == 0 {
         return;
     }
@@ -495,6 +544,34 @@ mod tests {
         prepare(&mut p, &cfg, client("127.0.0.5"));
         assert_eq!(p.headers[header::HOST], "shop.example:8080");
         assert_eq!(p.uri, "/a?b");
+    }
+
+    #[test]
+    fn prepare_joins_crumbs_and_drops_what_connection_names() {
+        let cfg = config("");
+        let mut p = parts(
+            "/",
+            &[("host", b"shop"), ("cookie", b"a=1"), ("cookie", b"b=2")],
+        );
+        prepare(&mut p, &cfg, client("127.0.0.5"));
+        let all: Vec<_> = p.headers.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2"]);
+        // Connection names the cookies: they go, and no empty Cookie is
+        // left behind by the join that the first pass had planned.
+        let mut p = parts(
+            "/",
+            &[
+                ("host", b"shop"),
+                ("cookie", b"a=1"),
+                ("cookie", b"b=2"),
+                ("connection", b"cookie, x-forwarded-for"),
+                ("x-forwarded-for", b"6.6.6.6"),
+            ],
+        );
+        prepare(&mut p, &cfg, client("127.0.0.5"));
+        assert!(!p.headers.contains_key(header::COOKIE));
+        assert!(!p.headers.contains_key(header::CONNECTION));
+        assert_eq!(p.headers[&XFF], "127.0.0.5");
     }
 
     #[test]

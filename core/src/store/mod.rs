@@ -158,6 +158,18 @@ impl StateBook {
 /// agree with other balancers.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A write already done, as a future: zero-sized, so boxing it for
+/// [`StoreFuture`] allocates nothing (a local store's every new session).
+struct Bound;
+
+impl Future for Bound {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::task::Poll::Ready(())
+    }
+}
+
 /// Session base id -> route mapping with idle expiry.
 pub trait SessionStore: Send + Sync + 'static {
     /// The route bound to a session, refreshing its last-seen time.
@@ -228,7 +240,7 @@ pub trait SessionStore: Send + Sync + 'static {
     /// answering cannot lose it. Stores without remote state just bind.
     fn bind_now<'a>(&'a self, id: &'a str, route: &'a Arc<str>) -> StoreFuture<'a, ()> {
         self.bind(id, route);
-        Box::pin(std::future::ready(()))
+        Box::pin(Bound)
     }
 
     /// The backend ended or replaced the session.
