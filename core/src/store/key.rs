@@ -14,23 +14,57 @@ use std::hash::{Hash, Hasher};
 /// (16 random bytes).
 const MAX_DIGITS: usize = 32;
 
-/// Digit values, `NOT_HEX` for every other byte.
-const NOT_HEX: u8 = 0xff;
-static DIGIT: [u8; 256] = {
-    let mut t = [NOT_HEX; 256];
-    let mut i = 0;
-    while i < 10 {
-        t[b'0' as usize + i] = i as u8;
-        i += 1;
+/// A byte value repeated in each byte of a word.
+const ONES: u64 = 0x0101_0101_0101_0101;
+/// The high bit of each byte of a word.
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Eight hex digits read at once ([`HexId::parse`]): four packed bytes
+/// and, per byte, whether it was an upper- or lower-case letter.
+struct Eight {
+    /// First digit in the high nibble of the lowest byte.
+    packed: u32,
+    /// High bit set in the bytes that are upper-case letters.
+    upper: u64,
+    /// High bit set in the bytes that are lower-case letters.
+    lower: u64,
+}
+
+impl Eight {
+    /// `x` holds eight ASCII bytes, the first in its lowest byte; `None`
+    /// unless every one is a hex digit.
+    fn parse(x: u64) -> Option<Eight> {
+        if x & HIGH != 0 {
+            return None;
+        }
+        // For bytes below 0x80, adding 0x80 - n sets a byte's high bit
+        // exactly when it is at least n, and never carries into the next.
+        let at_least = |v: u64, n: u8| v.wrapping_add(u64::from(0x80 - n) * ONES) & HIGH;
+        let digit = at_least(x, b'0') & !at_least(x, b'9' + 1);
+        let folded = x | (0x20 * ONES);
+        let letter = at_least(folded, b'a') & !at_least(folded, b'f' + 1);
+        if digit | letter != HIGH {
+            return None;
+        }
+        // A digit's value is its low nibble; a letter's, its low nibble
+        // (1 to 6) plus 9.
+        let v = (x & (0x0f * ONES)) + (letter >> 7) * 9;
+        // Two digits to a byte, the first in the high nibble, in every
+        // other byte; then those four bytes side by side.
+        let lanes = ((v & 0x000f_000f_000f_000f) << 4) | ((v >> 8) & 0x000f_000f_000f_000f);
+        let packed = (lanes & 0xff)
+            | ((lanes >> 8) & 0xff00)
+            | ((lanes >> 16) & 0x00ff_0000)
+            | ((lanes >> 24) & 0xff00_0000);
+        // Bit 5 (0x20) is what makes a letter lower case; moved to bit 7.
+        let small = (x & (0x20 * ONES)) << 2;
+        Some(Eight {
+            packed: packed as u32,
+            upper: letter & !small,
+            lower: letter & small,
+        })
     }
-    let mut i = 0;
-    while i < 6 {
-        t[b'a' as usize + i] = 10 + i as u8;
-        t[b'A' as usize + i] = 10 + i as u8;
-        i += 1;
-    }
-    t
-};
+}
 
 /// Up to 32 hex digits of one case, two per byte.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -50,36 +84,28 @@ impl HexId {
         if b.is_empty() || b.len() > MAX_DIGITS {
             return None;
         }
-        // Two digits per step (this runs on every sticky request): digit
-        // values are below 16, so one test on both catches any non-digit.
+        // Eight digits per step, as one word (this runs on every sticky
+        // request). The id is padded with '0': a digit of no case, which
+        // packs to the zero nibbles the format keeps past the last digit.
+        let mut text = [b'0'; MAX_DIGITS];
+        text[..b.len()].copy_from_slice(b);
         let mut packed = [0u8; MAX_DIGITS / 2];
-        let pairs = b.chunks_exact(2);
-        let last = pairs.remainder();
-        for (out, p) in packed.iter_mut().zip(pairs) {
-            let (hi, lo) = (DIGIT[p[0] as usize], DIGIT[p[1] as usize]);
-            if (hi | lo) > 0xf {
-                return None;
-            }
-            *out = hi << 4 | lo;
+        let (mut upper, mut lower) = (0, 0);
+        for (out, word) in packed.chunks_exact_mut(4).zip(text.chunks_exact(8)) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            let eight = Eight::parse(u64::from_le_bytes(w))?;
+            out.copy_from_slice(&eight.packed.to_le_bytes());
+            upper |= eight.upper;
+            lower |= eight.lower;
         }
-        if let [c] = last {
-            let d = DIGIT[*c as usize];
-            if d > 0xf {
-                return None;
-            }
-            packed[b.len() / 2] = d << 4;
-        }
-        // Among hex digits, bits 6-5 say 0x30.. (digit), 0x40.. (upper
-        // case letter) or 0x60.. (lower case letter).
-        let kinds = b.iter().fold(0u8, |acc, &c| acc | 1 << ((c >> 5) & 3));
-        let (upper, lower) = (kinds & 0b100 != 0, kinds & 0b1000 != 0);
-        if upper && lower {
+        if upper != 0 && lower != 0 {
             return None;
         }
         Some(HexId {
             packed,
             digits: b.len() as u8,
-            lower,
+            lower: lower != 0,
         })
     }
 
@@ -213,7 +239,25 @@ mod tests {
         }
     }
 
-    /// The digit-by-digit form `HexId::parse` had before it went two
+    /// Digit values, `NOT_HEX` for every other byte.
+    const NOT_HEX: u8 = 0xff;
+    static DIGIT: [u8; 256] = {
+        let mut t = [NOT_HEX; 256];
+        let mut i = 0;
+        while i < 10 {
+            t[b'0' as usize + i] = i as u8;
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 6 {
+            t[b'a' as usize + i] = 10 + i as u8;
+            t[b'A' as usize + i] = 10 + i as u8;
+            i += 1;
+        }
+        t
+    };
+
+    /// The digit-by-digit form `HexId::parse` had before it went eight
     /// digits at a time.
     fn parse_by_digit(id: &str) -> Option<HexId> {
         let b = id.as_bytes();
@@ -239,8 +283,24 @@ mod tests {
     }
 
     #[test]
-    fn packing_two_digits_at_a_time_agrees_with_digit_by_digit() {
+    fn packing_eight_digits_at_a_time_agrees_with_digit_by_digit() {
         let mut ids: Vec<Vec<u8>> = Vec::new();
+        // Every byte at every place of a full-length id, in both cases
+        // (a word is read eight bytes at a time: each lane is tried).
+        for base in [
+            b"0123456789abcdef0123456789abcdef",
+            b"0123456789ABCDEF0123456789ABCDEF",
+        ] {
+            for at in 0..MAX_DIGITS {
+                for c in 0..=255u8 {
+                    let mut id = base.to_vec();
+                    id[at] = c;
+                    ids.push(id);
+                }
+            }
+        }
+        // A non-ASCII character inside an id short enough to pack.
+        ids.push("0123456789abcdef0123456789abcé".as_bytes().to_vec());
         // Every byte alone, in the middle of an id and at an odd end.
         for c in 0..=255u8 {
             ids.push(vec![c]);
