@@ -101,8 +101,9 @@ pub fn check_request(parts: &Parts, cfg: &ServerSection) -> Result<(), Reject> {
 /// crumbs joined, client-made forwarding headers dropped unless the peer
 /// is a trusted proxy, then the balancer's own X-Forwarded-* set.
 pub fn prepare(parts: &mut Parts, cfg: &Config, client: ClientInfo) {
-    if let Some(v) = parts.uri.authority().and_then(host_value) {
-        parts.headers.insert(header::HOST, v);
+    let host_of_target = parts.uri.authority().and_then(host_value);
+    if let Some(v) = &host_of_target {
+        parts.headers.insert(header::HOST, v.clone());
     }
     if parts.uri.scheme().is_some() {
         // Origin form from the parts already parsed (every h2 request
@@ -138,7 +139,9 @@ pub fn prepare(parts: &mut Parts, cfg: &Config, client: ClientInfo) {
         host: s.x_forwarded_host,
     };
     let scheme = if client.https { "https" } else { "http" };
-    add_forwarded(&mut parts.headers, fwd, &client.ip, scheme, trusted);
+    // Host is never removed above (see `strip_hop_by_hop`).
+    let host = host_of_target.or(seen.host);
+    add_forwarded(&mut parts.headers, fwd, &client.ip, scheme, trusted, host);
     parts.version = Version::HTTP_11;
 }
 
@@ -168,6 +171,8 @@ struct Seen {
     cookies: usize,
     /// Any field `strip_forwarding` removes.
     forwarding: bool,
+    /// The (first) Host field.
+    host: Option<HeaderValue>,
 }
 
 impl Seen {
@@ -176,10 +181,15 @@ impl Seen {
             hop: 0,
             cookies: 0,
             forwarding: false,
+            host: None,
         };
-        for (n, _) in h {
+        for (n, v) in h {
             if n == header::COOKIE {
                 seen.cookies += 1;
+            } else if n == header::HOST {
+                if seen.host.is_none() {
+                    seen.host = Some(v.clone());
+                }
             } else if let Some(i) = hop_index(n) {
                 seen.hop |= 1 << i;
             } else {
@@ -313,26 +323,29 @@ static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Append the client address to X-Forwarded-For and set -Proto and -Host.
-/// From a `trusted` proxy, the -Proto and -Host it sent are kept (it saw
-/// the real client; the balancer only saw the proxy). From any other
-/// peer, the caller has removed what it sent (`strip_forwarding`).
+/// Append the client address to X-Forwarded-For and set -Proto and -Host
+/// (from `host`, the request's Host). From a `trusted` proxy, the -Proto
+/// and -Host it sent are kept (it saw the real client; the balancer only
+/// saw the proxy). From any other peer, the caller has removed what it
+/// sent (`strip_forwarding`).
 pub fn add_forwarded(
     h: &mut HeaderMap,
     f: Forwarded,
     client: &IpText,
     scheme: &'static str,
     trusted: bool,
+    host: Option<HeaderValue>,
 ) {
     if f.for_ {
-        let ip = client.as_str();
         // From anyone else, `strip_forwarding` already removed theirs.
         let prev = trusted.then(|| h.get(&XFF)).flatten();
         let v = match prev.and_then(|v| v.to_str().ok()) {
             Some(prev) if !prev.trim().is_empty() => {
-                HeaderValue::from_str(&format!("{prev}, {ip}"))
+                HeaderValue::from_str(&format!("{prev}, {}", client.as_str()))
             }
-            _ => HeaderValue::from_str(ip),
+            // The address's bytes as they are: no UTF-8 check of text
+            // that `Display` wrote.
+            _ => HeaderValue::from_bytes(client.as_bytes()),
         };
         if let Ok(v) = v {
             h.insert(XFF.clone(), v);
@@ -342,7 +355,7 @@ pub fn add_forwarded(
         h.insert(XFP.clone(), HeaderValue::from_static(scheme));
     }
     if f.host && !(trusted && h.contains_key(&XFH)) {
-        if let Some(host) = h.get(header::HOST).cloned() {
+        if let Some(host) = host {
             h.insert(XFH.clone(), host);
         }
     }
@@ -430,7 +443,8 @@ mod tests {
             host: true,
         };
         let ip = IpText::new("127.0.0.9".parse().unwrap());
-        add_forwarded(&mut h, all, &ip, "http", true);
+        let host = h.get(header::HOST).cloned();
+        add_forwarded(&mut h, all, &ip, "http", true, host);
         assert_eq!(h[&XFF], "10.0.0.1, 127.0.0.9");
         assert_eq!(h[&XFP], "http");
         assert_eq!(h[&XFH], "example.org");
@@ -543,6 +557,7 @@ mod tests {
         let mut p = parts("http://user:pw@shop.example:8080/a?b", &[]);
         prepare(&mut p, &cfg, client("127.0.0.5"));
         assert_eq!(p.headers[header::HOST], "shop.example:8080");
+        assert_eq!(p.headers[&XFH], "shop.example:8080", "from the target");
         assert_eq!(p.uri, "/a?b");
     }
 
