@@ -165,7 +165,7 @@ pub fn is_trusted(list: &[Cidr], ip: IpAddr) -> bool {
 
 /// What [`prepare`] needs to know about a request's fields, from one pass.
 struct Seen {
-    /// Which [`HOP_BY_HOP`] names are present (bit i: `HOP_BY_HOP[i]`).
+    /// Which [`HOP_BY_HOP`] names are present (see [`hop_bit`]).
     hop: u8,
     /// Cookie fields (HTTP/2 sends one per cookie).
     cookies: usize,
@@ -191,7 +191,7 @@ impl Seen {
                     seen.host = Some(v.clone());
                 }
             } else if let Some(i) = hop_index(n) {
-                seen.hop |= 1 << i;
+                seen.hop |= hop_bit(i, v);
             } else {
                 seen.forwarding |= is_forwarding(n);
             }
@@ -240,21 +240,43 @@ pub fn join_cookies(h: &mut HeaderMap) {
 /// would then trust whatever else names the host).
 /// A request that came chunked also loses any `Content-Length`, so the
 /// backend can never see two conflicting framings (request smuggling).
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the names finds which hop-by-hop headers are there;
+pub fn strip_hop_by_hop(h: &mut HeaderMap) -> Kept {
+    // One pass over the fields finds which hop-by-hop headers are there;
     // most heads carry none or only `Connection: keep-alive`, so nothing
     // else is hashed or built.
     let mut present = 0u8;
-    for n in h.keys() {
+    let mut set_cookie = false;
+    for (n, v) in h.iter() {
         if let Some(i) = hop_index(n) {
-            present |= 1 << i;
+            present |= hop_bit(i, v);
+        } else if n == header::SET_COOKIE {
+            set_cookie = true;
         }
     }
     strip_present(h, present);
+    Kept { set_cookie }
 }
 
-/// [`strip_hop_by_hop`] once the names present are known (bit i:
-/// `HOP_BY_HOP[i]`).
+/// What [`strip_hop_by_hop`]'s pass saw of the fields it keeps: a
+/// response without `Set-Cookie` teaches no session (see `rewrite`).
+#[derive(Debug, Clone, Copy)]
+pub struct Kept {
+    pub set_cookie: bool,
+}
+
+/// Set in a field survey when a `Connection` value names more than
+/// `close` and `keep-alive` (bits 0 to 6 are [`HOP_BY_HOP`]'s names).
+const NAMES_OTHERS: u8 = 1 << 7;
+
+/// The survey bits of hop-by-hop field `i` (of [`HOP_BY_HOP`]) with value
+/// `v`.
+fn hop_bit(i: usize, v: &HeaderValue) -> u8 {
+    let named = i == 0 && names_others(v);
+    1 << i | if named { NAMES_OTHERS } else { 0 }
+}
+
+/// [`strip_hop_by_hop`] once the fields present are known (see
+/// [`hop_bit`]).
 fn strip_present(h: &mut HeaderMap, present: u8) {
     if present == 0 {
         return;
@@ -263,7 +285,7 @@ fn strip_present(h: &mut HeaderMap, present: u8) {
     if has(&header::TRANSFER_ENCODING) {
         h.remove(header::CONTENT_LENGTH);
     }
-    if has(&header::CONNECTION) && names_others(h.get_all(header::CONNECTION)) {
+    if present & NAMES_OTHERS != 0 {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
             .iter()
@@ -300,13 +322,11 @@ fn hop_index(n: &HeaderName) -> Option<usize> {
     }
 }
 
-/// Whether `Connection` names anything beyond `close` and `keep-alive`
-/// (the usual value, answered without splitting it).
-fn names_others(values: http::header::GetAll<'_, HeaderValue>) -> bool {
-    values.iter().any(|v| {
-        let v = v.as_bytes();
-        !(v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close"))
-    })
+/// Whether a `Connection` value names anything beyond `close` and
+/// `keep-alive` (the usual value, answered without splitting it).
+fn names_others(v: &HeaderValue) -> bool {
+    let v = v.as_bytes();
+    !(v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close"))
 }
 
 /// Which X-Forwarded-* headers to set.
@@ -411,11 +431,17 @@ mod tests {
             ("x-secret", true),
             ("keep-alive ", true),
         ] {
-            h.insert(header::CONNECTION, v.parse().unwrap());
-            assert_eq!(names_others(h.get_all(header::CONNECTION)), named, "{v:?}");
+            assert_eq!(names_others(&v.parse().unwrap()), named, "{v:?}");
         }
+        // A second Connection field that names a header counts too.
+        h.insert(header::CONNECTION, "keep-alive".parse().unwrap());
         h.append(header::CONNECTION, "x-other".parse().unwrap());
-        assert!(names_others(h.get_all(header::CONNECTION)));
+        h.insert("x-other", "1".parse().unwrap());
+        h.insert(header::SET_COOKIE, "a=1".parse().unwrap());
+        let kept = strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key("x-other") && !h.contains_key(header::CONNECTION));
+        assert!(kept.set_cookie, "the survey saw the Set-Cookie it kept");
+        assert!(!strip_hop_by_hop(&mut HeaderMap::new()).set_cookie);
     }
 
     #[test]

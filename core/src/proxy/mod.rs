@@ -300,10 +300,19 @@ async fn finish<'a>(
         .traffic
         .record(parts.status.as_u16(), started.elapsed());
     health::note_status(backend, &rt.config.health, parts.status);
-    headers::strip_hop_by_hop(&mut parts.headers);
+    let kept = headers::strip_hop_by_hop(&mut parts.headers);
     let learn = !parts.status.is_server_error();
     let served = Served { backend, reason };
-    answered(rt, &served, session, client, &mut parts.headers, learn).await;
+    answered(
+        rt,
+        &served,
+        session,
+        client,
+        &mut parts.headers,
+        learn,
+        kept,
+    )
+    .await;
     let idle = crate::body::IdleTimer::new(rt.config.upstream.body_timeout);
     let body = ResponseBody::Upstream {
         body,
@@ -317,7 +326,8 @@ async fn finish<'a>(
 /// responses and WebSocket upgrades alike: a failover counts on the heir,
 /// then the session cookie gets its route (see `rewrite::apply`) and what
 /// the answer taught about the session is stored. `learn` is false for a
-/// 5xx, which binds nothing.
+/// 5xx, which binds nothing; `kept` says whether hop-by-hop removal saw
+/// any `Set-Cookie`.
 pub(super) async fn answered(
     rt: &Runtime,
     served: &Served<'_>,
@@ -325,6 +335,7 @@ pub(super) async fn answered(
     client: ClientInfo,
     headers: &mut http::HeaderMap,
     learn: bool,
+    kept: headers::Kept,
 ) {
     if served.reason.failed_over_from().is_some() {
         served
@@ -343,7 +354,7 @@ pub(super) async fn answered(
         session,
         https: client.https,
     };
-    rewrite::apply(&x, headers, learn)
+    rewrite::apply(&x, headers, learn, kept.set_cookie)
         .store_now(&*rt.store)
         .await;
 }

@@ -74,10 +74,18 @@ impl<'a> Learned<'a> {
 
 /// Learn from the backend's Set-Cookie headers and add the balancer's own
 /// cookie when a failed-over session would otherwise keep its old route.
-pub fn apply<'a>(x: &Exchange<'a>, headers: &mut HeaderMap, status_ok: bool) -> Learned<'a> {
+/// `set_cookie`: whether the answer may carry any (false when a survey of
+/// its fields found none: nothing is looked up then).
+pub fn apply<'a>(
+    x: &Exchange<'a>,
+    headers: &mut HeaderMap,
+    status_ok: bool,
+    set_cookie: bool,
+) -> Learned<'a> {
     let mut learned = Learned::default();
     let mut saw_cookie = false;
-    for v in headers.get_all(SET_COOKIE).iter() {
+    let cookies = set_cookie.then(|| headers.get_all(SET_COOKIE));
+    for v in cookies.iter().flat_map(|all| all.iter()) {
         let Some((s, name, value, attrs)) = v.to_str().ok().and_then(split_set_cookie) else {
             continue;
         };
@@ -422,7 +430,7 @@ mod tests {
             if let Some(c) = set_cookie {
                 h.append(SET_COOKIE, c.parse().unwrap());
             }
-            let learned = apply(&x, &mut h, status_ok).owned();
+            let learned = apply(&x, &mut h, status_ok, true).owned();
             (h, learned)
         }
 
@@ -454,7 +462,7 @@ mod tests {
             let answer = |set_cookie: &str| {
                 let mut h = HeaderMap::new();
                 h.append(SET_COOKIE, set_cookie.parse().unwrap());
-                apply(&x, &mut h, true).store(&*store);
+                apply(&x, &mut h, true, true).store(&*store);
             };
             answer("JSESSIONID=A.t2; Path=/app; HttpOnly");
             let first = t.backends[1].cookie_template.load_full().unwrap();
@@ -498,7 +506,7 @@ mod tests {
             ] {
                 h.append(SET_COOKIE, c.parse().unwrap());
             }
-            let learned = apply(&x, &mut h, true);
+            let learned = apply(&x, &mut h, true, true);
             let want: Vec<(String, Arc<str>)> = [("A", "t2"), ("B", "t1"), ("C", "t2")]
                 .map(|(id, r)| (id.to_owned(), Arc::from(r)))
                 .into();

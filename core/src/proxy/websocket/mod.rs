@@ -241,9 +241,9 @@ async fn client_response(
     client: ClientInfo,
 ) -> Response<ResponseBody> {
     let mut h = backend_headers.clone();
-    headers::strip_hop_by_hop(&mut h);
+    let kept = headers::strip_hop_by_hop(&mut h);
     h.remove(header::CONTENT_LENGTH);
-    answered(rt, served, session, client, &mut h, true).await;
+    answered(rt, served, session, client, &mut h, true, kept).await;
     let mut r = Response::new(ResponseBody::empty());
     match kind {
         Handshake::Upgrade => {
