@@ -151,6 +151,12 @@ impl HeadScan {
     }
 
     fn header(&mut self, line: &[u8], overflow: bool) {
+        // Only three names matter here: a line whose name starts with
+        // another letter is not read further.
+        let first = line.iter().find(|b| !b.is_ascii_whitespace());
+        if !matches!(first.map(u8::to_ascii_lowercase), Some(b'c' | b't' | b'u')) {
+            return;
+        }
         let Some(colon) = memchr::memchr(b':', line) else {
             return;
         };
