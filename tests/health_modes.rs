@@ -118,7 +118,13 @@ async fn health_path_and_expect_status_decide_up_and_down() {
         node.toml()
     ));
     until_health(&gate, "n1", "up", Duration::from_secs(5)).await;
-    assert!(node.count("/ready") >= 1);
+    // A backend starts up (as in HAProxy), so "up" can be read before the
+    // first probe arrives: wait for that probe, on the configured path.
+    let t = Instant::now();
+    while node.count("/ready") == 0 && t.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(node.count("/ready") >= 1, "{}", gate.logs());
     assert_eq!(node.count("/health"), 0, "the default path was probed");
     // A 200 is not in expect_status: down, and requests get a clear 503.
     node.ready_status.store(200, Ordering::Relaxed);
