@@ -40,6 +40,9 @@ fn cluster(sock: &Path) -> (Backend, Backend, Gate) {
         &format!("{FAST_HEALTH}{}{}", b1.toml(), b2.toml()),
         &server_keys(sock),
     );
+    // The listeners answer a moment before the takeover socket is bound.
+    let bound = wait_for(Duration::from_secs(10), || sock.exists());
+    assert!(bound.is_ok(), "no takeover socket: {}", gate.logs());
     (b1, b2, gate)
 }
 
