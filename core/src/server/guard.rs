@@ -131,17 +131,13 @@ impl Timing {
         self.lock().expired
     }
 
-    /// What the HTTP/1.1 scanner saw in one read, under one lock: the
-    /// heads it completed (whether each had conflicting framing) and,
-    /// with `head_bytes`, that some bytes belonged to a head. With nothing
-    /// in flight, those start the next head, whose `header_timeout` runs
-    /// from now.
-    fn note_scan(&self, conflicts: &[bool], head_bytes: bool) {
-        if conflicts.is_empty() && !head_bytes {
-            return;
-        }
+    /// Run the HTTP/1.1 scanner over one read under one lock: `scan` notes
+    /// each head it completes (whether it carried conflicting framing) and
+    /// says whether any bytes belonged to a head. With nothing in flight,
+    /// those start the next head, whose `header_timeout` runs from now.
+    fn note_scan(&self, scan: impl FnOnce(&mut dyn FnMut(bool)) -> bool) {
         let mut s = self.lock();
-        s.conflicts.extend(conflicts);
+        let head_bytes = scan(&mut |conflict| s.conflicts.push_back(conflict));
         if head_bytes && s.in_flight == 0 && s.requests > 0 && s.head_started.is_none() {
             s.head_started = Some(Instant::now());
         }
@@ -413,20 +409,7 @@ impl<I: AsyncRead + AsyncWrite> AsyncRead for Guarded<I> {
         }
         let new = &buf.filled()[before..];
         if let (Some(scan), false) = (this.scan.as_mut(), new.is_empty()) {
-            // Heads completed by this read: rarely more than one (a
-            // pipelining client); beyond the array, one lock per head.
-            let mut heads = [false; 4];
-            let mut n = 0;
-            let timing = &*this.timing;
-            let head_bytes = scan.feed(new, |conflict| {
-                if n == heads.len() {
-                    timing.note_scan(&heads, false);
-                    n = 0;
-                }
-                heads[n] = conflict;
-                n += 1;
-            });
-            timing.note_scan(&heads[..n], head_bytes);
+            this.timing.note_scan(|note| scan.feed(new, note));
         }
         Poll::Ready(Ok(()))
     }
