@@ -161,8 +161,11 @@ fn exit_2_on_error(r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// One thread for every subcommand: none of them needs more (the request
+/// path of `run` has threads of its own), and without tokio's
+/// multi-threaded scheduler the binary links no libm and starts smaller.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -238,14 +241,10 @@ fn import(source: ImportSource) -> anyhow::Result<()> {
 
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = stickgate::config::load(path)?;
-    // The control plane (admin, health checks, store, reload) only: the
-    // request path runs on `server.threads` threads of its own.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("stickgate-ctl")
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    // The control plane (admin, health checks, store, reload) only, on
+    // the main thread: the request path runs on `server.threads` threads
+    // of its own.
+    let rt = runtime()?;
     rt.block_on(stickgate::run(
         cfg,
         Some(path.to_path_buf()),

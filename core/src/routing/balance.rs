@@ -235,6 +235,8 @@ pub fn heir(
 
 /// Weighted rendezvous score: `-w / ln(u)`, `u` uniform in (0,1) from a
 /// hash that is stable across processes and versions (FNV-1a + mixer).
+/// The logarithm is `libm`'s, computed the same way on every platform, so
+/// balancers of different architectures rank heirs identically.
 fn score(base: &str, route: &str, weight: u32) -> f64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in base.bytes().chain([0xff]).chain(route.bytes()) {
@@ -247,7 +249,7 @@ fn score(base: &str, route: &str, weight: u32) -> f64 {
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^= h >> 33;
     let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    -(weight as f64) / u.ln()
+    -(weight as f64) / libm::log(u)
 }
 
 #[cfg(test)]
