@@ -7,6 +7,7 @@
 #   BASE_BIN=/path/to/older/stickgate benches/compare.sh   # adds "base"
 #   GATE_BIN=/path/to/stickgate benches/compare.sh    # no build, that binary
 #   IDLE_CONNS=3000 benches/compare.sh   # also RSS with N idle keep-alive clients
+#   FLOOR=1 benches/compare.sh        # adds "floor" (benches/floor: hyper alone)
 #
 # Backends: two nginx servers (worker_processes 1) answering every path with
 # {"route":"tomcatN"} and, without a JSESSIONID cookie, a Set-Cookie. Each
@@ -22,6 +23,10 @@
 # rounds with the ratios to HAProxy; then RSS: idle (before the first
 # round), the largest right after a run, and optionally with IDLE_CONNS idle
 # keep-alive clients (each sent one sticky GET and holds its connection).
+# With FLOOR=1 also "floor": benches/floor, the least a sticky hyper proxy
+# does per request (one runtime and pool per core, mimalloc, no checks,
+# fields, sessions, retries or timers), built here: what stickgate costs
+# above it is what its own work around hyper costs.
 # Installs haproxy, nginx and wrk with apt-get if missing; bounded in time.
 NAME=compare.sh
 . "$(dirname "$0")/common.sh"
@@ -53,9 +58,16 @@ fi
 port() { # a free loopback port
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
-P1=$(port) P2=$(port) PN=$(port) PH=$(port) PG=$(port) PA=$(port) PB=$(port) PBA=$(port)
+P1=$(port) P2=$(port) PN=$(port) PH=$(port) PG=$(port) PA=$(port) PB=$(port) PBA=$(port) PF=$(port)
 BASE_BIN=${BASE_BIN:-}
 [ -z "$BASE_BIN" ] || [ -x "$BASE_BIN" ] || die "BASE_BIN=$BASE_BIN is not an executable"
+FLOOR=${FLOOR:-}
+if [ -n "$FLOOR" ]; then
+    FLOOR_BIN="$PWD/target/floor/release/stickgate-floor"
+    echo "$NAME: building benches/floor" >&2
+    CARGO_TARGET_DIR="$PWD/target/floor" cargo build --release --quiet \
+        --manifest-path "$PWD/benches/floor/Cargo.toml" || die "building benches/floor failed"
+fi
 
 sticky_lua "$WORK/sticky.lua"
 
@@ -114,6 +126,13 @@ if [ -n "$BASE_BIN" ]; then
     WHO="$WHO base"
     PORTS="$PORTS $PB"
 fi
+if [ -n "$FLOOR" ]; then
+    "$FLOOR_BIN" "127.0.0.1:$PF" "127.0.0.1:$P1" "127.0.0.1:$P2" 2>"$WORK/floor.log" &
+    FLOOR_PID=$!
+    PIDS+=($FLOOR_PID)
+    WHO="$WHO floor"
+    PORTS="$PORTS $PF"
+fi
 
 for p in $PORTS; do
     for ((i = 0; i < 100; i++)); do
@@ -131,6 +150,7 @@ pids_of() { # balancer -> its pids (nginx: master and workers)
     haproxy) echo "$HAPROXY_PID" ;;
     stickgate) echo "$GATE_PID" ;;
     base) echo "$BASE_PID" ;;
+    floor) echo "$FLOOR_PID" ;;
     esac
 }
 ticks() { # sum of utime+stime of the given pids
@@ -141,7 +161,7 @@ ticks() { # sum of utime+stime of the given pids
     echo "$t"
 }
 port_of() {
-    case $1 in direct) echo "$P1" ;; nginx) echo "$PN" ;; haproxy) echo "$PH" ;; stickgate) echo "$PG" ;; base) echo "$PB" ;; esac
+    case $1 in direct) echo "$P1" ;; nginx) echo "$PN" ;; haproxy) echo "$PH" ;; stickgate) echo "$PG" ;; base) echo "$PB" ;; floor) echo "$PF" ;; esac
 }
 
 rss_kib() { # summed VmRSS of the given pids
@@ -240,7 +260,7 @@ fi
 
 echo
 echo "wrk -t1 -c64, sticky $DURATION and new $NEW_DURATION per run, $ROUNDS interleaved rounds, all on $(nproc) shared cores"
-echo "medians over the rounds (range); ratios are stickgate's (and base's) medians over HAProxy's"
+echo "medians over the rounds (range); ratios are stickgate's (and base's, floor's) medians over HAProxy's"
 awk '
     function median(list,   n, a, i, j, t) {
         n = split(list, a, " ")
@@ -264,7 +284,7 @@ awk '
           if (key in cpu) line = line sprintf(" %6.2f (%.2f..%.2f)", median(cpu[key]), lo(cpu[key]), hi(cpu[key]))
           else line = line sprintf(" %6s %14s", "-", "")
           line = line sprintf("  %6.2f (%.2f..%.2f)  %d", median(p99[key]), lo(p99[key]), hi(p99[key]), err[key])
-          if (w == "stickgate" || w == "base")
+          if (w == "stickgate" || w == "base" || w == "floor")
             line = line sprintf("   vs HAProxy: req/s %.2fx  cpu %.2fx  p99 %.2fx", median(rps[key]) / hr, median(cpu[key]) / hc, median(p99[key]) / hp)
           print line
         }
