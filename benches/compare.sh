@@ -20,7 +20,9 @@
 # sends no cookie (`wrk -t1 -c64 -d$NEW_DURATION`): every answer carries a
 # Set-Cookie the balancer learns. Prints each run, then per scenario and
 # balancer the median and range of req/s, CPU µs/request and p99 over the
-# rounds with the ratios to HAProxy; then RSS: idle (before the first
+# rounds with the ratios to HAProxy, and the user-space part of the CPU
+# (utime alone: the kernel's part, loopback TCP and epoll, is about the
+# same for every proxy here, so this is where they differ); then RSS: idle (before the first
 # round), the largest right after a run, and optionally with IDLE_CONNS idle
 # keep-alive clients (each sent one sticky GET and holds its connection).
 # With FLOOR=1 also "floor": benches/floor, the least a sticky hyper proxy
@@ -160,6 +162,13 @@ ticks() { # sum of utime+stime of the given pids
     done
     echo "$t"
 }
+uticks() { # sum of utime alone (user space: the proxy's own code)
+    local t=0 p
+    for p in "$@"; do
+        t=$((t + $(awk '{print $14}' "/proc/$p/stat")))
+    done
+    echo "$t"
+}
 port_of() {
     case $1 in direct) echo "$P1" ;; nginx) echo "$PN" ;; haproxy) echo "$PH" ;; stickgate) echo "$PG" ;; base) echo "$PB" ;; floor) echo "$PF" ;; esac
 }
@@ -199,20 +208,21 @@ for ((r = 1; r <= ROUNDS; r++)); do
                 args=(-d"$NEW_DURATION")
                 secs=$NEW_SECS
             fi
-            t0=$(ticks $pids)
+            t0=$(ticks $pids) u0=$(uticks $pids)
             out=$(timeout $((secs + 30)) wrk -t1 -c64 --latency "${args[@]}" \
                 "http://127.0.0.1:$(port_of $who)/" 2>&1) || die "wrk failed for $who: $out"
-            t1=$(ticks $pids)
+            t1=$(ticks $pids) u1=$(uticks $pids)
             [ -n "$pids" ] && echo "$who load $(rss_kib $pids)" >>"$RSS"
             reqs=$(awk '/requests in/ {print $1}' <<<"$out")
             rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
             errs=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(/[^0-9 ]/, " "); for (i = 1; i <= NF; i++) n += $i} END {print n + 0}' <<<"$out")
             p99=$(p99_ms <<<"$out")
             us=$(awk -v t=$((t1 - t0)) -v n="$reqs" 'BEGIN {printf "%.2f", t * 10000 / n}')
-            [ -z "$pids" ] && us="-"
-            printf "round %d %-6s %-9s %9s req/s  p99 %8s ms  cpu %6s us/req  errors %s\n" \
-                "$r" "$scenario" "$who" "$rps" "$p99" "$us" "$errs"
-            echo "$scenario $who $rps $us $p99 $errs" >>"$RESULTS"
+            user=$(awk -v t=$((u1 - u0)) -v n="$reqs" 'BEGIN {printf "%.2f", t * 10000 / n}')
+            [ -z "$pids" ] && us="-" user="-"
+            printf "round %d %-6s %-9s %9s req/s  p99 %8s ms  cpu %6s us/req (user %s)  errors %s\n" \
+                "$r" "$scenario" "$who" "$rps" "$p99" "$us" "$user" "$errs"
+            echo "$scenario $who $rps $us $p99 $errs $user" >>"$RESULTS"
         done
     done
 done
@@ -269,7 +279,7 @@ awk '
     }
     function lo(list,   n, a, i, m) { n = split(list, a, " "); m = a[1]; for (i = 2; i <= n; i++) if (a[i] + 0 < m + 0) m = a[i]; return m }
     function hi(list,   n, a, i, m) { n = split(list, a, " "); m = a[1]; for (i = 2; i <= n; i++) if (a[i] + 0 > m + 0) m = a[i]; return m }
-    { k = $1 " " $2; rps[k] = rps[k] " " $3; if ($4 != "-") cpu[k] = cpu[k] " " $4; p99[k] = p99[k] " " $5; err[k] += $6 }
+    { k = $1 " " $2; rps[k] = rps[k] " " $3; if ($4 != "-") { cpu[k] = cpu[k] " " $4; usr[k] = usr[k] " " $7 }; p99[k] = p99[k] " " $5; err[k] += $6 }
     END {
       k = split(who, order, " ")
       for (s = 1; s <= 2; s++) {
@@ -288,6 +298,16 @@ awk '
             line = line sprintf("   vs HAProxy: req/s %.2fx  cpu %.2fx  p99 %.2fx", median(rps[key]) / hr, median(cpu[key]) / hc, median(p99[key]) / hp)
           print line
         }
+      }
+      # The kernel'"'"'s share (loopback TCP, epoll) is about the same for
+      # every proxy here: the difference is mostly in user space.
+      print "user-space CPU us/req, median (range): the proxy'"'"'s own code, without the kernel'"'"'s part"
+      for (s = 1; s <= 2; s++) {
+        sc = s == 1 ? "sticky" : "new"
+        line = sprintf("%-6s", sc)
+        for (i = 1; i <= k; i++) { w = order[i]; key = sc " " w
+          if (key in usr) line = line sprintf("  %s %.2f (%.2f..%.2f)", w, median(usr[key]), lo(usr[key]), hi(usr[key])) }
+        print line
       }
     }' who="$WHO" "$RESULTS"
 echo
