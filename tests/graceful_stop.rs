@@ -181,7 +181,9 @@ async fn unreplicated_sessions_stay_until_the_node_is_really_gone() {
         b.toml()
     ));
     let mut firsts = Vec::new();
-    for round in 1..=3 {
+    // Five rounds, judged by their median: a round may end early for a
+    // good reason (see below), and on a loaded machine two of three did.
+    for round in 1..=5 {
         let run = stop_under_load(&gate, port, &[]).await;
         eprintln!(
             "unreplicated, round {round}: first answer from the heir {:.1} ms after SIGTERM; \
@@ -197,16 +199,16 @@ async fn unreplicated_sessions_stay_until_the_node_is_really_gone() {
     }
     firsts.sort();
     eprintln!(
-        "unreplicated: median {:.1} ms from SIGTERM to the heir's first answer",
-        ms(firsts[1])
+        "unreplicated: median {:.1} ms from SIGTERM to the heir's first answer ({firsts:?})",
+        ms(firsts[2])
     );
     // The node was tried on a fresh connection first (the session would be
     // lost by moving), and left only when that connection was reset. (A
     // round may end sooner: a connection opened just before the signal is
     // closed by the stopping node at once, which proves it going away.)
     assert!(
-        firsts[1] >= Duration::from_millis(RESET_MS - 20),
-        "moved after {:.1} ms, before the stopping node reset a fresh connection",
-        ms(firsts[1])
+        firsts[2] >= Duration::from_millis(RESET_MS - 20),
+        "moved after {:.1} ms, before the stopping node reset a fresh connection ({firsts:?})",
+        ms(firsts[2])
     );
 }
