@@ -155,19 +155,13 @@ pids_of() { # balancer -> its pids (nginx: master and workers)
     floor) echo "$FLOOR_PID" ;;
     esac
 }
-ticks() { # sum of utime+stime of the given pids
-    local t=0 p
+ticks() { # "<utime+stime> <utime>" summed over the given pids
+    local t=0 u=0 p pu ps
     for p in "$@"; do
-        t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+        read -r pu ps < <(awk '{print $14, $15}' "/proc/$p/stat")
+        t=$((t + pu + ps)) u=$((u + pu))
     done
-    echo "$t"
-}
-uticks() { # sum of utime alone (user space: the proxy's own code)
-    local t=0 p
-    for p in "$@"; do
-        t=$((t + $(awk '{print $14}' "/proc/$p/stat")))
-    done
-    echo "$t"
+    echo "$t $u"
 }
 port_of() {
     case $1 in direct) echo "$P1" ;; nginx) echo "$PN" ;; haproxy) echo "$PH" ;; stickgate) echo "$PG" ;; base) echo "$PB" ;; floor) echo "$PF" ;; esac
@@ -208,10 +202,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
                 args=(-d"$NEW_DURATION")
                 secs=$NEW_SECS
             fi
-            t0=$(ticks $pids) u0=$(uticks $pids)
+            read -r t0 u0 < <(ticks $pids)
             out=$(timeout $((secs + 30)) wrk -t1 -c64 --latency "${args[@]}" \
                 "http://127.0.0.1:$(port_of $who)/" 2>&1) || die "wrk failed for $who: $out"
-            t1=$(ticks $pids) u1=$(uticks $pids)
+            read -r t1 u1 < <(ticks $pids)
             [ -n "$pids" ] && echo "$who load $(rss_kib $pids)" >>"$RSS"
             reqs=$(awk '/requests in/ {print $1}' <<<"$out")
             rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
