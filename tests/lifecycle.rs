@@ -189,3 +189,81 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     };
     assert!(status.success(), "exit status {status}: {}", gate.logs());
 }
+
+/// A `Cpus_allowed_list` value ("0-1", "0,2-3") as CPU numbers.
+fn cpu_list(text: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        cpus.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
+    }
+    cpus
+}
+
+/// The CPUs each thread of `pid` may run on, by thread name.
+fn thread_cpus(pid: u32) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = t.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap();
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        let list = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap();
+        out.push((name.trim().to_owned(), cpu_list(list)));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn request_threads_get_a_cpu_each_unless_affinity_is_off() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let allowed = cpu_list(
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap(),
+    );
+    let n = allowed.len().max(2);
+    let node = Backend::start("tomcat1", &[]);
+    let threads = format!("threads = {n}\n");
+    let pinned = Gate::start_with(&node.toml(), &threads);
+    let off = Gate::start_with(&node.toml(), &format!("{threads}cpu_affinity = \"off\""));
+
+    let workers = |pid| -> Vec<(String, Vec<usize>)> {
+        thread_cpus(pid)
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("stickgate-w"))
+            .collect()
+    };
+    let got = workers(pinned.proc.pid());
+    assert_eq!(got.len(), n, "{got:?}");
+    for (i, (name, cpus)) in got.iter().enumerate() {
+        if allowed.len() == n {
+            assert_eq!(name, &format!("stickgate-w{i}"));
+            assert_eq!(cpus, &vec![allowed[i]], "{name} pinned to its own CPU");
+        } else {
+            // One CPU here: nothing to spread over, nothing pinned.
+            assert_eq!(cpus, &allowed, "{name}");
+        }
+    }
+    for (name, cpus) in thread_cpus(pinned.proc.pid()) {
+        if !name.starts_with("stickgate-w") {
+            assert_eq!(cpus, allowed, "{name}: only request threads are pinned");
+        }
+    }
+    for (name, cpus) in workers(off.proc.pid()) {
+        assert_eq!(cpus, allowed, "{name} with cpu_affinity = \"off\"");
+    }
+    // Pinned or not, both serve.
+    for port in [pinned.port, off.port] {
+        let r = raw(
+            port,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        );
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+}

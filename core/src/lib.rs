@@ -119,7 +119,15 @@ pub async fn run(
     let proxy = proxy::Proxy::new(runtime, access_log);
     proxy.follow_states();
     let stats = Arc::new(server::ServerStats::default());
-    let workers = server::workers::Workers::start(threads)?;
+    let cpus = server::affinity::plan(
+        server_cfg.cpu_affinity,
+        threads,
+        &server::affinity::allowed_cpus(),
+    );
+    if let Some(c) = &cpus {
+        tracing::info!(cpus = ?c, "request threads pinned one per CPU (server.cpu_affinity)");
+    }
+    let workers = server::workers::Workers::start(threads, cpus.as_deref())?;
     let server = server::Server::new(
         proxy.clone(),
         stats.clone(),

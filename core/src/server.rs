@@ -3,6 +3,7 @@
 //! slowloris/idle timers (see [`guard`]) and size limits, and graceful
 //! shutdown.
 
+pub mod affinity;
 mod framing;
 mod gate;
 mod guard;
@@ -1084,7 +1085,7 @@ mod tests {
 
     #[test]
     fn request_threads_know_their_number() {
-        let workers = workers::Workers::start(2).unwrap();
+        let workers = workers::Workers::start(2, None).unwrap();
         let handles = workers.handles();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

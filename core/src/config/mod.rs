@@ -12,7 +12,7 @@ mod checked;
 pub use checked::{
     redact_url, AccessLog, AdminRules, AdminToken, BackendConfig, Config, Keepalive, SessionRules,
 };
-pub use raw::{AccessLogFormat, Algorithm, StoreKind};
+pub use raw::{AccessLogFormat, Algorithm, CpuAffinity, StoreKind};
 
 use std::path::{Path, PathBuf};
 

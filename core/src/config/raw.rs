@@ -67,6 +67,9 @@ pub struct ServerSection {
     /// (SO_REUSEPORT) and upstream connections, so cores share nothing on
     /// the way of a request. Absent: one per core. Applies at start.
     pub threads: Option<usize>,
+    /// Whether each request thread is pinned to a core of its own (see
+    /// `server::affinity`). Applies at start.
+    pub cpu_affinity: CpuAffinity,
     pub max_header_size: usize,
     /// Longest single header line (name, ": " and value); longer -> 431.
     pub max_header_line: usize,
@@ -134,6 +137,7 @@ impl Default for ServerSection {
             idle_timeout: Duration::from_secs(60),
             max_connections: None,
             threads: None,
+            cpu_affinity: CpuAffinity::Auto,
             max_header_size: 32 * 1024,
             max_header_line: 8 * 1024,
             max_headers: 100,
@@ -291,6 +295,18 @@ pub struct LogSection {
     /// `"combined"` (Apache/nginx style plus route and session hash) or
     /// `"json"` (one object per line).
     pub access_log_format: AccessLogFormat,
+}
+
+/// `server.cpu_affinity`: pin request threads to cores or not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CpuAffinity {
+    /// One thread per allowed CPU, each pinned to its own, when there are
+    /// as many threads as CPUs; otherwise none pinned.
+    #[default]
+    Auto,
+    /// No thread pinned: the scheduler places them.
+    Off,
 }
 
 /// Line format of the access log.

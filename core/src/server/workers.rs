@@ -27,8 +27,9 @@ pub struct Workers {
 
 impl Workers {
     /// Start `n` threads, each running its own current-thread runtime
-    /// until [`Workers::stop`].
-    pub fn start(n: usize) -> Result<Self, WorkerError> {
+    /// until [`Workers::stop`]; thread i is pinned to `cpus[i]` when given
+    /// (see `server::affinity`).
+    pub fn start(n: usize, cpus: Option<&[usize]>) -> Result<Self, WorkerError> {
         let mut handles = Vec::with_capacity(n);
         let mut stops = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
@@ -41,10 +42,16 @@ impl Workers {
             handles.push(rt.handle().clone());
             let (stop, stopped) = oneshot::channel::<()>();
             stops.push(stop);
+            let cpu = cpus.and_then(|c| c.get(index).copied());
             let thread = std::thread::Builder::new()
                 .name(format!("stickgate-w{index}"))
                 .spawn(move || {
                     crate::thread_index::set(index);
+                    if let Some(cpu) = cpu {
+                        if let Err(e) = super::affinity::pin_current(cpu) {
+                            tracing::warn!(thread = index, cpu, error = %e, "cannot pin the request thread to its CPU; the scheduler places it (set server.cpu_affinity = \"off\" to silence this)");
+                        }
+                    }
                     // Tasks spawned onto this runtime run while it waits.
                     let _ = rt.block_on(stopped);
                 })
