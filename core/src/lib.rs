@@ -15,6 +15,7 @@ pub mod backend;
 pub mod body;
 pub mod client_info;
 pub mod client_upgrade;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod lock;

@@ -15,6 +15,7 @@
 
 use super::pool_conn::{self, ConnWatch};
 use super::upstream_body::UpstreamBody;
+use crate::clock::Coarse;
 use crate::config::{BackendConfig, Keepalive};
 use crate::lock::lock;
 use http::{Request, Response};
@@ -152,7 +153,8 @@ struct Idle {
     /// `Some` until taken, or until parked (see `pool_conn`).
     sender: Option<http1::SendRequest<UpstreamBody>>,
     watch: Arc<ConnWatch>,
-    since: Instant,
+    /// Pooled at (idle ages are compared against seconds: coarse clock).
+    since: Coarse,
     /// A parked connection taken for reuse (its task must keep it).
     reused: bool,
 }
@@ -478,8 +480,9 @@ impl Pool {
     /// those the backend closed while they were idle (ours expire by age).
     fn take_idle(&self, peer_closed: &mut usize) -> Option<Taken> {
         let mut idle = lock(&self.share().idle);
+        let now = Coarse::now();
         while let Some(mut c) = idle.pop() {
-            if c.since.elapsed() >= self.settings.idle_timeout {
+            if now.since(c.since) >= self.settings.idle_timeout {
                 continue;
             }
             let Some(sender) = c.sender.take() else {
@@ -516,7 +519,7 @@ impl Pool {
             idle.push(Idle {
                 sender: Some(sender),
                 watch,
-                since: Instant::now(),
+                since: Coarse::now(),
                 reused: false,
             });
         }
@@ -548,8 +551,9 @@ impl Pool {
             .iter()
             .map(|share| {
                 let mut idle = lock(&share.idle);
+                let now = Coarse::now();
                 // Oldest first: checkin pushes, checkout pops.
-                let n = idle.partition_point(|c| c.since.elapsed() >= max_age);
+                let n = idle.partition_point(|c| now.since(c.since) >= max_age);
                 idle.drain(..n);
                 if idle.is_empty() {
                     idle.shrink_to_fit();
@@ -566,9 +570,10 @@ impl Pool {
             .iter()
             .map(|share| {
                 let mut idle = lock(&share.idle);
+                let now = Coarse::now();
                 let mut n = 0;
                 for c in idle.iter_mut() {
-                    if c.sender.is_some() && c.since.elapsed() >= pool_conn::PARK_AFTER {
+                    if c.sender.is_some() && now.since(c.since) >= pool_conn::PARK_AFTER {
                         c.watch.park();
                         c.sender = None;
                         n += 1;

@@ -6,6 +6,7 @@
 
 use super::key::{KeyRef, SessionKey};
 use super::{Cached, PeakWindow, SessionCounts, SessionStore, StoreFuture, StoreStatus};
+use crate::clock::Coarse;
 use crate::lock::lock;
 use arc_swap::ArcSwap;
 use hashbrown::Equivalent;
@@ -13,7 +14,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SHARDS: usize = 64;
 
@@ -99,7 +100,7 @@ pub struct MemoryStore {
     /// One slot per route (see [`Routes`]).
     routes: ArcSwap<Routes>,
     routes_write: Mutex<()>,
-    epoch: Instant,
+    epoch: Coarse,
     idle_ms: u64,
     /// Least time between two recorded touches of a session (see
     /// `get_idle`): a second, or a sixteenth of the idle timeout.
@@ -176,9 +177,7 @@ impl MemoryStore {
             routes_write: Mutex::new(()),
             // One idle timeout in the past, so a replicated record's age
             // (`bind_aged`) is never clamped by this store's short uptime.
-            epoch: Instant::now()
-                .checked_sub(idle)
-                .unwrap_or_else(Instant::now),
+            epoch: Coarse::now().checked_sub(idle).unwrap_or_else(Coarse::now),
             idle_ms: (idle.as_millis() as u64).max(1),
             touch_ms: (idle.as_millis() as u64 / 16).min(1000),
             capacity: capacity as u64,
@@ -231,7 +230,7 @@ impl MemoryStore {
     }
 
     fn now(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        Coarse::now().since(self.epoch).as_millis() as u64
     }
 
     fn is_expired(&self, e: &Entry, now: u64) -> bool {
@@ -585,14 +584,16 @@ mod tests {
         // idle 16 s: touches are recorded once a second at most.
         let s = MemoryStore::new(Duration::from_secs(16), 10);
         s.bind("a", &r);
-        std::thread::sleep(Duration::from_millis(30));
+        // 40 ms: ages come from the coarse clock (one kernel tick, up to
+        // 10 ms, of resolution).
+        std::thread::sleep(Duration::from_millis(40));
         let (_, first) = s.get_idle("a").unwrap();
         let (_, second) = s.get_idle("a").unwrap();
         assert!(first >= 30 && second >= 30, "{first} {second}: not touched");
         // idle 160 ms: a touch 30 ms later is recorded (10 ms window).
         let s = MemoryStore::new(Duration::from_millis(160), 10);
         s.bind("a", &r);
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(40));
         let (_, first) = s.get_idle("a").unwrap();
         let (_, second) = s.get_idle("a").unwrap();
         assert!(first >= 30 && second < 30, "{first} {second}: touch lost");
