@@ -12,6 +12,7 @@
 
 use super::framing::HeadScan;
 use crate::client_upgrade::{ClientIo, HandedOver};
+use crate::clock::Coarse;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::collections::VecDeque;
@@ -52,8 +53,11 @@ struct State {
     accepted: Instant,
     requests: u64,
     in_flight: usize,
-    idle_since: Instant,
-    head_started: Option<Instant>,
+    /// When the last request ended (or the connection was accepted), and
+    /// when the next head began: stamped once per request, compared
+    /// against seconds (coarse clock, see [`to_instant`]).
+    idle_since: Coarse,
+    head_started: Option<Coarse>,
     tunnel: bool,
     expired: Option<Expiry>,
     /// Per request head seen by the HTTP/1.1 scanner, in order: whether it
@@ -72,7 +76,7 @@ impl Timing {
                 accepted,
                 requests: 0,
                 in_flight: 0,
-                idle_since: accepted,
+                idle_since: Coarse::now(),
                 head_started: None,
                 tunnel: false,
                 expired: None,
@@ -112,9 +116,9 @@ impl Timing {
         Some(if s.requests == 0 {
             (s.accepted + self.header, Expiry::Answer408)
         } else if let Some(t) = s.head_started {
-            (t + self.header, Expiry::Answer408)
+            (to_instant(t) + self.header, Expiry::Answer408)
         } else {
-            (s.idle_since + self.idle, Expiry::Close)
+            (to_instant(s.idle_since) + self.idle, Expiry::Close)
         })
     }
 
@@ -139,7 +143,7 @@ impl Timing {
         let mut s = self.lock();
         let head_bytes = scan(&mut |conflict| s.conflicts.push_back(conflict));
         if head_bytes && s.in_flight == 0 && s.requests > 0 && s.head_started.is_none() {
-            s.head_started = Some(Instant::now());
+            s.head_started = Some(Coarse::now());
         }
     }
 
@@ -174,7 +178,7 @@ impl Timing {
         let s = self.lock();
         s.in_flight == 0
             && s.head_started.is_none()
-            && Instant::now() >= s.idle_since.max(since) + quiet
+            && Instant::now() >= to_instant(s.idle_since).max(since) + quiet
     }
 
     /// A WebSocket tunnel opened on this connection; it has its own idle
@@ -209,8 +213,16 @@ impl Timing {
             && s.head_started.is_none()
             && !s.tunnel
             && s.expired.is_none();
-        idle.then(|| s.idle_since + after)
+        idle.then(|| to_instant(s.idle_since) + after)
     }
+}
+
+/// A coarse reading as an `Instant`, for the deadlines the connection's
+/// watcher sleeps to: read when it computes one (every `recheck`, not per
+/// request), off by at most one kernel tick.
+fn to_instant(c: Coarse) -> Instant {
+    let now = Instant::now();
+    now.checked_sub(c.elapsed()).unwrap_or(now)
 }
 
 /// A request in flight; dropped with its response body.
@@ -221,7 +233,7 @@ impl Drop for InFlight {
         let mut s = self.0.lock();
         s.in_flight -= 1;
         if s.in_flight == 0 {
-            s.idle_since = Instant::now();
+            s.idle_since = Coarse::now();
         }
     }
 }
