@@ -101,6 +101,10 @@ pub fn check_request(parts: &Parts, cfg: &ServerSection) -> Result<(), Reject> {
 /// crumbs joined, client-made forwarding headers dropped unless the peer
 /// is a trusted proxy, then the balancer's own X-Forwarded-* set.
 pub fn prepare(parts: &mut Parts, cfg: &Config, client: ClientInfo) {
+    // Room for Host and the three X-Forwarded-* fields at once: the map
+    // arrives sized for the client's fields, and growing it one insert at
+    // a time would rehash it more than once.
+    parts.headers.reserve(4);
     let host_of_target = parts.uri.authority().and_then(host_value);
     if let Some(v) = &host_of_target {
         parts.headers.insert(header::HOST, v.clone());
