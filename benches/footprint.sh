@@ -16,7 +16,8 @@
 # after the clients closed. For stickgate, per store kind: RSS growth with
 # SESSIONS sessions learned from the backends' Set-Cookie (wrk without a
 # cookie until the status API counts SESSIONS), in bytes per session; and
-# the stripped size of the release binary. Bounded in time throughout.
+# the stripped size of the release binary, and how much of
+# scripts/hot-symbols.txt it still matches. Bounded in time throughout.
 NAME=footprint.sh
 . "$(dirname "$0")/common.sh"
 
@@ -190,3 +191,14 @@ fi
 strip -o "$WORK/stickgate.stripped" "$GATE_BIN"
 printf '\nstripped stickgate binary: %s bytes (%s MiB)\n' "$(stat -c %s "$WORK/stickgate.stripped")" \
     "$(awk -v b="$(stat -c %s "$WORK/stickgate.stripped")" 'BEGIN {printf "%.2f", b / 1048576}')"
+# How much of scripts/hot-symbols.txt (the functions build.rs has the
+# linker pack together, see there) this binary still has: a list that
+# matches little of it no longer keeps idle RSS down; regenerate it with
+# scripts/hot-symbols.sh.
+if [ -s scripts/hot-symbols.txt ] && command -v nm >/dev/null; then
+    nm --defined-only "$GATE_BIN" 2>/dev/null | awk '{print $3}' | sort -u >"$WORK/syms"
+    listed=$(sort -u scripts/hot-symbols.txt | wc -l)
+    found=$(sort -u scripts/hot-symbols.txt | comm -12 - "$WORK/syms" | wc -l)
+    printf 'hot-symbol list: %s of %s functions found in the binary%s\n' "$found" "$listed" \
+        "$([ "$found" -lt $((listed * 9 / 10)) ] && echo ' (stale: run scripts/hot-symbols.sh)')"
+fi
