@@ -590,7 +590,7 @@ mod tests {
         let (_, first) = s.get_idle("a").unwrap();
         let (_, second) = s.get_idle("a").unwrap();
         assert!(first >= 30 && second >= 30, "{first} {second}: not touched");
-        // idle 160 ms: a touch 30 ms later is recorded (10 ms window).
+        // idle 160 ms: a touch 40 ms later is recorded (10 ms window).
         let s = MemoryStore::new(Duration::from_millis(160), 10);
         s.bind("a", &r);
         std::thread::sleep(Duration::from_millis(40));
