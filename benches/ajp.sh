@@ -68,11 +68,7 @@ java -Xmx512m -Ddrill.node=tomcat1 -Dtomcat.util.scan.StandardJarScanFilter.jars
     org.apache.catalina.startup.Bootstrap start >"$WORK/tomcat.log" 2>&1 &
 TOMCAT_PID=$!
 PIDS+=($TOMCAT_PID)
-for ((i = 0; i < 300; i++)); do
-    curl -s -o /dev/null -m 2 "http://127.0.0.1:$PH/info" && break
-    sleep 0.2
-done
-curl -s -o /dev/null -m 2 "http://127.0.0.1:$PH/info" || die "Tomcat did not start: $(tail -5 "$WORK/tomcat.log")"
+wait_http "http://127.0.0.1:$PH/info" 60 || die "Tomcat did not start: $(tail -5 "$WORK/tomcat.log")"
 
 # ---- two gates: HTTP and AJP backends ------------------------------------
 gate_conf() { # file url

@@ -77,6 +77,18 @@ wait_addr() {
     return 1
 }
 
+# Poll `url` with curl until it answers at all (any status), for up to
+# `secs` seconds; fails if it never did (a process under valgrind or a JVM
+# takes a while to listen).
+wait_http() { # url secs
+    local url=$1 tries=$(($2 * 5)) i
+    for ((i = 0; i < tries; i++)); do
+        curl -s -o /dev/null -m 2 "$url" && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
 # Demo backends tomcat1 and tomcat2 on port 0; fills BACKEND_ADDR.
 declare -A BACKEND_ADDR
 start_backends() {

@@ -49,11 +49,8 @@ count() {
         >/dev/null 2>"$WORK/cg-$pg.log" &
     vg=$!
     PIDS+=($vg)
-    for ((i = 0; i < 120; i++)); do
-        curl -s -o /dev/null -m 2 "http://127.0.0.1:$pg/" && break
-        sleep 0.5
-    done
-    [ "$i" -lt 120 ] || die "stickgate under valgrind did not answer: $(tail -n 3 "$WORK/cg-$pg.log")"
+    wait_http "http://127.0.0.1:$pg/" 60 ||
+        die "stickgate under valgrind did not answer: $(tail -n 3 "$WORK/cg-$pg.log")"
     sleep 1
     callgrind_control -z "$vg" >/dev/null 2>&1
     local args=(-t1 -c8 -d"${SECS}s")

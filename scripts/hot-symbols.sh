@@ -52,10 +52,7 @@ valgrind --tool=callgrind --dump-instr=yes --compress-pos=no --compress-strings=
     --callgrind-out-file="$OUT" "$GATE_BIN" run --config "$WORK/g.toml" 2>"$WORK/gate.log" &
 VG=$!
 PIDS+=($VG)
-for ((i = 0; i < 120; i++)); do
-    curl -s -o /dev/null -m 2 "http://127.0.0.1:$PG/" && break
-    sleep 0.5
-done
+wait_http "http://127.0.0.1:$PG/" 60 || die "stickgate under callgrind did not answer: $(tail -n 3 "$WORK/gate.log")"
 # First what an idle balancer runs (start-up, one request, health checks),
 # dumped apart: those functions go first, so that idle they fill as few
 # pages as possible; then the rest of the request path.
