@@ -190,10 +190,16 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     assert!(status.success(), "exit status {status}: {}", gate.logs());
 }
 
-/// A `Cpus_allowed_list` value ("0-1", "0,2-3") as CPU numbers.
-fn cpu_list(text: &str) -> Vec<usize> {
+/// The CPUs a process or thread may run on: the `Cpus_allowed_list` line
+/// ("0-1", "0,2-3") of the `status` file in `dir` (a /proc entry).
+fn cpus_allowed(dir: &std::path::Path) -> Vec<usize> {
+    let status = std::fs::read_to_string(dir.join("status")).unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap();
     let mut cpus = Vec::new();
-    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
         let (a, b) = part.split_once('-').unwrap_or((part, part));
         cpus.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
     }
@@ -206,12 +212,7 @@ fn thread_cpus(pid: u32) -> Vec<(String, Vec<usize>)> {
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let dir = t.unwrap().path();
         let name = std::fs::read_to_string(dir.join("comm")).unwrap();
-        let status = std::fs::read_to_string(dir.join("status")).unwrap();
-        let list = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .unwrap();
-        out.push((name.trim().to_owned(), cpu_list(list)));
+        out.push((name.trim().to_owned(), cpus_allowed(&dir)));
     }
     out.sort();
     out
@@ -219,13 +220,7 @@ fn thread_cpus(pid: u32) -> Vec<(String, Vec<usize>)> {
 
 #[test]
 fn request_threads_get_a_cpu_each_unless_affinity_is_off() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let allowed = cpu_list(
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .unwrap(),
-    );
+    let allowed = cpus_allowed(std::path::Path::new("/proc/self"));
     let n = allowed.len().max(2);
     let node = Backend::start("tomcat1", &[]);
     let threads = format!("threads = {n}\n");
