@@ -66,15 +66,25 @@ impl Reject {
 #[derive(Debug, Clone, Copy)]
 pub struct ConflictingFraming;
 
+/// What [`check_request`]'s pass over an accepted head saw that a later
+/// step would otherwise look up by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Checked {
+    /// An `Upgrade` field is present: only then can the request be a
+    /// WebSocket handshake over HTTP/1.1 (most heads skip that check).
+    pub upgrade: bool,
+}
+
 /// Refuse heads no backend should see (see [`Reject`]). Cheap: one pass
 /// over the headers (which also counts Host and the framing headers, so
 /// nothing is looked up by name), no allocation.
-pub fn check_request(parts: &Parts, cfg: &ServerSection) -> Result<(), Reject> {
+pub fn check_request(parts: &Parts, cfg: &ServerSection) -> Result<Checked, Reject> {
     if parts.extensions.get::<ConflictingFraming>().is_some() {
         return Err(Reject::Framing);
     }
     let limit = cfg.max_header_line;
     let (mut hosts, mut length, mut chunked) = (0, false, false);
+    let mut checked = Checked::default();
     for (name, value) in &parts.headers {
         if name.as_str().len() + 2 + value.len() > limit {
             return Err(Reject::LineTooLong(limit));
@@ -85,6 +95,8 @@ pub fn check_request(parts: &Parts, cfg: &ServerSection) -> Result<(), Reject> {
             length = true;
         } else if name == header::TRANSFER_ENCODING {
             chunked = true;
+        } else if name == header::UPGRADE {
+            checked.upgrade = true;
         }
     }
     if hosts > 1 {
@@ -93,7 +105,7 @@ pub fn check_request(parts: &Parts, cfg: &ServerSection) -> Result<(), Reject> {
     if length && chunked {
         return Err(Reject::Framing);
     }
-    Ok(())
+    Ok(checked)
 }
 
 /// Per-request header work done once, before any attempt: Host from an
@@ -518,7 +530,13 @@ mod tests {
     fn refuses_long_lines_duplicate_host_and_marked_framing() {
         let cfg = config("");
         let ok = parts("/", &[("host", b"a"), ("x-big", &[b'a'; 8000])]);
-        assert_eq!(check_request(&ok, &cfg.server), Ok(()));
+        assert_eq!(check_request(&ok, &cfg.server), Ok(Checked::default()));
+        let up = parts("/", &[("upgrade", b"websocket")]);
+        assert_eq!(
+            check_request(&up, &cfg.server),
+            Ok(Checked { upgrade: true }),
+            "the pass notes an Upgrade field"
+        );
         let long = parts("/", &[("cookie", &[b'a'; 8200])]);
         assert_eq!(
             check_request(&long, &cfg.server),

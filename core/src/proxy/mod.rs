@@ -182,8 +182,16 @@ impl Proxy {
             |r| rt.table.index_of(r).is_some(),
         )
         .map(OwnedSession::from);
-        let ws = websocket::detect(&parts);
-        let step = if let Err(r) = headers::check_request(&parts, &rt.config.server) {
+        let checked = headers::check_request(&parts, &rt.config.server);
+        // Without an Upgrade field only an extended CONNECT (h2) can ask
+        // for a WebSocket: most heads skip the token search.
+        let ws = match checked {
+            Ok(c) if c.upgrade || parts.method == http::Method::CONNECT => {
+                websocket::detect(&parts)
+            }
+            _ => None,
+        };
+        let step = if let Err(r) = checked {
             tracing::info!(peer = %client.peer, error = %r, "request refused");
             Step::Answer(r.response())
         } else if parts.method == http::Method::CONNECT && ws.is_none() {
