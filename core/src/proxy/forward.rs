@@ -145,6 +145,10 @@ struct Replay {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    /// `headers` are the client's fields as they came: each replay
+    /// prepares its copy again (see [`Outgoing::request`]). An upgrade's
+    /// head is kept prepared.
+    raw: bool,
 }
 
 /// What the attempt loop sends: the client's request for the first
@@ -161,13 +165,21 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// A client request; replayable when idempotent and bodiless.
-    pub fn request(parts: Parts, body: Incoming) -> Self {
+    /// A client request, prepared for the backend (see
+    /// [`headers::prepare`]); replayable when idempotent and bodiless.
+    ///
+    /// The replay copy is taken before the preparation: the client's own
+    /// fields (typically Host and Cookie) are fewer than the prepared set
+    /// and cost less to copy on every request, while a replay, which is
+    /// rare, prepares its copy again.
+    pub fn request(mut parts: Parts, body: Incoming, cfg: &Config, client: ClientInfo) -> Self {
         let replay = (body.is_end_stream() && replayable(&parts.method)).then(|| Replay {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
+            raw: true,
         });
+        headers::prepare(&mut parts, cfg, client);
         let progress = (!body.is_end_stream()).then(Progress::new);
         let body = match &progress {
             Some(p) => UpstreamBody::Tracked(body, p.clone()),
@@ -178,19 +190,12 @@ impl Outgoing {
             replay,
             progress,
             upgrade: false,
-            client: None,
+            client: Some(client),
         }
     }
 
-    /// The client the request came from (AJP sends its address, port and
-    /// TLS state as Forward Request fields).
-    pub fn with_client(mut self, client: ClientInfo) -> Self {
-        self.client = Some(client);
-        self
-    }
-
-    /// A WebSocket upgrade: a bodiless GET, so every attempt may be
-    /// replayed on another backend.
+    /// A WebSocket upgrade (its head already prepared): a bodiless GET,
+    /// so every attempt may be replayed on another backend.
     pub fn upgrade(uri: Uri, headers: HeaderMap) -> Self {
         Outgoing {
             request: None,
@@ -198,6 +203,7 @@ impl Outgoing {
                 method: Method::GET,
                 uri,
                 headers,
+                raw: false,
             }),
             progress: None,
             upgrade: true,
@@ -215,12 +221,19 @@ impl Outgoing {
 }
 
 impl Replay {
-    fn request(&self) -> Request<UpstreamBody> {
+    /// The request for one more attempt; `client` is the one a raw head
+    /// is prepared for.
+    fn request(&self, cfg: &Config, client: Option<ClientInfo>) -> Request<UpstreamBody> {
         let mut r = Request::new(UpstreamBody::Empty);
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = self.uri.clone();
         *r.headers_mut() = self.headers.clone();
-        r
+        let Some(client) = client.filter(|_| self.raw) else {
+            return r;
+        };
+        let (mut parts, body) = r.into_parts();
+        headers::prepare(&mut parts, cfg, client);
+        Request::from_parts(parts, body)
     }
 }
 
@@ -299,7 +312,7 @@ pub fn run<'a>(
                 (Some(r), _) => r,
                 (None, Some(h)) => {
                     sent_id = None;
-                    h.request()
+                    h.request(&rt.config, out.client)
                 }
                 (None, None) => break,
             };
@@ -804,6 +817,37 @@ mod tests {
             suspect_after: Duration::from_millis(suspect_ms),
             progress: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_replay_prepares_the_clients_head_again_and_an_upgrades_head_as_kept() {
+        let rt = runtime();
+        let client = ClientInfo::new("10.9.8.7:5000".parse().unwrap(), false);
+        let mut head = HeaderMap::new();
+        head.insert(HOST, HeaderValue::from_static("app.example"));
+        head.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        head.insert("connection", HeaderValue::from_static("keep-alive"));
+        let raw = Replay {
+            method: Method::GET,
+            uri: Uri::from_static("http://app.example/a?b"),
+            headers: head.clone(),
+            raw: true,
+        };
+        for n in 0..2 {
+            let r = raw.request(&rt.config, Some(client));
+            let h = r.headers();
+            assert_eq!(r.uri(), "/a?b", "replay {n}: origin form");
+            assert_eq!(
+                h["x-forwarded-for"], "10.9.8.7",
+                "replay {n}: forged one gone"
+            );
+            assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1, "replay {n}");
+            assert_eq!(h["x-forwarded-host"], "app.example", "replay {n}");
+            assert!(!h.contains_key("connection"), "replay {n}: hop-by-hop gone");
+        }
+        let kept = Replay { raw: false, ..raw };
+        let r = kept.request(&rt.config, Some(client));
+        assert_eq!(r.headers(), &head, "a prepared head is sent as kept");
     }
 
     #[test]

@@ -166,7 +166,7 @@ impl Proxy {
         let started = Instant::now();
         let local = this.runtime_here();
         let rt = &local.0;
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let s = &rt.config.session;
         let log = this.access_log.load_full().map(|l| {
             let head =
@@ -202,8 +202,7 @@ impl Proxy {
         } else if let Some(kind) = ws {
             Step::WebSocket(Box::new(parts), kind)
         } else {
-            forward::prepare(&mut parts, &rt.config, client);
-            Step::Forward(forward::Outgoing::request(parts, body).with_client(client))
+            Step::Forward(forward::Outgoing::request(parts, body, &rt.config, client))
         };
         async move {
             let rt = &local.0;
