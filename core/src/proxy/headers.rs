@@ -13,6 +13,9 @@ use http::uri::Authority;
 use http::{Response, StatusCode, Uri, Version};
 use std::net::IpAddr;
 
+/// Where `Transfer-Encoding` is in [`HOP_BY_HOP`].
+const TRANSFER_ENCODING_AT: usize = 5;
+
 static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -297,8 +300,7 @@ fn strip_present(h: &mut HeaderMap, present: u8) {
     if present == 0 {
         return;
     }
-    let has = |name: &HeaderName| hop_index(name).is_some_and(|i| present & (1 << i) != 0);
-    if has(&header::TRANSFER_ENCODING) {
+    if present & (1 << TRANSFER_ENCODING_AT) != 0 {
         h.remove(header::CONTENT_LENGTH);
     }
     if present & NAMES_OTHERS != 0 {
@@ -342,6 +344,11 @@ fn hop_index(n: &HeaderName) -> Option<usize> {
 /// `keep-alive` (the usual value, answered without splitting it).
 fn names_others(v: &HeaderValue) -> bool {
     let v = v.as_bytes();
+    // The exact lowercase spellings first: a plain comparison, where the
+    // case-folding one lowercases byte by byte.
+    if v == b"keep-alive" || v == b"close" {
+        return false;
+    }
     !(v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close"))
 }
 
@@ -418,6 +425,7 @@ mod tests {
 
     #[test]
     fn hop_index_matches_the_list() {
+        assert_eq!(HOP_BY_HOP[TRANSFER_ENCODING_AT], header::TRANSFER_ENCODING);
         for (i, n) in HOP_BY_HOP.iter().enumerate() {
             assert_eq!(hop_index(n), Some(i), "{n}");
             let upper = HeaderName::from_bytes(n.as_str().to_uppercase().as_bytes()).unwrap();
