@@ -160,7 +160,8 @@ pub struct Outgoing {
     progress: Option<Arc<Progress>>,
     /// A WebSocket upgrade: always over a fresh HTTP/1.1 connection.
     upgrade: bool,
-    /// The client, for the AJP fields HTTP carries in X-Forwarded-*.
+    /// The client: a replay's raw head is prepared for it, and AJP sends
+    /// it as the fields HTTP carries in X-Forwarded-*.
     client: Option<ClientInfo>,
 }
 
