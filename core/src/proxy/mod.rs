@@ -191,7 +191,7 @@ impl Proxy {
             }
             _ => None,
         };
-        let step = if let Err(r) = checked {
+        let mut step = if let Err(r) = checked {
             tracing::info!(peer = %client.peer, error = %r, "request refused");
             Step::Answer(r.response())
         } else if parts.method == http::Method::CONNECT && ws.is_none() {
@@ -225,7 +225,9 @@ impl Proxy {
                     .await;
                     (r, served.map_or(AnsweredBy::Balancer, AnsweredBy::Backend))
                 }
-                Step::Forward(out) => match forward::run(rt, out, session.as_ref()).await {
+                // Lent to the attempt loop: `step` already holds it in this
+                // future (see `forward::run`).
+                Step::Forward(ref mut out) => match forward::run(rt, out, session.as_ref()).await {
                     Ok(done) => {
                         let (r, served) = finish(rt, done, session.as_ref(), client, started).await;
                         (r, AnsweredBy::Backend(served))

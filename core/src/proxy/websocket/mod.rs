@@ -92,8 +92,8 @@ pub async fn handle<'a>(
     // the handshake key and checks the answer itself.
     let key = (kind == Handshake::ExtendedConnect).then(generate_key);
     forward::prepare(&mut parts, &rt.config, client);
-    let out = upgrade_head(parts, key.as_deref());
-    let done = match forward::run(rt, out, session).await {
+    let mut out = upgrade_head(parts, key.as_deref());
+    let done = match forward::run(rt, &mut out, session).await {
         Ok(done) => done,
         Err(f) => {
             match session {
