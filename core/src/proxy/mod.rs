@@ -229,7 +229,10 @@ impl Proxy {
                 // future (see `forward::run`).
                 Step::Forward(ref mut out) => match forward::run(rt, out, session.as_ref()).await {
                     Ok(done) => {
-                        let (r, served) = finish(rt, done, session.as_ref(), client, started).await;
+                        // In steps rather than through `finish`: see `Arrived`.
+                        let mut a = Arrived::new(rt, done, started);
+                        a.answered(rt, session.as_ref(), client).await;
+                        let (r, served) = a.respond(rt);
                         (r, AnsweredBy::Backend(served))
                     }
                     Err(f) => {
@@ -287,7 +290,7 @@ pub struct Served<'a> {
     pub reason: crate::routing::Reason,
 }
 
-/// Turn the upstream response into the client response.
+/// Turn the upstream response into the client response (see [`Arrived`]).
 async fn finish<'a>(
     rt: &'a Runtime,
     done: forward::Done,
@@ -295,40 +298,81 @@ async fn finish<'a>(
     client: ClientInfo,
     started: Instant,
 ) -> (Response<ResponseBody>, Served<'a>) {
-    let forward::Done {
-        response,
-        exchange,
-        backend,
-        reason,
-        upgrade: _,
-    } = done;
-    let backend = &rt.table.backends[backend];
-    let (mut parts, body) = response.into_parts();
-    backend
-        .stats
-        .traffic
-        .record(parts.status.as_u16(), started.elapsed());
-    health::note_status(backend, &rt.config.health, parts.status);
-    let kept = headers::strip_hop_by_hop(&mut parts.headers);
-    let learn = !parts.status.is_server_error();
-    let served = Served { backend, reason };
-    answered(
-        rt,
-        &served,
-        session,
-        client,
-        &mut parts.headers,
-        learn,
-        kept,
-    )
-    .await;
-    let idle = crate::body::IdleTimer::new(rt.config.upstream.body_timeout);
-    let body = ResponseBody::Upstream {
-        body,
-        exchange,
-        idle,
-    };
-    (Response::from_parts(parts, body), served)
+    let mut a = Arrived::new(rt, done, started);
+    a.answered(rt, session, client).await;
+    a.respond(rt)
+}
+
+/// A backend's answer on its way to the client. Only the session store's
+/// write is awaited between the steps, so the request's own future holds
+/// these pieces in place rather than a [`finish`] future moved whole at
+/// its await (a few hundred bytes per request).
+struct Arrived<'a> {
+    parts: http::response::Parts,
+    body: crate::body::BackendBody,
+    exchange: crate::body::UpstreamLease,
+    served: Served<'a>,
+    kept: headers::Kept,
+}
+
+impl<'a> Arrived<'a> {
+    /// Account the answer on its backend and drop its hop-by-hop fields.
+    fn new(rt: &'a Runtime, done: forward::Done, started: Instant) -> Self {
+        let forward::Done {
+            response,
+            exchange,
+            backend,
+            reason,
+            upgrade: _,
+        } = done;
+        let backend = &rt.table.backends[backend];
+        let (mut parts, body) = response.into_parts();
+        backend
+            .stats
+            .traffic
+            .record(parts.status.as_u16(), started.elapsed());
+        health::note_status(backend, &rt.config.health, parts.status);
+        let kept = headers::strip_hop_by_hop(&mut parts.headers);
+        Arrived {
+            parts,
+            body,
+            exchange,
+            served: Served { backend, reason },
+            kept,
+        }
+    }
+
+    /// Rewrite the session cookie and store what the answer taught (a 5xx
+    /// binds nothing).
+    async fn answered(
+        &mut self,
+        rt: &Runtime,
+        session: Option<&SessionId<'_>>,
+        client: ClientInfo,
+    ) {
+        let learn = !self.parts.status.is_server_error();
+        answered(
+            rt,
+            &self.served,
+            session,
+            client,
+            &mut self.parts.headers,
+            learn,
+            self.kept,
+        )
+        .await;
+    }
+
+    /// The client's response, streaming the backend's body.
+    fn respond(self, rt: &Runtime) -> (Response<ResponseBody>, Served<'a>) {
+        let idle = crate::body::IdleTimer::new(rt.config.upstream.body_timeout);
+        let body = ResponseBody::Upstream {
+            body: self.body,
+            exchange: self.exchange,
+            idle,
+        };
+        (Response::from_parts(self.parts, body), self.served)
+    }
 }
 
 /// The one place a backend's answer is accounted and rewritten, for plain
