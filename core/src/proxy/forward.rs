@@ -238,10 +238,10 @@ impl Replay {
     }
 }
 
-/// A failed attempt: the request if it never left, what to conclude about
-/// the backend, and whether another attempt may follow.
+/// A failed attempt: what to conclude about the backend, and whether
+/// another attempt may follow. (A request that never left is still in the
+/// attempt loop's hands: [`attempt`] only takes it to send it.)
 struct Miss {
-    unsent: Option<Request<UpstreamBody>>,
     failure: Failure,
     verdict: Verdict,
     /// Failed on a reused keep-alive connection the backend may have closed.
@@ -255,7 +255,6 @@ impl Miss {
     /// A request that left, failed on a connection that was not stale.
     fn after_send(failure: Failure, verdict: Verdict, replay: bool) -> Self {
         Miss {
-            unsent: None,
             failure,
             verdict,
             stale: false,
@@ -309,15 +308,15 @@ pub fn run<'a>(
             };
             let backend = &rt.table.backends[decision.index];
             tried.add(decision.index);
-            let mut req = match (out.request.take(), &out.replay) {
+            let req = match (&mut out.request, &out.replay) {
                 (Some(r), _) => r,
-                (None, Some(h)) => {
+                (unsent, Some(h)) => {
                     sent_id = None;
-                    h.request(&rt.config, out.client)
+                    unsent.insert(h.request(&rt.config, out.client))
                 }
                 (None, None) => break,
             };
-            fit_request(rt, &mut req, backend, session, &mut sent_id, out.upgrade);
+            fit_request(rt, req, backend, session, &mut sent_id, out.upgrade);
             let stay = retry::stay_on_node(
                 up.retry_same_node,
                 rt.config.session.failover,
@@ -331,7 +330,7 @@ pub fn run<'a>(
                 Via::Pool { stay }
             };
             let progress = out.progress.as_ref();
-            match attempt(rt, backend, req, progress, how, out.client).await {
+            match attempt(rt, backend, &mut out.request, progress, how, out.client).await {
                 Ok((response, exchange, upgrade)) => {
                     return Ok(Done {
                         response,
@@ -366,7 +365,6 @@ pub fn run<'a>(
                         attempts += 1;
                         tried.remove(decision.index);
                     }
-                    out.request = miss.unsent;
                     last = Some(miss.failure);
                     if out.request.is_none() && (out.replay.is_none() || !miss.replay) {
                         break;
@@ -619,13 +617,15 @@ enum Via {
 
 /// One attempt on one backend: the response head, the exchange that
 /// returns the connection when the body ends, and for an upgrade the
-/// connection's sender. (An `async move` block, for the reason given at
-/// [`run`]: the request is not stored twice.)
+/// connection's sender. The request is lent and taken only to be sent
+/// (hyper hands back one it could not send), so a request that never left
+/// stays with the attempt loop for the next try. (An `async move` block,
+/// for the reason given at [`run`]: nothing is stored twice.)
 #[allow(clippy::type_complexity, clippy::manual_async_fn)]
 fn attempt<'a>(
     rt: &'a Runtime,
     backend: &'a Arc<Backend>,
-    req: Request<UpstreamBody>,
+    req: &'a mut Option<Request<UpstreamBody>>,
     progress: Option<&'a Arc<Progress>>,
     via: Via,
     client: Option<ClientInfo>,
@@ -640,7 +640,6 @@ fn attempt<'a>(
             Ok(p) => p,
             Err(source) => {
                 return Err(Miss {
-                    unsent: Some(req),
                     failure: Failure::Connect {
                         route: route(),
                         source,
@@ -681,7 +680,6 @@ fn attempt<'a>(
                     Verdict::Down
                 };
                 return Err(Miss {
-                    unsent: Some(req),
                     failure: Failure::Connect {
                         route: route(),
                         source,
@@ -711,7 +709,8 @@ fn attempt<'a>(
         // Pinned here and lent: taken by value, the send (~580 bytes with the
         // request) would be stored twice in every request's future.
         let head = {
-            let send = std::pin::pin!(sender.try_send(req));
+            let sending = req.take().expect("the request stays here until sent");
+            let send = std::pin::pin!(sender.try_send(sending));
             response_head(&timers, rt, backend, start, send).await
         };
         match head {
@@ -747,6 +746,8 @@ fn attempt<'a>(
                 if conn.reused {
                     health::closing_seen(backend, &rt.config.health);
                 }
+                // Not sent after all: back in the attempt loop's hands.
+                *req = unsent;
                 Err(Miss {
                     verdict: if conn.reused {
                         Verdict::None
@@ -754,7 +755,6 @@ fn attempt<'a>(
                         Verdict::Down
                     },
                     stale: conn.reused,
-                    unsent,
                     failure: Failure::Upstream {
                         route: route(),
                         source: err,

@@ -28,12 +28,11 @@ pub(super) async fn attempt(
     rt: &Runtime,
     backend: &Arc<Backend>,
     pool: &AjpPool,
-    req: Request<UpstreamBody>,
+    req: &mut Option<Request<UpstreamBody>>,
     how: How<'_>,
 ) -> Result<Response<AjpBody>, Miss> {
     let route = backend.config.route.clone();
-    let fail = |source, verdict, replay, unsent| Miss {
-        unsent,
+    let fail = |source, verdict, replay| Miss {
         failure: Failure::Ajp {
             route: route.clone(),
             source,
@@ -42,22 +41,32 @@ pub(super) async fn attempt(
         stale: false,
         replay,
     };
+    // Refused before it leaves: no other node may get it either, so it is
+    // taken from the attempt loop (as on an encoding failure below).
     if how.upgrade {
-        return Err(fail(AjpError::Upgrade, Verdict::None, false, None));
+        req.take();
+        return Err(fail(AjpError::Upgrade, Verdict::None, false));
     }
+    let to_send = req.as_ref().expect("the attempt loop lends a request");
     let client = how
         .client
         .unwrap_or_else(|| ClientInfo::new(SocketAddr::from(([127, 0, 0, 1], 0)), false));
-    let head = match pool.encode(&req, &client) {
+    let head = match pool.encode(to_send, &client) {
         Ok(h) => h,
-        Err(e) => return Err(fail(e, Verdict::None, false, None)),
+        Err(e) => {
+            req.take();
+            return Err(fail(e, Verdict::None, false));
+        }
     };
+    let first_chunk = client::declares_body(to_send.headers());
+    // A node out of reach leaves the request with the attempt loop, for
+    // another node.
     let conn = match pool.checkout().await {
         Ok(c) => c,
-        Err(e) => return Err(fail(e, Verdict::Down, true, Some(req))),
+        Err(e) => return Err(fail(e, Verdict::Down, true)),
     };
     let reused = conn.reused;
-    let first_chunk = client::declares_body(req.headers());
+    let req = req.take().expect("the request stays here until sent");
     let timers = Timers {
         after: rt.config.upstream.response_timeout,
         body_timeout: rt.config.server.body_timeout,
@@ -70,7 +79,6 @@ pub(super) async fn attempt(
     match response_head(&timers, rt, backend, start, send).await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(AjpError::ClientBody(e))) => Err(Miss {
-            unsent: None,
             failure: Failure::ClientBody(e),
             verdict: Verdict::None,
             stale: false,
@@ -81,7 +89,7 @@ pub(super) async fn attempt(
                 health::closing_seen(backend, &rt.config.health);
             }
             let verdict = if reused { Verdict::None } else { Verdict::Down };
-            let mut m = fail(e, verdict, true, None);
+            let mut m = fail(e, verdict, true);
             m.stale = reused;
             Err(m)
         }
@@ -92,11 +100,11 @@ pub(super) async fn attempt(
             );
             // Tomcat refused before running the application: a bodiless
             // idempotent request may try another node.
-            Err(fail(AjpError::SecretRefused, Verdict::Failed, true, None))
+            Err(fail(AjpError::SecretRefused, Verdict::Failed, true))
         }
         Ok(Err(e)) => {
             tracing::warn!(backend = &*route, error = %e, "AJP protocol error: connection dropped");
-            Err(fail(e, Verdict::Failed, false, None))
+            Err(fail(e, Verdict::Failed, false))
         }
         Err(late) => Err(late_miss(rt, backend, late, sent_at)),
     }
