@@ -18,12 +18,14 @@ use super::upstream_body::UpstreamBody;
 use crate::clock::Coarse;
 use crate::config::{BackendConfig, Keepalive};
 use crate::lock::lock;
+use futures_util::future::Either;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::ServerName;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -128,13 +130,18 @@ impl Sender {
 
     /// Send a request; if it could not be handed to the connection at all,
     /// the error gives the request back (see `TrySendError::take_message`).
-    pub async fn try_send(
+    ///
+    /// hyper's own future, not an `async fn` around it: that would keep a
+    /// second copy of the request (~270 bytes) in its state and move it
+    /// once more, on every request.
+    pub fn try_send(
         &mut self,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>> {
+    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>> + '_
+    {
         match self {
-            Sender::H1(s, _) => s.try_send_request(req).await,
-            Sender::H2(s) => s.try_send_request(req).await,
+            Sender::H1(s, _) => Either::Left(s.try_send_request(req)),
+            Sender::H2(s) => Either::Right(s.try_send_request(req)),
         }
     }
 }
