@@ -887,8 +887,8 @@ impl hyper::service::Service<Request<Incoming>> for ClientService {
                 Box::pin(std::future::ready(end.answer(resp)))
             }
             None => {
-                let fut = Proxy::handle(ConnProxy(self.conn.clone()), req, self.info);
-                Box::pin(futures_util::FutureExt::map(fut, move |resp| {
+                let conn = ConnProxy(self.conn.clone());
+                Box::pin(Proxy::handle(conn, req, self.info, move |resp| {
                     end.answer(resp)
                 }))
             }

@@ -154,12 +154,15 @@ impl Proxy {
     /// is paid per request (see `server::Answer`).
     ///
     /// `this` is whatever owns or lends the proxy for the request's life
-    /// (a connection's handle, a reference).
-    pub fn handle<P>(
+    /// (a connection's handle, a reference). `then` turns the response into
+    /// what the caller's service answers, inside this future rather than
+    /// through a wrapper that would hold it (and move it) once more.
+    pub fn handle<P, T>(
         this: P,
         req: Request<Incoming>,
         client: ClientInfo,
-    ) -> impl std::future::Future<Output = Response<ResponseBody>> + use<P>
+        then: impl FnOnce(Response<ResponseBody>) -> T,
+    ) -> impl std::future::Future<Output = T>
     where
         P: std::ops::Deref<Target = Proxy>,
     {
@@ -253,7 +256,7 @@ impl Proxy {
                 }
             };
             this.log(log, &response, served.as_ref(), session.as_ref(), started);
-            response
+            then(response)
         }
     }
 
