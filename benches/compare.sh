@@ -22,7 +22,9 @@
 # balancer the median and range of req/s, CPU µs/request and p99 over the
 # rounds with the ratios to HAProxy, and the user-space part of the CPU
 # (utime alone: the kernel's part, loopback TCP and epoll, is about the
-# same for every proxy here, so this is where they differ); then RSS: idle (before the first
+# same for every proxy here, so this is where they differ); the CPU ratios
+# taken within each round (both runs of a round saw the host in the same
+# state), as median and range over the rounds; then RSS: idle (before the first
 # round), the largest right after a run, and optionally with IDLE_CONNS idle
 # keep-alive clients (each sent one sticky GET and holds its connection).
 # With FLOOR=1 also "floor": benches/floor, the least a sticky hyper proxy
@@ -273,6 +275,12 @@ awk '
     }
     function lo(list,   n, a, i, m) { n = split(list, a, " "); m = a[1]; for (i = 2; i <= n; i++) if (a[i] + 0 < m + 0) m = a[i]; return m }
     function hi(list,   n, a, i, m) { n = split(list, a, " "); m = a[1]; for (i = 2; i <= n; i++) if (a[i] + 0 > m + 0) m = a[i]; return m }
+    # Round i of one list over round i of the other (both in round order).
+    function ratios(num, den,   n, a, b, i, out) {
+        n = split(num, a, " "); split(den, b, " "); out = ""
+        for (i = 1; i <= n; i++) if (b[i] + 0 > 0) out = out " " a[i] / b[i]
+        return out
+    }
     { k = $1 " " $2; rps[k] = rps[k] " " $3; if ($4 != "-") { cpu[k] = cpu[k] " " $4; usr[k] = usr[k] " " $7 }; p99[k] = p99[k] " " $5; err[k] += $6 }
     END {
       k = split(who, order, " ")
@@ -301,6 +309,22 @@ awk '
         line = sprintf("%-6s", sc)
         for (i = 1; i <= k; i++) { w = order[i]; key = sc " " w
           if (key in usr) line = line sprintf("  %s %.2f (%.2f..%.2f)", w, median(usr[key]), lo(usr[key]), hi(usr[key])) }
+        print line
+      }
+      # The host drifts between faster and slower spells: two runs of the
+      # same round saw the same spell, so their ratio is steadier than the
+      # ratio of medians taken over different rounds.
+      print "CPU us/req ratios within each round, median (range) over the rounds"
+      for (s = 1; s <= 2; s++) {
+        sc = s == 1 ? "sticky" : "new"
+        line = sprintf("%-6s", sc); h = sc " haproxy"; g = sc " stickgate"
+        for (i = 1; i <= k; i++) { w = order[i]; key = sc " " w
+          if (w != "stickgate" && w != "base" && w != "floor") continue
+          if (!(key in cpu) || !(h in cpu)) continue
+          r = ratios(cpu[key], cpu[h])
+          line = line sprintf("  %s/haproxy %.2fx (%.2f..%.2f)", w, median(r), lo(r), hi(r)) }
+        b = sc " base"
+        if ((g in cpu) && (b in cpu)) { r = ratios(cpu[g], cpu[b]); line = line sprintf("  stickgate/base %.3fx (%.3f..%.3f)", median(r), lo(r), hi(r)) }
         print line
       }
     }' who="$WHO" "$RESULTS"
