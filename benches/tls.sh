@@ -13,7 +13,9 @@
 # Prints per scenario and balancer: median and range of req/s (handshakes/s
 # for the s_time rows) and of CPU µs per request (utime+stime of the
 # balancer from /proc/PID/stat over the run, divided by the requests or
-# handshakes), failed requests, and the ratios to HAProxy. h2load reports
+# handshakes), failed requests, the ratios to HAProxy (of the medians, and
+# "in-round": the median of the CPU ratios taken within each round, where
+# both saw the host in the same state). h2load reports
 # no percentiles; its mean request time is in the per-round lines.
 NAME=tls.sh
 . "$(dirname "$0")/common.sh"
@@ -141,9 +143,15 @@ done
 median() { tr ';' '\n' | awk 'NF' | sort -n | awk '{a[NR] = $1} END {print (NR ? a[int((NR + 1) / 2)] : 0)}'; }
 col() { tr ';' '\n' | awk -v c="$1" 'NF {print $c}'; }
 range() { tr ';' '\n' | awk -v c="$1" 'NF {v = $c; if (min == "" || v < min) min = v; if (v > max) max = v} END {printf "%s-%s", min, max}'; }
+# CPU of one balancer over another's within each round, median over the
+# rounds: both runs of a round saw the host in the same spell, so these
+# pairs are steadier than a ratio of medians from different rounds.
+in_round() { # results-a results-b
+    paste <(echo "$1" | col 2) <(echo "$2" | col 2) | awk '$2 > 0 {print $1 / $2}' | median
+}
 echo
 echo "TLS/h2 side by side: h2load -n$REQUESTS -c$CLIENTS, sticky GET /, ECDSA P-256; s_time ${HANDSHAKE_SECS}s x2 clients; $ROUNDS rounds"
-printf '%-13s %-10s %10s %16s %12s %16s %8s %10s %10s\n' scenario balancer "req/s" "req/s range" "CPU µs/req" "CPU range" failed "x HAProxy" "CPU x HA"
+printf '%-13s %-10s %10s %16s %12s %16s %8s %10s %10s %12s\n' scenario balancer "req/s" "req/s range" "CPU µs/req" "CPU range" failed "x HAProxy" "CPU x HA" "in-round"
 for scen in $SCEN; do
     ha_rps=$(echo "${R[$scen,haproxy]}" | col 1 | median)
     ha_cpu=$(echo "${R[$scen,haproxy]}" | col 2 | median)
@@ -152,8 +160,9 @@ for scen in $SCEN; do
         rps=$(echo "$v" | col 1 | median)
         cpu=$(echo "$v" | col 2 | median)
         failed=$(echo "$v" | col 4 | awk '{s += $1} END {print s + 0}')
+        paired=$(in_round "$v" "${R[$scen,haproxy]}")
         awk -v s="$scen" -v w="$who" -v r="$rps" -v rr="$(echo "$v" | range 1)" -v c="$cpu" -v cr="$(echo "$v" | range 2)" \
-            -v f="$failed" -v hr="$ha_rps" -v hc="$ha_cpu" 'BEGIN {
-            printf "%-13s %-10s %10.0f %16s %12.1f %16s %8d %10.2f %10.2f\n", s, w, r, rr, c, cr, f, (hr > 0 ? r / hr : 0), (hc > 0 ? c / hc : 0) }'
+            -v f="$failed" -v hr="$ha_rps" -v hc="$ha_cpu" -v p="$paired" 'BEGIN {
+            printf "%-13s %-10s %10.0f %16s %12.1f %16s %8d %10.2f %10.2f %12.2f\n", s, w, r, rr, c, cr, f, (hr > 0 ? r / hr : 0), (hc > 0 ? c / hc : 0), p }'
     done
 done
