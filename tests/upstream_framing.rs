@@ -840,10 +840,15 @@ async fn invalid_chunk_size_never_ends_cleanly() {
         .try_fetch("GET", "/bad", "")
         .await
         .expect_err("a clean answer to a broken chunked body");
-    // Today the head and the good chunk go out, then the connection is
-    // cut: never the terminating chunk, nothing after the bad size line.
-    assert!(cut.wire.starts_with("HTTP/1.1 200 OK\r\n"), "{cut:?}");
-    assert!(cut.wire.contains("\r\n\r\n5\r\nhello\r\n"), "{cut:?}");
+    // The connection is cut: with the head and the good chunk when they
+    // were flushed before the bad size line was read, with nothing when
+    // both came in one read (the in-task exchange decodes them together,
+    // and the client's write buffer is dropped with the error); never the
+    // terminating chunk, nothing after the bad size line.
+    if !cut.wire.is_empty() {
+        assert!(cut.wire.starts_with("HTTP/1.1 200 OK\r\n"), "{cut:?}");
+        assert!(cut.wire.contains("\r\n\r\n5\r\nhello\r\n"), "{cut:?}");
+    }
     assert!(!cut.wire.contains("0\r\n\r\n"), "{cut:?}");
     assert!(!cut.wire.contains("world"), "{cut:?}");
     let r = Client::open(gate.port).await.get("/good").await;

@@ -50,8 +50,15 @@ impl UpstreamLease {
 
     /// The response was read completely: the connection may be reused,
     /// unless the request body never reached its end (pool hygiene: the
-    /// backend answered early and the connection is mid-request).
-    fn finish(&mut self) {
+    /// backend answered early and the connection is mid-request). An
+    /// in-task exchange's connection is in its body, which says whether
+    /// it may carry another request.
+    fn finish(&mut self, body: &mut BackendBody) {
+        if let BackendBody::H1(b) = body {
+            if let Some(conn) = b.take_reusable() {
+                self.backend.pool.checkin_inline(conn);
+            }
+        }
         let Some(s) = self.sender.take() else { return };
         if self.request_body.as_ref().is_none_or(|p| p.complete()) {
             self.backend.pool.checkin(s);
@@ -75,12 +82,15 @@ pub enum BodyError {
     Stalled(Duration),
     #[error("AJP backend response body failed: {0}")]
     Ajp(#[from] crate::backend::ajp::AjpError),
+    #[error("backend response body failed: {0}")]
+    H1(#[from] crate::backend::h1::H1Error),
 }
 
-/// A backend's response body: HTTP (hyper's stream, the fast path,
-/// untouched) or AJP (see `backend::ajp`).
+/// A backend's response body: HTTP (hyper's stream, untouched, or the
+/// in-task exchange's, see `backend::h1`) or AJP (see `backend::ajp`).
 pub enum BackendBody {
     Http(Incoming),
+    H1(crate::backend::h1::H1Body),
     Ajp(crate::backend::ajp::AjpBody),
 }
 
@@ -94,6 +104,7 @@ impl Body for BackendBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             BackendBody::Http(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+            BackendBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
             BackendBody::Ajp(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
         }
     }
@@ -101,6 +112,7 @@ impl Body for BackendBody {
     fn is_end_stream(&self) -> bool {
         match self {
             BackendBody::Http(b) => b.is_end_stream(),
+            BackendBody::H1(b) => b.is_end_stream(),
             BackendBody::Ajp(b) => b.is_end_stream(),
         }
     }
@@ -108,6 +120,7 @@ impl Body for BackendBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             BackendBody::Http(b) => b.size_hint(),
+            BackendBody::H1(b) => b.size_hint(),
             BackendBody::Ajp(b) => b.size_hint(),
         }
     }
@@ -197,7 +210,7 @@ impl Body for ResponseBody {
                 }
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(None) => {
-                    exchange.finish();
+                    exchange.finish(body);
                     Poll::Ready(None)
                 }
                 Poll::Ready(Some(r)) => {
@@ -229,7 +242,7 @@ impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let ResponseBody::Upstream { body, exchange, .. } = self {
             if body.is_end_stream() {
-                exchange.finish();
+                exchange.finish(body);
             }
         }
     }

@@ -6,6 +6,7 @@
 //! seen by every request at once without locks.
 
 pub mod ajp;
+pub mod h1;
 pub mod health;
 pub mod pool;
 pub mod pool_conn;

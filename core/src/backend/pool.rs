@@ -13,6 +13,7 @@
 //! connect failure leaves the request (and its unsent body) in our hands, so
 //! even a POST can be retried on another node.
 
+use super::h1;
 use super::pool_conn::{self, ConnWatch};
 use super::upstream_body::UpstreamBody;
 use crate::clock::Coarse;
@@ -209,7 +210,18 @@ struct Tls {
 #[derive(Default)]
 struct Share {
     idle: Mutex<Vec<Idle>>,
+    /// Idle connections of the in-task exchange (see [`h1`]), newest last.
+    inline: Mutex<Vec<InlineIdle>>,
     shared_h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+}
+
+/// An idle connection of the in-task exchange. It has no task watching
+/// it: a backend closing it is seen by the next checkout, or by the
+/// housekeeper's next tick ([`Pool::drop_expired`]), whichever comes
+/// first.
+struct InlineIdle {
+    conn: h1::Conn,
+    since: Coarse,
 }
 
 /// Per-backend pool of idle keep-alive connections.
@@ -217,6 +229,9 @@ pub struct Pool {
     host: Arc<str>,
     port: u16,
     http2: bool,
+    /// Plain HTTP/1.1 over TCP: bodiless requests use the in-task
+    /// exchange ([`h1`]).
+    inline: bool,
     tls: Option<Tls>,
     tls_error: Option<String>,
     settings: PoolSettings,
@@ -248,6 +263,7 @@ impl Pool {
             host: cfg.host.clone(),
             port: cfg.port,
             http2: cfg.http2,
+            inline: !cfg.http2 && !cfg.tls,
             tls,
             tls_error,
             shares: (0..=settings.threads).map(|_| Share::default()).collect(),
@@ -343,6 +359,74 @@ impl Pool {
                 reused: false,
                 peer_closed,
             })
+    }
+
+    /// Whether bodiless requests to this backend take the in-task
+    /// HTTP/1.1 exchange ([`h1`]): plain HTTP/1.1 over TCP.
+    pub fn inline(&self) -> bool {
+        self.inline
+    }
+
+    /// A connection for the in-task exchange: the newest idle one still
+    /// open, else a fresh one; with the idle ones found closed by the
+    /// backend on the way. `fresh_after_close` as for [`Pool::checkout`].
+    pub async fn checkout_inline(
+        &self,
+        fresh_after_close: bool,
+    ) -> Result<(h1::Conn, usize), ConnectError> {
+        let mut peer_closed = 0;
+        if let Some(conn) = self.take_inline(&mut peer_closed) {
+            return Ok((conn, peer_closed));
+        }
+        if peer_closed == 0 && self.peer_closes.within(CLOSING_WINDOW) {
+            peer_closed = 1;
+        }
+        if peer_closed > 0 && !fresh_after_close {
+            return Err(ConnectError::Closing(peer_closed));
+        }
+        let t = self.settings.connect_timeout;
+        // Boxed: the dial's state would otherwise size every request's
+        // future, also of the pooled ones.
+        let stream = Box::pin(tokio::time::timeout(t, self.dial_tcp()))
+            .await
+            .map_err(|_| ConnectError::Timeout(t))??;
+        Ok((h1::Conn::new(stream), peer_closed))
+    }
+
+    /// The newest idle in-task connection that is still open; counts in
+    /// `peer_closed` those the backend closed.
+    fn take_inline(&self, peer_closed: &mut usize) -> Option<h1::Conn> {
+        let mut idle = lock(&self.share().inline);
+        let now = Coarse::now();
+        while let Some(InlineIdle { mut conn, since }) = idle.pop() {
+            if now.since(since) >= self.settings.idle_timeout {
+                // Newest last: all the others are older still.
+                idle.clear();
+                return None;
+            }
+            if !conn.idle_and_open() {
+                *peer_closed += 1;
+                self.peer_closes.note();
+                continue;
+            }
+            conn.reused = true;
+            return Some(conn);
+        }
+        None
+    }
+
+    /// Return an in-task connection whose response was read to its end.
+    pub fn checkin_inline(&self, conn: h1::Conn) {
+        let mut idle = lock(&self.share().inline);
+        if idle.len() >= self.max_idle {
+            idle.retain(|c| c.conn.idle_and_open());
+        }
+        if idle.len() < self.max_idle {
+            idle.push(InlineIdle {
+                conn,
+                since: Coarse::now(),
+            });
+        }
     }
 
     /// A fresh sender on a parked connection's socket, from its task (on
@@ -544,6 +628,7 @@ impl Pool {
         self.forget_closes();
         for share in &*self.shares {
             lock(&share.idle).clear();
+            lock(&share.inline).clear();
             *lock(&share.shared_h2) = None;
         }
     }
@@ -565,9 +650,28 @@ impl Pool {
                 if idle.is_empty() {
                     idle.shrink_to_fit();
                 }
-                n
+                n + self.drop_inline(share, max_age)
             })
             .sum()
+    }
+
+    /// The in-task part of [`Pool::drop_expired`]: also the connections
+    /// the backend closed while they sat idle (no task watches them; the
+    /// close counts as one seen at once would, see [`PeerCloses`]).
+    fn drop_inline(&self, share: &Share, max_age: Duration) -> usize {
+        let mut idle = lock(&share.inline);
+        let now = Coarse::now();
+        let n = idle.partition_point(|c| now.since(c.since) >= max_age);
+        idle.drain(..n);
+        let before = idle.len();
+        idle.retain(|c| c.conn.idle_and_open());
+        if idle.len() < before {
+            self.peer_closes.note();
+        }
+        if idle.is_empty() {
+            idle.shrink_to_fit();
+        }
+        n + before - idle.len()
     }
 
     /// Park the pooled connections idle for [`pool_conn::PARK_AFTER`] in
@@ -586,6 +690,13 @@ impl Pool {
                         n += 1;
                     }
                 }
+                drop(idle);
+                for c in lock(&share.inline).iter_mut() {
+                    if !c.conn.is_released() && now.since(c.since) >= pool_conn::PARK_AFTER {
+                        c.conn.release_buffer();
+                        n += usize::from(c.conn.is_released());
+                    }
+                }
                 n
             })
             .sum()
@@ -596,13 +707,23 @@ impl Pool {
     pub fn parked_count(&self) -> usize {
         self.shares
             .iter()
-            .map(|s| lock(&s.idle).iter().filter(|c| c.sender.is_none()).count())
+            .map(|s| {
+                let hyper = lock(&s.idle).iter().filter(|c| c.sender.is_none()).count();
+                hyper
+                    + lock(&s.inline)
+                        .iter()
+                        .filter(|c| c.conn.is_released())
+                        .count()
+            })
             .sum()
     }
 
     /// Number of idle connections (all threads), for the status API.
     pub fn idle_count(&self) -> usize {
-        self.shares.iter().map(|s| lock(&s.idle).len()).sum()
+        self.shares
+            .iter()
+            .map(|s| lock(&s.idle).len() + lock(&s.inline).len())
+            .sum()
     }
 }
 

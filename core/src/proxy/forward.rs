@@ -41,6 +41,8 @@ use std::time::Duration;
 
 #[path = "forward_ajp.rs"]
 mod ajp;
+#[path = "forward_h1.rs"]
+mod h1;
 
 /// A successful exchange, ready for the response rewrite.
 pub struct Done {
@@ -73,7 +75,7 @@ pub enum Failure {
     #[error("backend {route}: connection failed mid-request: {source}")]
     Upstream {
         route: Arc<str>,
-        source: hyper::Error,
+        source: UpstreamError,
     },
     #[error("client request body could not be read: {0}")]
     ClientBody(hyper::Error),
@@ -81,6 +83,16 @@ pub enum Failure {
     ClientTimeout(Duration),
     #[error("AJP backend {route}: {source}")]
     Ajp { route: Arc<str>, source: AjpError },
+}
+
+/// What went wrong on an HTTP connection after the request was handed to
+/// it: hyper's client, or the in-task exchange (`backend::h1`).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    H1(#[from] crate::backend::h1::H1Error),
 }
 
 impl Failure {
@@ -133,7 +145,7 @@ pub fn prepare(parts: &mut Parts, cfg: &Config, client: ClientInfo) {
     headers::prepare(parts, cfg, client);
 }
 
-fn replayable(m: &Method) -> bool {
+pub(super) fn replayable(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
@@ -664,6 +676,13 @@ fn attempt<'a>(
                 .await
                 .map(|r| (r.map(BackendBody::Ajp), exchange, None));
         }
+        if let Via::Pool { stay } = via {
+            if backend.pool.inline() && h1::eligible(req.as_ref()) {
+                return h1::attempt(rt, backend, req, stay)
+                    .await
+                    .map(|r| (r.map(BackendBody::H1), exchange, None));
+            }
+        }
         let conn = match via {
             Via::Pool { stay } => backend.pool.checkout(stay).await,
             // Boxed: a fresh connection's dial, TLS and handshake state would
@@ -672,23 +691,7 @@ fn attempt<'a>(
         };
         let conn = match conn {
             Ok(c) => c,
-            Err(source) => {
-                let verdict = if let ConnectError::Closing(_) = source {
-                    health::closing_seen(backend, &rt.config.health);
-                    Verdict::None
-                } else {
-                    Verdict::Down
-                };
-                return Err(Miss {
-                    failure: Failure::Connect {
-                        route: route(),
-                        source,
-                    },
-                    verdict,
-                    stale: false,
-                    replay: true,
-                });
-            }
+            Err(source) => return Err(connect_miss(rt, backend, source)),
         };
         if conn.peer_closed > 0 {
             health::closing_seen(backend, &rt.config.health);
@@ -730,40 +733,71 @@ fn attempt<'a>(
                 if err.is_user() {
                     return Err(miss(Failure::ClientBody(err), Verdict::None, false));
                 }
-                if err.is_parse() && !conn.reused {
-                    // The node answered, with a head this balancer refuses
-                    // (over `pool_conn::MAX_READ_BUF`, or malformed): a fault
-                    // of this answer, which another node would likely give
-                    // too, not of the node. 502 now; the node stays up. (On
-                    // a reused connection it may be the leftovers of an
-                    // earlier answer: retried on a fresh one, as below.)
-                    let failure = Failure::Upstream {
-                        route: route(),
-                        source: err,
-                    };
-                    return Err(miss(failure, Verdict::None, false));
+                let parse = err.is_parse();
+                let miss = sent_miss(rt, backend, err.into(), parse, conn.reused);
+                if miss.replay {
+                    // Not sent after all: back in the attempt loop's hands.
+                    *req = unsent;
                 }
-                if conn.reused {
-                    health::closing_seen(backend, &rt.config.health);
-                }
-                // Not sent after all: back in the attempt loop's hands.
-                *req = unsent;
-                Err(Miss {
-                    verdict: if conn.reused {
-                        Verdict::None
-                    } else {
-                        Verdict::Down
-                    },
-                    stale: conn.reused,
-                    failure: Failure::Upstream {
-                        route: route(),
-                        source: err,
-                    },
-                    replay: true,
-                })
+                Err(miss)
             }
             Err(late) => Err(late_miss(rt, backend, late, sent_at)),
         }
+    }
+}
+
+/// The miss of an attempt that got no connection: nothing was sent, so
+/// any request may go on; a backend closing its idle connections may be
+/// stopping (no verdict), any other failure says it is unreachable.
+fn connect_miss(rt: &Runtime, backend: &Arc<Backend>, source: ConnectError) -> Miss {
+    let verdict = if let ConnectError::Closing(_) = source {
+        health::closing_seen(backend, &rt.config.health);
+        Verdict::None
+    } else {
+        Verdict::Down
+    };
+    Miss {
+        failure: Failure::Connect {
+            route: backend.config.route.clone(),
+            source,
+        },
+        verdict,
+        stale: false,
+        replay: true,
+    }
+}
+
+/// The miss of a request whose connection failed after it was handed
+/// over (hyper's client or the in-task exchange alike). A refused answer
+/// (`parse`: over the head limit, or malformed) on a fresh connection is
+/// a fault of this answer, which another node would likely give too, not
+/// of the node: 502 now, the node stays up. On a reused connection it may
+/// be the leftovers of an earlier answer, and any failure there may be a
+/// stale keep-alive connection: retried (on a fresh one when the retry
+/// policy stays on the node). A fresh connection that fails says the node
+/// is unreachable.
+fn sent_miss(
+    rt: &Runtime,
+    backend: &Arc<Backend>,
+    source: UpstreamError,
+    parse: bool,
+    reused: bool,
+) -> Miss {
+    let failure = Failure::Upstream {
+        route: backend.config.route.clone(),
+        source,
+    };
+    if parse && !reused {
+        return Miss::after_send(failure, Verdict::None, false);
+    }
+    if reused {
+        health::closing_seen(backend, &rt.config.health);
+    }
+    Miss {
+        verdict: if reused { Verdict::None } else { Verdict::Down },
+        stale: reused,
+        failure,
+        replay: true,
     }
 }
 
