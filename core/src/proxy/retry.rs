@@ -24,10 +24,20 @@ pub fn stay_on_node(
     match policy {
         RetrySameNode::Always => true,
         RetrySameNode::Never => false,
-        // A request without a session loses nothing by moving.
-        RetrySameNode::Auto if *reason == Reason::New => false,
+        // A request without a session loses nothing by moving, unless
+        // there is nowhere to move (a single node, or the others down):
+        // then a fresh connection to this one is its only chance.
+        RetrySameNode::Auto if *reason == Reason::New => !has_other(backends, node),
         RetrySameNode::Auto => !has_replica(scope, backends, node),
     }
+}
+
+/// Whether some other node may take a new session.
+fn has_other(backends: &[Arc<Backend>], node: usize) -> bool {
+    backends
+        .iter()
+        .enumerate()
+        .any(|(i, b)| i != node && b.takes_new_as_last_resort())
 }
 
 /// Whether some other usable node holds a replica of `node`'s sessions.
@@ -99,6 +109,16 @@ mod tests {
         assert!(
             !stay_on_node(auto, dom, &domains, 1, &Reason::New),
             "no session: moving is free"
+        );
+        let single = [node("a", None)];
+        assert!(
+            stay_on_node(auto, dom, &single, 0, &Reason::New),
+            "no session but nowhere else to go: stay"
+        );
+        plain[1].set_up(false, "test");
+        assert!(
+            stay_on_node(auto, dom, &plain, 0, &Reason::New),
+            "the only other node is down: stay"
         );
     }
 
