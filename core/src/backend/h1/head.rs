@@ -120,12 +120,16 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
     let mut headers = HeaderMap::with_capacity(n);
     let mut keep_alive = version == Version::HTTP_11;
     let mut closing = false;
+    let mut fields = Framed::default();
     for &(ns, ne, vs, ve) in &spans[..n] {
         let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| H1Error::FieldName)?;
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| H1Error::FieldValue)?;
-        if name == CONNECTION {
+        let value = shared_value(head.slice(vs..ve));
+        if name == TRANSFER_ENCODING {
+            fields.transfer_encoding = true;
+        } else if name == CONTENT_LENGTH {
+            fields.content_length = true;
+        } else if name == CONNECTION {
             // Once any Connection line asks to close, a later keep-alive
             // does not undo it; HTTP/1.0 keeps alive only when asked to.
             if closing || has_token(&value, "close") {
@@ -137,7 +141,14 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
         }
         headers.append(name, value);
     }
-    let framing = framing(status, method, version, &mut headers, &mut keep_alive)?;
+    let framing = framing(
+        status,
+        method,
+        version,
+        fields,
+        &mut headers,
+        &mut keep_alive,
+    )?;
     Ok(Some(Head::Final(Parsed {
         status,
         version,
@@ -157,6 +168,7 @@ fn framing(
     status: StatusCode,
     method: &Method,
     version: Version,
+    fields: Framed,
     headers: &mut HeaderMap,
     keep_alive: &mut bool,
 ) -> Result<Framing, H1Error> {
@@ -166,7 +178,11 @@ fn framing(
     {
         return Ok(Framing::Length(0));
     }
-    if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+    let last_coding = match fields.transfer_encoding {
+        true => headers.get_all(TRANSFER_ENCODING).iter().next_back(),
+        false => None,
+    };
+    if let Some(last) = last_coding {
         if version == Version::HTTP_10 {
             return Err(H1Error::Framing(
                 "Transfer-Encoding in an HTTP/1.0 response",
@@ -187,6 +203,10 @@ fn framing(
             Framing::Close
         });
     }
+    if !fields.content_length {
+        *keep_alive = false;
+        return Ok(Framing::Close);
+    }
     let mut length: Option<u64> = None;
     for v in headers.get_all(CONTENT_LENGTH) {
         let s = v.to_str().map_err(|_| H1Error::ContentLength)?;
@@ -205,6 +225,25 @@ fn framing(
             Framing::Close
         }
     })
+}
+
+/// Which framing fields the head carries, noted while its fields are
+/// read, so that a head without them is not searched for them again.
+#[derive(Debug, Default, Clone, Copy)]
+struct Framed {
+    transfer_encoding: bool,
+    content_length: bool,
+}
+
+/// A field value sharing the head's bytes, without checking them again.
+#[allow(unsafe_code)]
+fn shared_value(bytes: bytes::Bytes) -> HeaderValue {
+    // SAFETY: httparse accepted these bytes as a field value: each is a
+    // horizontal tab, 0x20..=0x7E or 0x80..=0xFF (its HEADER_VALUE_MAP),
+    // exactly what `HeaderValue` allows (tab, or >= 32 and not 127);
+    // obsolete line folding is refused by the parser's default config.
+    // hyper builds its response fields the same way.
+    unsafe { HeaderValue::from_maybe_shared_unchecked(bytes) }
 }
 
 /// A decimal length of at most 18 digits (no sign, no spaces inside).
@@ -330,6 +369,25 @@ mod tests {
         }
         many.push_str("\r\n");
         assert!(parse(&many, Method::GET).is_err());
+    }
+
+    #[test]
+    fn only_bytes_a_field_value_may_hold_reach_the_map() {
+        for bad in [&b"a\x01b"[..], b"a\x7fb", b"a\x00b", b"a\rb"] {
+            let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX: "[..]);
+            buf.extend_from_slice(bad);
+            buf.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+            assert!(parse_response(&mut buf, &Method::GET).is_err(), "{bad:?}");
+        }
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX: caf\xc3\xa9\t!\r\n\r\n"[..]);
+        let Ok(Some(Head::Final(p))) = parse_response(&mut buf, &Method::GET) else {
+            panic!()
+        };
+        assert_eq!(p.headers["x"].as_bytes(), b"caf\xc3\xa9\t!");
+        assert_eq!(
+            p.headers["x"],
+            HeaderValue::from_bytes(b"caf\xc3\xa9\t!").unwrap()
+        );
     }
 
     #[test]
