@@ -167,6 +167,9 @@ struct Replay {
 /// attempt, the head to rebuild it for another, and how it travels.
 pub struct Outgoing {
     request: Option<Request<UpstreamBody>>,
+    /// `request`'s forwarding fields, until it is known how it travels
+    /// (see [`headers::prepare_deferred`]).
+    forwarding: Option<headers::Forwarding>,
     replay: Option<Replay>,
     /// The request body's progress (a body is being streamed).
     progress: Option<Arc<Progress>>,
@@ -192,7 +195,7 @@ impl Outgoing {
             headers: parts.headers.clone(),
             raw: true,
         });
-        headers::prepare(&mut parts, cfg, client);
+        let forwarding = headers::prepare_deferred(&mut parts, cfg, client);
         let progress = (!body.is_end_stream()).then(Progress::new);
         let body = match &progress {
             Some(p) => UpstreamBody::Tracked(body, p.clone()),
@@ -200,6 +203,7 @@ impl Outgoing {
         };
         Outgoing {
             request: Some(Request::from_parts(parts, body)),
+            forwarding: Some(forwarding),
             replay,
             progress,
             upgrade: false,
@@ -212,6 +216,7 @@ impl Outgoing {
     pub fn upgrade(uri: Uri, headers: HeaderMap) -> Self {
         Outgoing {
             request: None,
+            forwarding: None,
             replay: Some(Replay {
                 method: Method::GET,
                 uri,
@@ -342,7 +347,11 @@ pub fn run<'a>(
                 Via::Pool { stay }
             };
             let progress = out.progress.as_ref();
-            match attempt(rt, backend, &mut out.request, progress, how, out.client).await {
+            let sending = Sending {
+                req: &mut out.request,
+                forwarding: &mut out.forwarding,
+            };
+            match attempt(rt, backend, sending, progress, how, out.client).await {
                 Ok((response, exchange, upgrade)) => {
                     return Ok(Done {
                         response,
@@ -482,6 +491,24 @@ fn rewrite_path_parameter(req: &mut Request<UpstreamBody>, param: &str, new: &st
     };
     if let Ok(u) = rebuilt.parse::<Uri>() {
         *req.uri_mut() = u;
+    }
+}
+
+/// The request an attempt may send, lent by the attempt loop with its
+/// pending forwarding fields (see [`headers::prepare_deferred`]).
+struct Sending<'a> {
+    req: &'a mut Option<Request<UpstreamBody>>,
+    forwarding: &'a mut Option<headers::Forwarding>,
+}
+
+impl<'a> Sending<'a> {
+    /// The request with its forwarding fields among its own, for a way of
+    /// travelling that sends only those (hyper's client, AJP).
+    fn into_fields(self) -> &'a mut Option<Request<UpstreamBody>> {
+        if let (Some(f), Some(r)) = (self.forwarding.take(), self.req.as_mut()) {
+            f.apply(r.headers_mut());
+        }
+        self.req
     }
 }
 
@@ -637,7 +664,7 @@ enum Via {
 fn attempt<'a>(
     rt: &'a Runtime,
     backend: &'a Arc<Backend>,
-    req: &'a mut Option<Request<UpstreamBody>>,
+    sending: Sending<'a>,
     progress: Option<&'a Arc<Progress>>,
     via: Via,
     client: Option<ClientInfo>,
@@ -664,6 +691,15 @@ fn attempt<'a>(
         };
         let mut exchange = UpstreamLease::begin(backend.clone(), permit);
         backend.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if let Via::Pool { stay } = via {
+            if backend.ajp.is_none() && backend.pool.inline() && h1::eligible(sending.req.as_ref())
+            {
+                return h1::attempt(rt, backend, sending, stay)
+                    .await
+                    .map(|r| (r.map(BackendBody::H1), exchange, None));
+            }
+        }
+        let req = sending.into_fields();
         if let Some(pool) = &backend.ajp {
             let how = ajp::How {
                 progress,
@@ -675,13 +711,6 @@ fn attempt<'a>(
             return Box::pin(ajp::attempt(rt, backend, pool, req, how))
                 .await
                 .map(|r| (r.map(BackendBody::Ajp), exchange, None));
-        }
-        if let Via::Pool { stay } = via {
-            if backend.pool.inline() && h1::eligible(req.as_ref()) {
-                return h1::attempt(rt, backend, req, stay)
-                    .await
-                    .map(|r| (r.map(BackendBody::H1), exchange, None));
-            }
         }
         let conn = match via {
             Via::Pool { stay } => backend.pool.checkout(stay).await,

@@ -5,7 +5,7 @@
 //! answer is stale; a refused answer on a fresh connection is a 502 that
 //! leaves the node up.
 
-use super::{connect_miss, late_miss, replayable, response_head, sent_miss, Miss, Timers};
+use super::{connect_miss, late_miss, replayable, response_head, sent_miss, Miss, Sending, Timers};
 use crate::backend::h1::{self, H1Body};
 use crate::backend::{health, Backend};
 use crate::body::UpstreamBody;
@@ -32,7 +32,7 @@ pub(super) fn eligible(req: Option<&Request<UpstreamBody>>) -> bool {
 pub(super) async fn attempt(
     rt: &Runtime,
     backend: &Arc<Backend>,
-    req: &mut Option<Request<UpstreamBody>>,
+    sending: Sending<'_>,
     stay: bool,
 ) -> Result<Response<H1Body>, Miss> {
     let (conn, peer_closed) = match backend.pool.checkout_inline(stay).await {
@@ -51,8 +51,15 @@ pub(super) async fn attempt(
     let start = tokio::time::Instant::now();
     let sent_at = start.into_std();
     let head = {
-        let sending = req.take().expect("the request stays here until sent");
-        let exchange = h1::exchange(conn, sending.method(), sending.uri(), sending.headers());
+        let req = sending
+            .req
+            .take()
+            .expect("the request stays here until sent");
+        // Written after the request's own fields; a replay prepares its
+        // copy with them among its fields.
+        let forwarding = sending.forwarding.take();
+        let extra = forwarding.as_ref().map(|f| f.fields()).unwrap_or_default();
+        let exchange = h1::exchange(conn, req.method(), req.uri(), req.headers(), &extra);
         let exchange = std::pin::pin!(exchange);
         response_head(&timers, rt, backend, start, exchange).await
     };

@@ -116,10 +116,20 @@ pub fn check_request(parts: &Parts, cfg: &ServerSection) -> Result<Checked, Reje
 /// crumbs joined, client-made forwarding headers dropped unless the peer
 /// is a trusted proxy, then the balancer's own X-Forwarded-* set.
 pub fn prepare(parts: &mut Parts, cfg: &Config, client: ClientInfo) {
-    // Room for Host and the three X-Forwarded-* fields at once: the map
-    // arrives sized for the client's fields, and growing it one insert at
-    // a time would rehash it more than once.
-    parts.headers.reserve(4);
+    // Room for the three X-Forwarded-* fields too: the map arrives sized
+    // for the client's fields, and growing it one insert at a time would
+    // rehash it more than once.
+    parts.headers.reserve(3);
+    prepare_deferred(parts, cfg, client).apply(&mut parts.headers);
+}
+
+/// [`prepare`], with the forwarding fields returned instead of inserted:
+/// the in-task exchange writes them straight into the request head, which
+/// spares three inserts of custom names (hashed, on every request); any
+/// other way a request travels inserts them first ([`Forwarding::apply`]).
+pub fn prepare_deferred(parts: &mut Parts, cfg: &Config, client: ClientInfo) -> Forwarding {
+    // Room for Host at once: the map arrives sized for the client's fields.
+    parts.headers.reserve(1);
     let host_of_target = parts.uri.authority().and_then(host_value);
     if let Some(v) = &host_of_target {
         parts.headers.insert(header::HOST, v.clone());
@@ -160,8 +170,8 @@ pub fn prepare(parts: &mut Parts, cfg: &Config, client: ClientInfo) {
     let scheme = if client.https { "https" } else { "http" };
     // Host is never removed above (see `strip_hop_by_hop`).
     let host = host_of_target.or(seen.host);
-    add_forwarded(&mut parts.headers, fwd, &client.ip, scheme, trusted, host);
     parts.version = Version::HTTP_11;
+    forwarding(&mut parts.headers, fwd, &client.ip, scheme, trusted, host)
 }
 
 /// `host[:port]` of an authority, without any `user:password@`.
@@ -379,6 +389,21 @@ pub fn add_forwarded(
     trusted: bool,
     host: Option<HeaderValue>,
 ) {
+    forwarding(h, f, client, scheme, trusted, host).apply(h);
+}
+
+/// The fields [`add_forwarded`] sets, computed from the request's fields;
+/// a trusted proxy's X-Forwarded-For, which the new one extends, leaves
+/// them (so a head written with both has it once).
+fn forwarding(
+    h: &mut HeaderMap,
+    f: Forwarded,
+    client: &IpText,
+    scheme: &'static str,
+    trusted: bool,
+    host: Option<HeaderValue>,
+) -> Forwarding {
+    let mut out = Forwarding::default();
     if f.for_ {
         // From anyone else, `strip_forwarding` already removed theirs.
         let prev = trusted.then(|| h.get(&XFF)).flatten();
@@ -390,17 +415,57 @@ pub fn add_forwarded(
             // that `Display` wrote.
             _ => HeaderValue::from_bytes(client.as_bytes()),
         };
+        let had = prev.is_some();
         if let Ok(v) = v {
-            h.insert(XFF.clone(), v);
+            if had {
+                h.remove(&XFF);
+            }
+            out.for_ = Some(v);
         }
     }
     if f.proto && !(trusted && h.contains_key(&XFP)) {
-        h.insert(XFP.clone(), HeaderValue::from_static(scheme));
+        out.proto = Some(HeaderValue::from_static(scheme));
     }
     if f.host && !(trusted && h.contains_key(&XFH)) {
-        if let Some(host) = host {
-            h.insert(XFH.clone(), host);
+        out.host = host;
+    }
+    out
+}
+
+/// The X-Forwarded-* fields a request is to get (each `None` when it
+/// keeps what it has, or the field is off), set apart from its other
+/// fields until it is known how the request travels (see
+/// [`prepare_deferred`]).
+#[derive(Debug, Default)]
+pub struct Forwarding {
+    for_: Option<HeaderValue>,
+    proto: Option<HeaderValue>,
+    host: Option<HeaderValue>,
+}
+
+impl Forwarding {
+    /// Insert the fields, replacing any of the same name.
+    pub fn apply(self, h: &mut HeaderMap) {
+        if let Some(v) = self.for_ {
+            h.insert(XFF.clone(), v);
         }
+        if let Some(v) = self.proto {
+            h.insert(XFP.clone(), v);
+        }
+        if let Some(v) = self.host {
+            h.insert(XFH.clone(), v);
+        }
+    }
+
+    /// The fields as names and values, for a head written directly. The
+    /// request's own fields hold none of these names (the untrusted ones
+    /// were removed, a trusted proxy's kept ones are not set here).
+    pub fn fields(&self) -> [Option<(&'static str, &[u8])>; 3] {
+        [
+            self.for_.as_ref().map(|v| (XFF.as_str(), v.as_bytes())),
+            self.proto.as_ref().map(|v| (XFP.as_str(), v.as_bytes())),
+            self.host.as_ref().map(|v| (XFH.as_str(), v.as_bytes())),
+        ]
     }
 }
 
@@ -615,6 +680,42 @@ mod tests {
         assert_eq!(p.headers[header::HOST], "shop.example:8080");
         assert_eq!(p.headers[&XFH], "shop.example:8080", "from the target");
         assert_eq!(p.uri, "/a?b");
+    }
+
+    #[test]
+    fn deferred_forwarding_fields_are_the_ones_prepare_inserts_and_never_twice() {
+        let cases = [
+            ("", "6.6.6.6", "127.0.0.5"),
+            (
+                "trusted_proxies = [\"127.0.0.0/8\"]",
+                "6.6.6.6",
+                "6.6.6.6, 127.0.0.5",
+            ),
+        ];
+        for (extra, sent, want) in cases {
+            let cfg = config(extra);
+            let head = [("host", &b"shop"[..]), ("x-forwarded-for", sent.as_bytes())];
+            let mut applied = parts("/", &head);
+            prepare(&mut applied, &cfg, client("127.0.0.5"));
+            let mut deferred = parts("/", &head);
+            let f = prepare_deferred(&mut deferred, &cfg, client("127.0.0.5"));
+            assert!(
+                !deferred.headers.contains_key(&XFF),
+                "{extra}: XFF left twice"
+            );
+            let written: Vec<(&str, &[u8])> = f.fields().into_iter().flatten().collect();
+            assert_eq!(
+                written,
+                [
+                    ("x-forwarded-for", want.as_bytes()),
+                    ("x-forwarded-proto", &b"http"[..]),
+                    ("x-forwarded-host", &b"shop"[..])
+                ],
+                "{extra}"
+            );
+            f.apply(&mut deferred.headers);
+            assert_eq!(deferred.headers, applied.headers, "{extra}");
+        }
     }
 
     #[test]

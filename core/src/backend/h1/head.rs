@@ -49,10 +49,17 @@ pub enum Head {
 }
 
 /// Append the request head: `METHOD target HTTP/1.1`, the fields as they
-/// are (already prepared for the backend), and the blank line. The
-/// request is bodiless, so `Transfer-Encoding` is left out (as hyper
-/// does for a body that has ended).
-pub fn encode_request(method: &Method, uri: &Uri, headers: &HeaderMap, dst: &mut BytesMut) {
+/// are (already prepared for the backend), then `extra` fields (names in
+/// lower case, values valid), and the blank line. The request is
+/// bodiless, so `Transfer-Encoding` is left out (as hyper does for a body
+/// that has ended).
+pub fn encode_request(
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    extra: &[Option<(&str, &[u8])>],
+    dst: &mut BytesMut,
+) {
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
     dst.reserve(32 + target.len() + headers.len() * 32);
     dst.put_slice(method.as_str().as_bytes());
@@ -66,6 +73,12 @@ pub fn encode_request(method: &Method, uri: &Uri, headers: &HeaderMap, dst: &mut
         dst.put_slice(name.as_str().as_bytes());
         dst.put_slice(b": ");
         dst.put_slice(value.as_bytes());
+        dst.put_slice(b"\r\n");
+    }
+    for (name, value) in extra.iter().flatten() {
+        dst.put_slice(name.as_bytes());
+        dst.put_slice(b": ");
+        dst.put_slice(value);
         dst.put_slice(b"\r\n");
     }
     dst.put_slice(b"\r\n");
@@ -289,14 +302,15 @@ mod tests {
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         let mut dst = BytesMut::new();
         let uri: Uri = "/p?q=1".parse().unwrap();
-        encode_request(&Method::GET, &uri, &h, &mut dst);
+        let extra = [Some(("x-forwarded-for", &b"10.0.0.1"[..])), None];
+        encode_request(&Method::GET, &uri, &h, &extra, &mut dst);
         assert_eq!(
             &dst[..],
-            b"GET /p?q=1 HTTP/1.1\r\nhost: a:1\r\ncookie: x=1\r\ncookie: y=2\r\n\r\n"
+            &b"GET /p?q=1 HTTP/1.1\r\nhost: a:1\r\ncookie: x=1\r\ncookie: y=2\r\nx-forwarded-for: 10.0.0.1\r\n\r\n"[..]
         );
         let mut dst = BytesMut::new();
         let abs: Uri = "http://h/".parse().unwrap();
-        encode_request(&Method::HEAD, &abs, &HeaderMap::new(), &mut dst);
+        encode_request(&Method::HEAD, &abs, &HeaderMap::new(), &[], &mut dst);
         assert_eq!(&dst[..], b"HEAD / HTTP/1.1\r\n\r\n");
     }
 

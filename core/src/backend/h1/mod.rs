@@ -158,19 +158,21 @@ pub struct Failed {
     pub reused: bool,
 }
 
-/// Send a bodiless request and wait for its final response head; the
+/// Send a bodiless request (its fields, then `extra` ones, see
+/// [`head::encode_request`]) and wait for its final response head; the
 /// response body streams from the connection (see [`H1Body`]).
 pub async fn exchange(
     mut conn: Conn,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
+    extra: &[Option<(&str, &[u8])>],
 ) -> Result<http::Response<H1Body>, Failed> {
     let reused = conn.reused;
     let fail = |error| Failed { error, reused };
     conn.buf.clear();
     conn.read_size = READ_BUF;
-    head::encode_request(method, uri, headers, &mut conn.buf);
+    head::encode_request(method, uri, headers, extra, &mut conn.buf);
     conn.stream
         .write_all(&conn.buf)
         .await
