@@ -229,8 +229,8 @@ pub struct Pool {
     host: Arc<str>,
     port: u16,
     http2: bool,
-    /// Plain HTTP/1.1 over TCP: bodiless requests use the in-task
-    /// exchange ([`h1`]).
+    /// Plain HTTP/1.1 over TCP (not TLS, h2 or AJP): bodiless requests
+    /// use the in-task exchange ([`h1`]).
     inline: bool,
     tls: Option<Tls>,
     tls_error: Option<String>,
@@ -263,7 +263,7 @@ impl Pool {
             host: cfg.host.clone(),
             port: cfg.port,
             http2: cfg.http2,
-            inline: !cfg.http2 && !cfg.tls,
+            inline: !cfg.http2 && !cfg.tls && cfg.ajp.is_none(),
             tls,
             tls_error,
             shares: (0..=settings.threads).map(|_| Share::default()).collect(),

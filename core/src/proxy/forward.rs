@@ -692,8 +692,7 @@ fn attempt<'a>(
         let mut exchange = UpstreamLease::begin(backend.clone(), permit);
         backend.stats.requests.fetch_add(1, Ordering::Relaxed);
         if let Via::Pool { stay } = via {
-            if backend.ajp.is_none() && backend.pool.inline() && h1::eligible(sending.req.as_ref())
-            {
+            if backend.pool.inline() && h1::eligible(sending.req.as_ref()) {
                 return h1::attempt(rt, backend, sending, stay)
                     .await
                     .map(|r| (r.map(BackendBody::H1), exchange, None));
