@@ -24,7 +24,8 @@ use http::{HeaderMap, Method, Uri};
 use std::future::poll_fn;
 use std::io;
 use std::task::{Context, Poll};
-use tokio::io::AsyncWriteExt;
+use std::future::Future;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub use body::H1Body;
@@ -136,17 +137,16 @@ impl Conn {
             self.buf.reserve(self.read_size);
         }
         let room = self.buf.capacity() - self.buf.len();
-        loop {
-            std::task::ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read_buf(&mut self.buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Ok(n) if n == room && self.read_size < MAX_READ => {
-                    self.read_size *= 2;
-                    return Poll::Ready(Ok(n));
-                }
-                r => return Poll::Ready(r),
-            }
+        // tokio's own read (not `try_read_buf`): a read that leaves room in
+        // the buffer drained the socket, and it forgets the readiness then,
+        // so neither the next wait for a head nor the next checkout
+        // (`idle_and_open`) pays a read that only says EAGAIN.
+        let read = std::pin::pin!(self.stream.read_buf(&mut self.buf));
+        let n = std::task::ready!(read.poll(cx))?;
+        if n == room && self.read_size < MAX_READ {
+            self.read_size *= 2;
         }
+        Poll::Ready(Ok(n))
     }
 }
 
