@@ -22,9 +22,9 @@ pub mod head;
 use bytes::BytesMut;
 use http::{HeaderMap, Method, Uri};
 use std::future::poll_fn;
+use std::future::Future;
 use std::io;
 use std::task::{Context, Poll};
-use std::future::Future;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
