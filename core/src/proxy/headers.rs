@@ -376,25 +376,13 @@ static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Append the client address to X-Forwarded-For and set -Proto and -Host
-/// (from `host`, the request's Host). From a `trusted` proxy, the -Proto
-/// and -Host it sent are kept (it saw the real client; the balancer only
-/// saw the proxy). From any other peer, the caller has removed what it
-/// sent (`strip_forwarding`).
-pub fn add_forwarded(
-    h: &mut HeaderMap,
-    f: Forwarded,
-    client: &IpText,
-    scheme: &'static str,
-    trusted: bool,
-    host: Option<HeaderValue>,
-) {
-    forwarding(h, f, client, scheme, trusted, host).apply(h);
-}
-
-/// The fields [`add_forwarded`] sets, computed from the request's fields;
-/// a trusted proxy's X-Forwarded-For, which the new one extends, leaves
-/// them (so a head written with both has it once).
+/// The forwarding fields for a request: the client address appended to
+/// X-Forwarded-For, -Proto and -Host set (from `host`, the request's
+/// Host). From a `trusted` proxy, the -Proto and -Host it sent are kept
+/// (it saw the real client; the balancer only saw the proxy), and its
+/// X-Forwarded-For, which the new one extends, leaves the request's fields
+/// (so a head written with both has it once). From any other peer, the
+/// caller has removed what it sent (`strip_forwarding`).
 fn forwarding(
     h: &mut HeaderMap,
     f: Forwarded,
@@ -559,7 +547,7 @@ mod tests {
         };
         let ip = IpText::new("127.0.0.9".parse().unwrap());
         let host = h.get(header::HOST).cloned();
-        add_forwarded(&mut h, all, &ip, "http", true, host);
+        forwarding(&mut h, all, &ip, "http", true, host).apply(&mut h);
         assert_eq!(h[&XFF], "10.0.0.1, 127.0.0.9");
         assert_eq!(h[&XFP], "http");
         assert_eq!(h[&XFH], "example.org");
