@@ -536,6 +536,19 @@ struct Timers<'a> {
     progress: Option<&'a Progress>,
 }
 
+impl<'a> Timers<'a> {
+    /// The configured timers of an attempt whose request body (if any)
+    /// reports its `progress`: the same for every way a request travels.
+    fn of(rt: &Runtime, progress: Option<&'a Progress>) -> Self {
+        Timers {
+            after: rt.config.upstream.response_timeout,
+            body_timeout: rt.config.server.body_timeout,
+            suspect_after: rt.config.health.suspect_after,
+            progress,
+        }
+    }
+}
+
 /// Await the response head. The backend's `after` runs from the request
 /// body's last progress, and not at all while the upstream waits on the
 /// client for more body; a client pausing longer than `body_timeout` ends
@@ -725,13 +738,7 @@ fn attempt<'a>(
             health::closing_seen(backend, &rt.config.health);
         }
         let mut sender = conn.sender;
-        let up = &rt.config.upstream;
-        let timers = Timers {
-            after: up.response_timeout,
-            body_timeout: rt.config.server.body_timeout,
-            suspect_after: rt.config.health.suspect_after,
-            progress: progress.map(|p| &**p),
-        };
+        let timers = Timers::of(rt, progress.map(|p| &**p));
         let miss = Miss::after_send;
         // One clock reading for both: the response timers run from it, and
         // a probe that passed after it clears the node (`late_miss`).

@@ -67,12 +67,7 @@ pub(super) async fn attempt(
     };
     let reused = conn.reused;
     let req = req.take().expect("the request stays here until sent");
-    let timers = Timers {
-        after: rt.config.upstream.response_timeout,
-        body_timeout: rt.config.server.body_timeout,
-        suspect_after: rt.config.health.suspect_after,
-        progress: how.progress.map(|p| &**p),
-    };
+    let timers = Timers::of(rt, how.progress.map(|p| &**p));
     let start = tokio::time::Instant::now();
     let sent_at = start.into_std();
     let send = std::pin::pin!(pool.send(conn, head, req.into_body(), first_chunk));

@@ -42,12 +42,7 @@ pub(super) async fn attempt(
     if peer_closed > 0 {
         health::closing_seen(backend, &rt.config.health);
     }
-    let timers = Timers {
-        after: rt.config.upstream.response_timeout,
-        body_timeout: rt.config.server.body_timeout,
-        suspect_after: rt.config.health.suspect_after,
-        progress: None,
-    };
+    let timers = Timers::of(rt, None);
     let start = tokio::time::Instant::now();
     let sent_at = start.into_std();
     let head = {
