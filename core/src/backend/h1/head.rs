@@ -29,11 +29,10 @@ pub enum Framing {
 /// A parsed final response head.
 #[derive(Debug)]
 pub struct Parsed {
-    pub status: StatusCode,
-    pub version: Version,
-    pub headers: HeaderMap,
-    /// The reason phrase when it is not the status code's canonical one.
-    pub reason: Option<hyper::ext::ReasonPhrase>,
+    /// Status, version and fields, with the reason phrase as hyper keeps
+    /// it (an extension, only when it is not the canonical one): the
+    /// response the body is then put into.
+    pub head: http::Response<()>,
     pub framing: Framing,
     /// The connection may carry another request once the body is read.
     pub keep_alive: bool,
@@ -162,11 +161,15 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
         &mut headers,
         &mut keep_alive,
     )?;
+    let mut head = http::Response::new(());
+    *head.status_mut() = status;
+    *head.version_mut() = version;
+    *head.headers_mut() = headers;
+    if let Some(reason) = reason {
+        head.extensions_mut().insert(reason);
+    }
     Ok(Some(Head::Final(Parsed {
-        status,
-        version,
-        headers,
-        reason,
+        head,
         framing,
         keep_alive,
     })))
@@ -324,8 +327,12 @@ mod tests {
         };
         assert_eq!(p.framing, Framing::Length(5));
         assert!(p.keep_alive);
-        assert!(p.reason.is_none());
-        let xa: Vec<_> = p.headers.get_all("x-a").iter().collect();
+        assert!(p
+            .head
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .is_none());
+        let xa: Vec<_> = p.head.headers().get_all("x-a").iter().collect();
         assert_eq!(xa, ["1", "2"]);
         assert_eq!(&buf[..], b"hello");
     }
@@ -344,7 +351,7 @@ mod tests {
         let both =
             fin("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(both.framing, Framing::Chunked);
-        assert!(!both.keep_alive && !both.headers.contains_key(CONTENT_LENGTH));
+        assert!(!both.keep_alive && !both.head.headers().contains_key(CONTENT_LENGTH));
         let none = fin("HTTP/1.1 200 OK\r\n\r\n");
         assert_eq!((none.framing, none.keep_alive), (Framing::Close, false));
         let same = fin("HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 7, 7\r\n\r\n");
@@ -397,9 +404,9 @@ mod tests {
         let Ok(Some(Head::Final(p))) = parse_response(&mut buf, &Method::GET) else {
             panic!()
         };
-        assert_eq!(p.headers["x"].as_bytes(), b"caf\xc3\xa9\t!");
+        assert_eq!(p.head.headers()["x"].as_bytes(), b"caf\xc3\xa9\t!");
         assert_eq!(
-            p.headers["x"],
+            p.head.headers()["x"],
             HeaderValue::from_bytes(b"caf\xc3\xa9\t!").unwrap()
         );
     }
@@ -432,7 +439,8 @@ mod tests {
         let Ok(Some(Head::Final(p))) = parse_response(&mut buf, &Method::GET) else {
             panic!()
         };
-        assert_eq!(p.reason.as_ref().map(|r| r.as_bytes()), Some(&b"Fine"[..]));
+        let reason = p.head.extensions().get::<hyper::ext::ReasonPhrase>();
+        assert_eq!(reason.map(|r| r.as_bytes()), Some(&b"Fine"[..]));
         assert!(buf.is_empty());
     }
 }

@@ -193,19 +193,9 @@ pub async fn exchange(
         }
     };
     let head::Parsed {
-        status,
-        version,
-        headers,
-        reason,
+        head,
         framing,
         keep_alive,
     } = parsed;
-    let mut response = http::Response::new(H1Body::new(conn, framing, keep_alive));
-    *response.status_mut() = status;
-    *response.version_mut() = version;
-    *response.headers_mut() = headers;
-    if let Some(reason) = reason {
-        response.extensions_mut().insert(reason);
-    }
-    Ok(response)
+    Ok(head.map(|()| H1Body::new(conn, framing, keep_alive)))
 }
