@@ -344,12 +344,7 @@ impl Pool {
             }
             peer_closed += 1;
         }
-        if peer_closed == 0 && self.peer_closes.within(CLOSING_WINDOW) {
-            peer_closed = 1;
-        }
-        if peer_closed > 0 && !fresh_after_close {
-            return Err(ConnectError::Closing(peer_closed));
-        }
+        let peer_closed = self.fresh_allowed(peer_closed, fresh_after_close)?;
         // Boxed: the dial, TLS and handshake state (~1.3 KiB) would
         // otherwise be part of every checkout, also of the pooled ones.
         Box::pin(self.connect_tracked(true))
@@ -359,6 +354,24 @@ impl Pool {
                 reused: false,
                 peer_closed,
             })
+    }
+
+    /// Before a fresh connection: the idle connections found closed by the
+    /// backend (`peer_closed`, or one when it closed any within
+    /// [`CLOSING_WINDOW`]), or [`ConnectError::Closing`] when there were
+    /// some and `fresh_after_close` is false (see [`Pool::checkout`]).
+    fn fresh_allowed(
+        &self,
+        mut peer_closed: usize,
+        fresh_after_close: bool,
+    ) -> Result<usize, ConnectError> {
+        if peer_closed == 0 && self.peer_closes.within(CLOSING_WINDOW) {
+            peer_closed = 1;
+        }
+        if peer_closed > 0 && !fresh_after_close {
+            return Err(ConnectError::Closing(peer_closed));
+        }
+        Ok(peer_closed)
     }
 
     /// Whether bodiless requests to this backend take the in-task
@@ -378,12 +391,7 @@ impl Pool {
         if let Some(conn) = self.take_inline(&mut peer_closed) {
             return Ok((conn, peer_closed));
         }
-        if peer_closed == 0 && self.peer_closes.within(CLOSING_WINDOW) {
-            peer_closed = 1;
-        }
-        if peer_closed > 0 && !fresh_after_close {
-            return Err(ConnectError::Closing(peer_closed));
-        }
+        let peer_closed = self.fresh_allowed(peer_closed, fresh_after_close)?;
         let t = self.settings.connect_timeout;
         // Boxed: the dial's state would otherwise size every request's
         // future, also of the pooled ones.
