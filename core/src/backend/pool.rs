@@ -216,8 +216,9 @@ struct Share {
 }
 
 /// An idle connection of the in-task exchange. It has no task watching
-/// it: a backend closing it is seen by the next checkout, or by the
-/// housekeeper's next tick ([`Pool::drop_expired`]), whichever comes
+/// it: a backend closing it is seen by the next checkout of its thread,
+/// by any thread's next fresh connection ([`Pool::fresh_allowed`]), or by
+/// the housekeeper's next tick ([`Pool::drop_expired`]), whichever comes
 /// first.
 struct InlineIdle {
     conn: h1::Conn,
@@ -365,13 +366,43 @@ impl Pool {
         mut peer_closed: usize,
         fresh_after_close: bool,
     ) -> Result<usize, ConnectError> {
-        if peer_closed == 0 && self.peer_closes.within(CLOSING_WINDOW) {
+        if peer_closed == 0
+            && (self.peer_closes.within(CLOSING_WINDOW) || self.inline_closes_unseen())
+        {
             peer_closed = 1;
         }
         if peer_closed > 0 && !fresh_after_close {
             return Err(ConnectError::Closing(peer_closed));
         }
         Ok(peer_closed)
+    }
+
+    /// Whether the backend closed an idle in-task connection of any
+    /// thread since anyone looked. No task watches those (see
+    /// [`InlineIdle`]), so the pool looks before a fresh connection, where
+    /// hyper's connection tasks would have told it at once: a node closing
+    /// its idle connections on one thread is stopping for every thread,
+    /// and this thread's own idle ones may all have been busy at the time.
+    fn inline_closes_unseen(&self) -> bool {
+        self.inline
+            && self
+                .shares
+                .iter()
+                .map(|share| self.drop_closed_inline(&mut lock(&share.inline)))
+                .sum::<usize>()
+                > 0
+    }
+
+    /// Drop the idle in-task connections the backend closed, noting the
+    /// close (see [`PeerCloses`]); returns how many went.
+    fn drop_closed_inline(&self, idle: &mut Vec<InlineIdle>) -> usize {
+        let before = idle.len();
+        idle.retain(|c| c.conn.idle_and_open());
+        let closed = before - idle.len();
+        if closed > 0 {
+            self.peer_closes.note();
+        }
+        closed
     }
 
     /// Whether bodiless requests to this backend take the in-task
@@ -669,17 +700,13 @@ impl Pool {
     fn drop_inline(&self, share: &Share, max_age: Duration) -> usize {
         let mut idle = lock(&share.inline);
         let now = Coarse::now();
-        let n = idle.partition_point(|c| now.since(c.since) >= max_age);
-        idle.drain(..n);
-        let before = idle.len();
-        idle.retain(|c| c.conn.idle_and_open());
-        if idle.len() < before {
-            self.peer_closes.note();
-        }
+        let expired = idle.partition_point(|c| now.since(c.since) >= max_age);
+        idle.drain(..expired);
+        let closed = self.drop_closed_inline(&mut idle);
         if idle.is_empty() {
             idle.shrink_to_fit();
         }
-        n + before - idle.len()
+        expired + closed
     }
 
     /// Park the pooled connections idle for [`pool_conn::PARK_AFTER`] in
@@ -765,4 +792,41 @@ fn tls_client(cfg: &BackendConfig) -> Result<Tls, String> {
         h2: TlsConnector::from(Arc::new(h2)),
         name,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend closing an idle in-task connection that one request
+    /// thread pooled is a sign of stopping for every thread: another
+    /// thread, its own share empty, ends its checkout with `Closing`
+    /// instead of dialing a node that may accept and then reset.
+    #[tokio::test]
+    async fn a_close_seen_on_one_threads_idle_connection_counts_for_every_thread() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let settings = PoolSettings::from_upstream(&Default::default()).for_threads(2);
+        let pool = Pool::new(&BackendConfig::plain("a", "127.0.0.1", port, 1), settings);
+        crate::thread_index::set(0);
+        let (conn, _) = pool.checkout_inline(true).await.unwrap();
+        let (server_side, _) = listener.accept().await.unwrap();
+        pool.checkin_inline(conn);
+
+        crate::thread_index::set(1);
+        let (fresh, closed) = pool.checkout_inline(false).await.unwrap();
+        assert_eq!(closed, 0, "nothing closed yet: a fresh connection");
+        assert!(!fresh.reused);
+        drop(fresh);
+
+        drop(server_side);
+        // The driver learns of the close on its next turn.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match pool.checkout_inline(false).await {
+            Err(ConnectError::Closing(1)) => {}
+            Err(e) => panic!("expected Closing(1), got {e}"),
+            Ok(_) => panic!("dialed a node that closed its idle connection"),
+        }
+        assert_eq!(pool.idle_count(), 0, "the closed connection left the pool");
+    }
 }
