@@ -1690,3 +1690,106 @@ async fn a_script_redis_forgot_is_loaded_again_on_both_write_paths() {
     assert_eq!(status.errors, 0, "a forgotten script is not an error");
     assert!(status.healthy);
 }
+
+/// How many times Redis ran `command` since it started (INFO commandstats).
+fn command_calls(redis: &Redis, command: &str) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A fresh session (an id the request did not carry, which the backend
+/// has just issued) is written without the binding script, as one
+/// transaction: when `bind_fresh` returns, its record has every field the
+/// script gives a new session (route, created, seen, version 1, decided),
+/// a TTL, and, unless it was the one of its second that went the
+/// scripted way so the writer renews the set's TTL, its count. Checked
+/// before this single-threaded test yields, so the writer cannot have
+/// written them.
+#[tokio::test]
+async fn a_fresh_sessions_record_and_count_are_in_redis_when_bind_fresh_returns() {
+    let redis = Redis::start_isolated();
+    let t1: Arc<str> = "t1".into();
+    let store = store_on(&redis, "fresh:", &t1).await;
+    let started = Instant::now();
+    let before = now_ms();
+    let mut counted_at_once = 0;
+    for i in 0..20 {
+        let id = format!("f{i}");
+        store.bind_fresh(&id, &t1).await;
+        let key = format!("fresh:s:{id}");
+        let fields: HashMap<String, String> = redis
+            .cli(&["HGETALL", &key])
+            .lines()
+            .collect::<Vec<_>>()
+            .chunks(2)
+            .map(|kv| (kv[0].to_owned(), kv[1].to_owned()))
+            .collect();
+        assert_eq!(
+            fields.get("r").map(String::as_str),
+            Some("t1"),
+            "#{i}: {fields:?}"
+        );
+        assert_eq!(
+            fields.get("v").map(String::as_str),
+            Some("1"),
+            "#{i}: {fields:?}"
+        );
+        for f in ["c", "s", "t"] {
+            let ms: u64 = fields[f].parse().unwrap();
+            assert!(ms >= before && ms <= now_ms(), "#{i}: {f} = {ms}");
+        }
+        let ttl: i64 = redis.cli(&["PTTL", &key]).parse().unwrap();
+        assert!(ttl > 0 && ttl <= 600_000, "#{i}: TTL {ttl}");
+        if !redis.cli(&["ZSCORE", "fresh:r:t1", &key]).is_empty() {
+            counted_at_once += 1;
+        }
+    }
+    // One scripted per second of the loop at most (the first at least).
+    let scripted_at_most = 1 + started.elapsed().as_secs() as usize;
+    assert!(
+        counted_at_once >= 20 - scripted_at_most,
+        "{counted_at_once} of 20 counted with their binding"
+    );
+    assert!(command_calls(&redis, "exec") as usize >= 20 - scripted_at_most);
+    within(Duration::from_secs(5), "20 fresh sessions counted", || {
+        redis.cli(&["ZCARD", "fresh:r:t1"]) == "20"
+    })
+    .await;
+    within(
+        Duration::from_secs(5),
+        "the counting set's TTL renewed",
+        || redis.cli(&["PTTL", "fresh:r:t1"]).parse::<i64>().unwrap() > 600_000,
+    )
+    .await;
+    let status = store.status();
+    assert_eq!(status.errors, 0);
+    assert!(status.healthy);
+}
+
+/// A fresh session whose key another program filled with a string: the
+/// transaction's record fails there and its value is untouched (Redis
+/// runs the rest of a transaction, so that key, in stickgate's own
+/// `key_prefix` space, gets the session TTL and is counted until then);
+/// it counts as an error, the binding is retried behind (where the script
+/// leaves the key alone), the store stays healthy, and the next fresh
+/// session is written as usual.
+#[tokio::test]
+async fn a_fresh_session_on_a_foreign_key_is_an_error_not_an_outage() {
+    let redis = Redis::start_isolated();
+    let t1: Arc<str> = "t1".into();
+    let store = store_on(&redis, "foreign:", &t1).await;
+    store.bind_fresh("first", &t1).await;
+    redis.cli(&["SET", "foreign:s:bad", "not a session"]);
+    store.bind_fresh("bad", &t1).await;
+    assert_eq!(redis.cli(&["GET", "foreign:s:bad"]), "not a session");
+    store.bind_fresh("good", &t1).await;
+    assert_eq!(redis.cli(&["HGET", "foreign:s:good", "r"]), "t1");
+    let status = store.status();
+    assert!(status.errors >= 1, "the failed write is not counted");
+    assert!(status.healthy, "one bad key must not cut the store off");
+}

@@ -32,12 +32,23 @@ pub struct Learned<'a> {
     /// Nearly every answer teaches one session at most: kept inline, no
     /// list allocated for it. The route is the table's own `Arc`, lent
     /// (every request thread would write its count if it were cloned).
-    first: Option<(String, &'a Arc<str>)>,
-    more: Vec<(String, &'a Arc<str>)>,
+    first: Option<Binding<'a>>,
+    more: Vec<Binding<'a>>,
+}
+
+/// One session a response teaches: its id (without the route), the
+/// route it is bound to, and whether it is fresh: an id the request did
+/// not carry, which the backend has just issued (see
+/// [`SessionStore::bind_fresh`]).
+#[derive(Debug)]
+struct Binding<'a> {
+    id: String,
+    route: &'a Arc<str>,
+    fresh: bool,
 }
 
 impl<'a> Learned<'a> {
-    fn push(&mut self, binding: (String, &'a Arc<str>)) {
+    fn push(&mut self, binding: Binding<'a>) {
         if self.first.is_none() {
             self.first = Some(binding);
         } else {
@@ -45,21 +56,25 @@ impl<'a> Learned<'a> {
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = &(String, &'a Arc<str>)> {
+    fn iter(&self) -> impl Iterator<Item = &Binding<'a>> {
         self.first.iter().chain(&self.more)
     }
 
     /// Store without waiting (write-behind).
     pub fn store(self, store: &dyn SessionStore) {
-        for (id, route) in self.iter() {
-            store.bind(id, route);
+        for b in self.iter() {
+            store.bind(&b.id, b.route);
         }
     }
 
     /// Store and wait until the bindings are durable in a shared store.
     pub async fn store_now(self, store: &dyn SessionStore) {
-        for (id, route) in self.iter() {
-            store.bind_now(id, route).await;
+        for b in self.iter() {
+            if b.fresh {
+                store.bind_fresh(&b.id, b.route).await;
+            } else {
+                store.bind_now(&b.id, b.route).await;
+            }
         }
     }
 
@@ -67,8 +82,14 @@ impl<'a> Learned<'a> {
     #[cfg(test)]
     fn owned(&self) -> Vec<(String, Arc<str>)> {
         self.iter()
-            .map(|(id, r)| (id.clone(), Arc::clone(r)))
+            .map(|b| (b.id.clone(), Arc::clone(b.route)))
             .collect()
+    }
+
+    /// Which bindings are fresh, in order (tests).
+    #[cfg(test)]
+    fn fresh(&self) -> Vec<bool> {
+        self.iter().map(|b| b.fresh).collect()
     }
 }
 
@@ -174,7 +195,7 @@ fn split_set_cookie(s: &str) -> Option<(&str, &str, &str, &str)> {
 /// The binding a session cookie (its value, and whether it removes the
 /// session) teaches, if any; removals and replaced sessions are forgotten
 /// here.
-fn learn<'a>(x: &Exchange<'a>, value: &str, removal: bool) -> Option<(String, &'a Arc<str>)> {
+fn learn<'a>(x: &Exchange<'a>, value: &str, removal: bool) -> Option<Binding<'a>> {
     let new = SessionId::parse(value, x.separator, Source::Cookie)?;
     if removal {
         x.store.forget(new.base);
@@ -186,12 +207,19 @@ fn learn<'a>(x: &Exchange<'a>, value: &str, removal: bool) -> Option<(String, &'
         .map_or(&x.served.config.route, |i| {
             &x.table.backends[i].config.route
         });
-    if let Some(old) = x.session {
-        if old.base != new.base {
+    let fresh = match x.session {
+        Some(old) if old.base == new.base => false,
+        Some(old) => {
             x.store.forget(old.base);
+            true
         }
-    }
-    Some((new.base.to_owned(), route))
+        None => true,
+    };
+    Some(Binding {
+        id: new.base.to_owned(),
+        route,
+        fresh,
+    })
 }
 
 fn is_removal(c: &Cookie<'_>) -> bool {
@@ -514,6 +542,30 @@ mod tests {
             learned.store(&*store);
             assert_eq!(store.get("B").as_deref(), Some("t1"));
             assert_eq!(store.get("C").as_deref(), Some("t2"));
+        }
+
+        /// Only an id the request did not carry is fresh (written to a
+        /// shared store without reading first): a renamed session is not,
+        /// whoever may have moved it meanwhile.
+        #[test]
+        fn only_ids_the_request_did_not_carry_are_fresh() {
+            let t = table();
+            let store = MemoryStore::new(Duration::from_secs(60), 10);
+            let old = SessionId::parse("X.t1", ".", Source::Cookie).unwrap();
+            let (new, failover) = (Reason::New, Reason::Failover { from: "t1".into() });
+            let cases = [
+                (None, &new, "JSESSIONID=A.t2", true),
+                (Some(&old), &failover, "JSESSIONID=X.t2", false),
+                (Some(&old), &failover, "JSESSIONID=Y.t2", true),
+            ];
+            for (session, reason, set_cookie, fresh) in cases {
+                let x = on_t2(&t, &*store, reason, session);
+                let mut h = HeaderMap::new();
+                h.append(SET_COOKIE, set_cookie.parse().unwrap());
+                let learned = apply(&x, &mut h, true, true);
+                assert_eq!(learned.fresh(), [fresh], "{set_cookie}");
+                learned.store(&*store);
+            }
         }
 
         #[test]

@@ -243,6 +243,13 @@ pub trait SessionStore: Send + Sync + 'static {
         Box::pin(Bound)
     }
 
+    /// [`SessionStore::bind_now`] for an id no request carried: the
+    /// backend has just issued it, so no balancer can hold a binding for
+    /// it yet, and a shared store may write it without reading first.
+    fn bind_fresh<'a>(&'a self, id: &'a str, route: &'a Arc<str>) -> StoreFuture<'a, ()> {
+        self.bind_now(id, route)
+    }
+
     /// The backend ended or replaced the session.
     fn forget(&self, id: &str);
 

@@ -125,6 +125,13 @@ impl Handle {
     }
 }
 
+impl Conn {
+    /// A Cluster: one pipeline or transaction must stay in one hash slot.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+}
+
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Redis(e.to_string())
 }

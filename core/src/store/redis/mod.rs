@@ -110,12 +110,58 @@ enum Then {
     },
 }
 
+/// A fresh session's write without the binding script (see
+/// [`RedisStore::fresh_transaction`]).
+struct Fresh {
+    /// A configured route: the session joins its counting set.
+    counted: bool,
+}
+
+impl Fresh {
+    /// Exactly the record [`scripts::BIND`] creates for an id Redis has
+    /// none of (every field, version 1, decided `at`), its TTL, and its
+    /// count, as one transaction: Redis runs none of it unless it got all
+    /// of it, so a balancer dying half-way never leaves a record without
+    /// a TTL, and the count is as durable as the binding. It costs Redis
+    /// about half of what the script and the count's later `ZADD` cost.
+    fn build(&self, key: &str, route: &str, at: u64, store: &RedisStore) -> redis::Pipeline {
+        let mut p = redis::pipe();
+        p.atomic();
+        p.cmd("HSET")
+            .arg(key)
+            .arg("r")
+            .arg(route)
+            .arg("s")
+            .arg(at)
+            .arg("c")
+            .arg(at)
+            .arg("v")
+            .arg(1)
+            .arg("t")
+            .arg(at)
+            .ignore();
+        p.cmd("PEXPIRE").arg(key).arg(store.ttl_ms).ignore();
+        if self.counted {
+            p.cmd("ZADD")
+                .arg(store.route_key(route))
+                .arg(at + store.ttl_ms)
+                .arg(key)
+                .ignore();
+        }
+        p
+    }
+}
+
 /// Cluster-wide count of one route, refreshed from Redis every second.
 #[derive(Default)]
 struct RouteCount {
     current: AtomicU64,
     peak: AtomicU64,
     window: PeakWindow,
+    /// When a fresh session of this route last went the scripted way, so
+    /// that the writer renews the counting set's TTL (unix ms; see
+    /// [`RedisStore::fresh_transaction`]).
+    renewal_sent_ms: AtomicU64,
 }
 
 /// The configured routes and their counts; swapped whole on a config
@@ -421,6 +467,64 @@ impl RedisStore {
             route: route.clone(),
             at: unix_ms(),
         }
+    }
+
+    /// Run a new session's write-through (bounded by `store.timeout`);
+    /// when it fails or times out, the binding is queued for the writer
+    /// instead, with its decision time kept, so the retry cannot outrank
+    /// a move another balancer made meanwhile.
+    async fn write_through<T>(
+        &self,
+        write: impl std::future::Future<Output = redis::RedisResult<T>>,
+        id: &str,
+        key: &str,
+        route: &Arc<str>,
+        at: u64,
+    ) -> Option<T> {
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Ok(done)) => return Some(done),
+            Ok(Err(e)) => self.failed(&e).await,
+            Err(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.enqueue(Op::Bind {
+            id: id.into(),
+            key: key.to_owned(),
+            route: route.clone(),
+            at,
+        });
+        None
+    }
+
+    /// How a fresh session (see [`SessionStore::bind_fresh`]) is written
+    /// without [`scripts::BIND`]: one `MULTI`/`EXEC` with its record, TTL
+    /// and count (see [`Fresh::build`]). `None` when it goes the scripted
+    /// way instead: on a Cluster (the record and the counting set are in
+    /// different slots), with Redis unreachable, and for one fresh session
+    /// per route and [`batch::COUNT_TTL_EVERY`], so that the writer, which
+    /// counts that one, renews the counting set's TTL as often as it would
+    /// if every count were queued.
+    fn fresh_transaction(&self, route: &str) -> Option<Fresh> {
+        if self.conn.is_cluster() || !self.healthy.load(Ordering::Relaxed) {
+            return None;
+        }
+        let routes = self.routes.load();
+        let Some(count) = routes.get(route) else {
+            return Some(Fresh { counted: false });
+        };
+        let now = unix_ms();
+        let last = count.renewal_sent_ms.load(Ordering::Relaxed);
+        let every = batch::COUNT_TTL_EVERY.as_millis() as u64;
+        if now.saturating_sub(last) >= every
+            && count
+                .renewal_sent_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return None;
+        }
+        Some(Fresh { counted: true })
     }
 
     /// The counting set's TTL given with a renewal: one renewal interval
@@ -1009,37 +1113,38 @@ impl SessionStore for RedisStore {
             if !self.healthy.load(Ordering::Relaxed) {
                 return;
             }
-            let at = unix_ms();
-            let key = self.key(id);
-            let op = |at| Op::Bind {
-                id: id.into(),
-                key: key.clone(),
-                route: route.clone(),
-                at,
-            };
+            let (at, key) = (unix_ms(), self.key(id));
             // One round trip before the response leaves: the binding. Its
             // counting-set bookkeeping is written behind.
             let write = async {
                 let mut h = self.conn.request_handle().await?;
                 self.bind_step(&mut h, id, &key, route, at).await
             };
-            // A retry keeps the decision time, so it cannot outrank a
-            // move another balancer made meanwhile.
-            match tokio::time::timeout(self.timeout, write).await {
-                Ok(Ok(stored)) => self.enqueue(Op::Count {
-                    key: key.clone(),
+            if let Some(stored) = self.write_through(write, id, &key, route, at).await {
+                self.enqueue(Op::Count {
+                    key,
                     route: route.clone(),
                     stored,
-                }),
-                Ok(Err(e)) => {
-                    self.failed(&e).await;
-                    self.enqueue(op(at));
-                }
-                Err(_) => {
-                    self.errors.fetch_add(1, Ordering::Relaxed);
-                    self.enqueue(op(at));
-                }
+                });
             }
+        })
+    }
+
+    fn bind_fresh<'a>(&'a self, id: &'a str, route: &'a Arc<str>) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(fresh) = self.fresh_transaction(route) else {
+                return self.bind_now(id, route).await;
+            };
+            self.cache.bind(id, route);
+            let (at, key) = (unix_ms(), self.key(id));
+            let write = async {
+                let mut h = self.conn.request_handle().await?;
+                fresh
+                    .build(&key, route, at, self)
+                    .query_async::<()>(&mut h)
+                    .await
+            };
+            self.write_through(write, id, &key, route, at).await;
         })
     }
 
