@@ -1667,9 +1667,22 @@ async fn a_script_redis_forgot_is_loaded_again_on_both_write_paths() {
     let redis = Redis::start_isolated();
     let t1: Arc<str> = "t1".into();
     let store = store_on(&redis, "forgot:", &t1).await;
+    // Each flush waits until the writer has counted the sessions so far:
+    // a count still on its way could be half-way through its own reload
+    // (script loaded, not yet run) when the flush lands, and that one
+    // write, asked twice to forget, would rightly count as an error.
+    let redis = &redis;
+    let counted = |n: &'static str| {
+        within(
+            Duration::from_secs(5),
+            "counted before the flush",
+            move || redis.cli(&["ZCARD", "forgot:r:t1"]) == n,
+        )
+    };
     store.bind_now("before", &t1).await;
     assert_eq!(redis.cli(&["HGET", "forgot:s:before", "r"]), "t1");
 
+    counted("1").await;
     assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]), "OK");
     store.bind_now("through", &t1).await;
     assert_eq!(
@@ -1678,6 +1691,7 @@ async fn a_script_redis_forgot_is_loaded_again_on_both_write_paths() {
         "write-through after SCRIPT FLUSH not stored"
     );
 
+    counted("2").await;
     assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]), "OK");
     store.bind("behind", &t1);
     within(
